@@ -1,0 +1,20 @@
+# The two entry points of the README. Both install what is missing first (idempotent).
+.PHONY: demo test lint setup setup-test
+
+setup:
+	@bash scripts/setup.sh
+
+setup-test:
+	@bash scripts/setup.sh --test
+
+demo: setup
+	.venv/bin/voiceload demo --out runs/demo
+
+test: setup-test
+	.venv/bin/ruff check voiceload tests bench
+	.venv/bin/mypy
+	.venv/bin/pytest -q -ra
+
+lint: setup-test
+	.venv/bin/ruff check voiceload tests bench
+	.venv/bin/mypy

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Idempotent installer for a fresh Debian 12 machine (as root) or an already set-up one.
+#   scripts/setup.sh           runtime: apt packages for audio + the venv with voiceload
+#   scripts/setup.sh --test    also the test-only peers (mosquitto, SIPp, tcpdump) and test deps
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+apt_pkgs=(espeak-ng sox libsndfile1)
+[ "$want_test" = 1 ] && apt_pkgs+=(mosquitto sip-tester tcpdump)
+
+missing=()
+for p in "${apt_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The venv lives in .venv/; re-install only when pyproject.toml changed (stamp keyed by its hash).
+PY="${VOICELOAD_PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($PY --version)"
+    "$PY" -m venv .venv
+fi
+extra=""; [ "$want_test" = 1 ] && extra="[test]"
+stamp=".venv/.voiceload-$(sha256sum pyproject.toml | cut -c1-16)${want_test}"
+if [ ! -f "$stamp" ]; then
+    echo "setup: installing python dependencies into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e ".${extra}"
+    rm -f .venv/.voiceload-*
+    touch "$stamp"
+    # a test install also satisfies a runtime one
+    [ "$want_test" = 1 ] && touch "${stamp%1}0"
+fi

@@ -1,0 +1,96 @@
+"""The real-time turn-taking state machines, driven by synthetic level polls."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from voiceload.callflow import BotFlow, CallerFlow, Hangup, Play, ThinkTime
+
+
+def caller(**kw: object) -> CallerFlow:
+    args: dict[str, object] = dict(
+        utterance_ms=[1000.0, 800.0], max_waits_ms=[2000, 2000], has_greeting=True, greeting_max_wait_ms=3000,
+        silence_gap_ms=500, hangup_by="caller", hangup_after_ms=300,
+    )
+    args.update(kw)
+    return CallerFlow(**args)  # type: ignore[arg-type]
+
+
+def drive(flow: CallerFlow | BotFlow, start: float, end: float, level: int) -> list[tuple[float, object]]:
+    out = []
+    t = start
+    while t < end:
+        act = flow.step(t, level)
+        if act is not None:
+            out.append((t, act))
+        t += 5
+    return out
+
+
+def test_caller_walks_the_happy_path() -> None:
+    f = caller()
+    assert f.on_answer(0) is None
+    assert drive(f, 0, 200, 0) == []  # waiting for the greeting
+    assert drive(f, 200, 1500, 20) == []  # greeting playing
+    acts = drive(f, 1500, 2100, 0)  # silence gap, then turn 0
+    assert acts == [(1995, Play(0))]  # last loud poll 1495 + 500 gap
+    assert drive(f, 2100, 3000, 0) == []  # our utterance plays (no bot speech expected)
+    assert drive(f, 3000, 3600, 20) == []  # reply
+    acts = drive(f, 3600, 4200, 0)
+    assert acts == [(4095, Play(1))]
+    drive(f, 4200, 5000, 0)
+    drive(f, 5000, 6000, 20)
+    acts = drive(f, 6000, 7000, 0)
+    assert acts == [(6495, Hangup(None))]
+    assert f.failure is None
+
+
+def test_caller_gives_up_when_the_bot_stays_silent() -> None:
+    f = caller(greeting_max_wait_ms=1000)
+    f.on_answer(0)
+    acts = drive(f, 0, 2000, 0)
+    assert len(acts) == 1 and isinstance(acts[0][1], Hangup)
+    assert "greeting did not start" in (f.failure or "")
+
+
+def test_bot_hangup_expected_and_early() -> None:
+    f = caller(hangup_by="bot", utterance_ms=[500.0])
+    f.on_answer(0)
+    drive(f, 0, 1000, 20)
+    drive(f, 1000, 1505, 0)  # -> Play(0)
+    drive(f, 1505, 2100, 0)
+    drive(f, 2100, 2600, 20)
+    drive(f, 2600, 3200, 0)
+    f.on_remote_hangup()
+    assert f.failure is None
+    early = caller()
+    early.on_answer(0)
+    early.on_remote_hangup()
+    assert "hung up early" in (early.failure or "")
+
+
+def test_think_time_parse_and_bounds() -> None:
+    assert ThinkTime.parse("400") == ThinkTime(400.0, 0.0)
+    assert ThinkTime.parse("900:300") == ThinkTime(900.0, 300.0)
+    for bad in ("x", "1:2:3", "100:200", "-5"):
+        with pytest.raises(ValueError):
+            ThinkTime.parse(bad)
+    rng = random.Random(1)
+    draws = [ThinkTime(900, 300).sample(rng) for _ in range(500)]
+    assert 600 <= min(draws) and max(draws) <= 1200
+
+
+def test_bot_replies_think_time_after_the_caller_ends() -> None:
+    b = BotFlow(prompt_ms=[1000.0, 500.0], has_greeting=True, n_turns=1, think=ThinkTime(400), endpoint_ms=300,
+                hangup_by="bot", hangup_after_ms=200, rng=random.Random(0))
+    b.on_answer(0)
+    acts = drive(b, 0, 1300, 0)
+    assert acts == [(200, Play(0))]
+    drive(b, 1300, 2000, 30)  # caller speaks until 1995
+    acts = drive(b, 2000, 3000, 0)
+    assert acts == [(2395, Play(1))]  # last loud poll at 1995 + 400 think
+    acts = drive(b, 3000, 4000, 0)
+    assert acts == [(3095, Hangup(None))]  # reply ends 2895 + 200
+    assert b.think_ms == [400.0]

@@ -1,0 +1,3 @@
+from voiceload.cli import app
+
+app()

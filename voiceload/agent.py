@@ -1,0 +1,410 @@
+"""Call agent: one process, one pjsua2 endpoint, up to the build's call limit of concurrent calls.
+
+The agent keeps the coordinator's assigned number of calls in flight, walks each call through
+the scenario (`CallerFlow`), records a tape per call, measures every turn from the tape once the
+call ends (`analyse_caller_tape`) and publishes exactly one `CallRecord` per placed call.
+Everything pjsua2 touches runs on the asyncio thread, which is also the pump.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pjsua2 as pj
+
+from voiceload import audio, bus
+from voiceload.analysis import Played, Reference, analyse_caller_tape
+from voiceload.callflow import CallerFlow, CallerState, Hangup, Play
+from voiceload.calibration import AGENT_RX_DELAY_MS
+from voiceload.messages import (
+    OUTCOME_COMPLETED,
+    OUTCOME_ERROR,
+    OUTCOME_FAILED,
+    OUTCOME_REJECTED,
+    OUTCOME_TIMEOUT,
+    AgentState,
+    Assign,
+    CallRecord,
+    Heartbeat,
+    ProtocolError,
+    TurnResult,
+)
+from voiceload.scenario import Scenario, load_scenario
+from voiceload.sipua import CLOCK_RATE, SipCall, SipStack
+from voiceload.vad import samples_to_ms
+
+log = logging.getLogger("voiceload.agent")
+
+PUMP_PERIOD_S = 0.005  # level polls every 5 ms see every 20 ms bridge frame
+HEARTBEAT_PERIOD_S = 1.0
+MEDIA_WAIT_S = 2.0
+SESSION_HEADER = "X-Voiceload-Session"
+
+
+def default_tape_dir() -> Path:
+    """Tapes are written and read once per call: keep them in RAM when the box has a tmpfs."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return base / "voiceload"
+
+
+@dataclass
+class ScenarioAudio:
+    """The scenario's recordings loaded once per agent: samples, speech spans, durations."""
+
+    scenario: Scenario
+    utterances: list[Reference] = field(default_factory=list)
+    replies: list[Reference | None] = field(default_factory=list)
+    greeting: Reference | None = None
+
+    @classmethod
+    def load(cls, scenario: Scenario) -> ScenarioAudio:
+        sa = cls(scenario)
+        sa.utterances = [Reference.of(audio.load_wav(t.caller)) for t in scenario.turns]
+        sa.replies = [Reference.of(audio.load_wav(t.reply.path)) if t.reply else None for t in scenario.turns]
+        if scenario.greeting is not None:
+            sa.greeting = Reference.of(audio.load_wav(scenario.greeting.path))
+        return sa
+
+    def new_flow(self) -> CallerFlow:
+        sc = self.scenario
+        return CallerFlow(
+            utterance_ms=[samples_to_ms(len(u.samples)) for u in self.utterances],
+            max_waits_ms=[t.reply.max_wait_ms if t.reply else DEFAULT_REPLY_WAIT_MS for t in sc.turns],
+            has_greeting=sc.greeting is not None,
+            greeting_max_wait_ms=sc.greeting.max_wait_ms if sc.greeting else 0,
+            silence_gap_ms=sc.silence_gap_ms,
+            hangup_by=sc.hangup_by,
+            hangup_after_ms=sc.hangup_after_ms,
+        )
+
+
+DEFAULT_REPLY_WAIT_MS = 3000
+
+
+@dataclass
+class CallerCall:
+    """Per-call state of the agent role, hung on `SipCall.app`."""
+
+    seq: int
+    flow: CallerFlow
+    started_at: float  # unix time of the INVITE
+    played: list[Played] = field(default_factory=list)
+    reason: str | None = None  # why the agent ended the call early, if it did
+    answered: bool = False
+
+
+@dataclass
+class AgentSettings:
+    run_id: str
+    agent_id: str
+    scenario_path: Path
+    target: str
+    broker: bus.BrokerAddress
+    tape_dir: Path = field(default_factory=default_tape_dir)
+    keep_tapes: bool = False
+    rx_delay_ms: float = AGENT_RX_DELAY_MS
+    max_calls: int | None = None  # None: the pjsua2 build's per-process limit
+    max_starts_per_s: float = 20.0
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.s = settings
+        self.scenario = load_scenario(settings.scenario_path)
+        self.audio = ScenarioAudio.load(self.scenario)
+        self.stack = SipStack(max_calls=settings.max_calls or 1024, user=f"agent-{settings.agent_id}")
+        self.concurrency = 0
+        self.quota = 0
+        self.placed = 0
+        self.finished = 0
+        self.stopping = False
+        self.outbox: asyncio.Queue[CallRecord] = asyncio.Queue()
+        self.tape_dir = settings.tape_dir / f"{settings.run_id}-{settings.agent_id}"
+        self._lag_max_ms = 0.0
+        self._next_start = 0.0
+
+    @property
+    def active(self) -> int:
+        return len(self.stack.calls)
+
+    async def run(self) -> None:
+        self.tape_dir.mkdir(parents=True, exist_ok=True)
+        self.stack.start()
+        cap = self.stack.max_calls if self.s.max_calls is None else min(self.s.max_calls, self.stack.max_calls)
+        self.capacity = cap
+        log.info("agent %s up: pjsua2 call limit %d, SIP %s", self.s.agent_id, cap, self.stack.address)
+        async with bus.Bus(self.s.broker, client_id=f"vl-agent-{self.s.run_id}-{self.s.agent_id}") as b:
+            await b.subscribe(bus.topic_control(self.s.run_id, self.s.agent_id))
+            await self._state(b, "ready")
+            tasks = [
+                asyncio.create_task(self._control(b)),
+                asyncio.create_task(self._publisher(b)),
+                asyncio.create_task(self._heartbeat(b)),
+            ]
+            try:
+                await self._pump()
+                await self.outbox.join()
+                await self._state(b, "done")
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+                self.stack.shutdown()
+                if not self.s.keep_tapes:
+                    with contextlib.suppress(OSError):
+                        self.tape_dir.rmdir()
+
+    async def _state(self, b: bus.Bus, state: str, detail: str | None = None) -> None:
+        msg = AgentState(self.s.run_id, self.s.agent_id, state, self.placed, self.finished, detail)
+        await b.publish(bus.topic_agent_state(self.s.run_id, self.s.agent_id), msg, qos=1)
+
+    async def _control(self, b: bus.Bus) -> None:
+        async for _topic, payload in b.messages():
+            try:
+                cmd = Assign.from_json(payload)
+            except ProtocolError as exc:
+                log.warning("ignored control message: %s", exc)
+                continue
+            self.concurrency = min(cmd.concurrency, self.capacity)
+            self.quota = cmd.calls
+            self.stopping = self.stopping or cmd.stop
+            log.info("assigned concurrency %d, calls %d, stop %s", self.concurrency, self.quota, cmd.stop)
+
+    async def _publisher(self, b: bus.Bus) -> None:
+        topic = bus.topic_calls(self.s.run_id, self.s.agent_id)
+        while True:
+            rec = await self.outbox.get()
+            try:
+                await b.publish(topic, rec, qos=1)
+            finally:
+                self.outbox.task_done()
+
+    async def _heartbeat(self, b: bus.Bus) -> None:
+        topic = bus.topic_heartbeat(self.s.run_id, self.s.agent_id)
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        while True:
+            await asyncio.sleep(HEARTBEAT_PERIOD_S)
+            cpu1, wall1 = time.process_time(), time.monotonic()
+            cpu = 100.0 * (cpu1 - cpu0) / max(wall1 - wall0, 1e-6)
+            cpu0, wall0 = cpu1, wall1
+            hb = Heartbeat(
+                run_id=self.s.run_id, agent_id=self.s.agent_id, at=time.time(), active_calls=self.active,
+                placed=self.placed, finished=self.finished, cpu_percent=round(cpu, 1),
+                pump_lag_ms_max=round(self._lag_max_ms, 1), max_calls=self.capacity,
+            )
+            self._lag_max_ms = 0.0
+            await b.publish(topic, hb, qos=0)
+
+    # --- the pump ---------------------------------------------------------------------------
+    def _done(self) -> bool:
+        no_more = self.stopping or (self.quota > 0 and self.placed >= self.quota)
+        return no_more and self.active == 0
+
+    async def _pump(self) -> None:
+        next_tick = time.monotonic()
+        while not self._done():
+            self.stack.pump(0)
+            now = time.monotonic()
+            self._dispatch(now)
+            self._step_calls(now)
+            self._start_calls(now)
+            self.stack.collect()
+            next_tick += PUMP_PERIOD_S
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                self._lag_max_ms = max(self._lag_max_ms, -delay * 1000)
+                next_tick = time.monotonic()
+                await asyncio.sleep(0)
+
+    def _start_calls(self, now: float) -> None:
+        if self.stopping or now < self._next_start:
+            return
+        if self.active < self.concurrency and self.placed < self.quota:
+            self._next_start = now + 1.0 / self.s.max_starts_per_s
+            self._place_call()
+
+    def _place_call(self) -> None:
+        self.placed += 1
+        seq = self.placed
+        session = f"{self.s.run_id}-{self.s.agent_id}-{seq}"
+        started_at = time.time()
+        try:
+            call = self.stack.make_call(self.s.target, {SESSION_HEADER: session})
+        except pj.Error as exc:
+            self._emit(
+                CallRecord(
+                    run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=f"unplaced-{session}", seq=seq,
+                    outcome=OUTCOME_ERROR, reason=f"makeCall failed: {exc.info().strip()}",
+                    started_at=started_at,
+                )
+            )
+            self.finished += 1
+            return
+        call.app = CallerCall(seq=seq, flow=self.audio.new_flow(), started_at=started_at)
+
+    def _dispatch(self, now: float) -> None:
+        events = self.stack.events
+        while events:
+            call, kind = events.popleft()
+            cc: CallerCall | None = call.app
+            if cc is None:
+                continue
+            if kind == "media" and call.tape is None:
+                call.start_tape(self.tape_dir / f"{cc.seq}.wav")
+            elif kind == "state" and call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                if call.remote_hangup:
+                    cc.flow.on_remote_hangup()
+                self.stack.close(call, self._closed)
+
+    def _closed(self, call: SipCall) -> None:
+        cc: CallerCall = call.app
+        try:
+            self._finish(call, cc)
+        except Exception as exc:  # one bad call must not take the agent (and its records) down
+            log.exception("measuring call %s failed", call.sip_call_id)
+            self._emit(CallRecord(
+                run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=call.sip_call_id or f"x-{cc.seq}",
+                seq=cc.seq, outcome=OUTCOME_ERROR, reason=f"agent error while measuring: {exc}",
+                started_at=cc.started_at,
+            ))
+        finally:
+            if call.tape is not None and not self.s.keep_tapes:
+                call.tape.path.unlink(missing_ok=True)
+            self.stack.release(call)
+
+    def _step_calls(self, now: float) -> None:
+        sc = self.scenario
+        for call in list(self.stack.calls):
+            cc: CallerCall | None = call.app
+            if cc is None or call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                continue
+            t = call.times
+            if t.answered is None:
+                if t.invite is not None and now - t.invite > sc.answer_timeout_ms / 1000:
+                    cc.reason = f"no answer within {sc.answer_timeout_ms} ms"
+                    call.hangup_now(487)
+                continue
+            if now - t.answered > sc.max_call_ms / 1000:
+                cc.reason = f"call exceeded max_call_ms {sc.max_call_ms}"
+                call.hangup_now()
+                continue
+            if t.confirmed is None or cc.flow.state is CallerState.DONE:
+                continue
+            if call.tape is None:  # media and CONFIRMED arrive in either order
+                if now - t.confirmed > MEDIA_WAIT_S:
+                    cc.reason = "call confirmed but no audio stream became active"
+                    call.hangup_now()
+                continue
+            if not cc.answered:
+                cc.answered = True
+                self._act(call, cc, cc.flow.on_answer(now * 1000), now)
+                continue
+            self._act(call, cc, cc.flow.step(now * 1000, call.level()), now)
+
+    def _act(self, call: SipCall, cc: CallerCall, action: Play | Hangup | None, now: float) -> None:
+        if isinstance(action, Play):
+            ref = self.audio.utterances[action.index]
+            started = call.play(self.scenario.turns[action.index].caller)
+            assert call.tape is not None
+            cc.played.append(Played(ref, round((started - call.tape.started) * CLOCK_RATE)))
+        elif isinstance(action, Hangup):
+            if action.reason:
+                cc.reason = action.reason
+            call.hangup_now()
+
+    def _finish(self, call: SipCall, cc: CallerCall) -> None:
+        """The call is over: flush its tape, measure it, emit its one record."""
+        self.finished += 1
+        log.debug("call %s ended: code %s, local hangup %s, reason %s / %s", call.sip_call_id, call.status_code,
+                  call.local_hangup, cc.reason, cc.flow.failure)
+        t = call.times
+        rec = CallRecord(
+            run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=call.sip_call_id or f"unknown-{cc.seq}",
+            seq=cc.seq, outcome=OUTCOME_FAILED, sip_code=call.status_code, started_at=cc.started_at,
+            rtp=call.rtp,
+        )
+        if t.invite is not None and t.answered is not None:
+            rec.setup_ms = round((t.answered - t.invite) * 1000, 1)
+        if t.invite is not None and t.ringing is not None:
+            rec.ringing_ms = round((t.ringing - t.invite) * 1000, 1)
+        if t.answered is None:
+            # never connected: the final response tells why
+            rec.sip_code = call.status_code
+            if cc.reason or call.status_code in (None, 408):
+                rec.outcome = OUTCOME_TIMEOUT
+                rec.reason = cc.reason or f"no final response ({call.status_text or 'timeout'})"
+            else:
+                rec.outcome = OUTCOME_REJECTED
+                rec.reason = f"{call.status_code} {call.status_text}"
+            rec.sip_code = 200 if call.status_code == 200 else call.status_code
+        else:
+            rec.sip_code = 200
+            if t.disconnected is not None:
+                rec.duration_ms = round((t.disconnected - t.answered) * 1000, 1)
+            rec.hangup_by = "caller" if call.local_hangup else "bot"
+            self._measure(call, cc, rec)
+        self._emit(rec)
+
+    def _measure(self, call: SipCall, cc: CallerCall, rec: CallRecord) -> None:
+        sc = self.scenario
+        reason = cc.reason or cc.flow.failure
+        if call.tape is None or call.times.answered is None:
+            rec.reason = reason or "no media: the call never carried audio"
+            return
+        tape = call.tape.read()
+        n = len(cc.played)
+        result = analyse_caller_tape(
+            tape,
+            tape_offset_ms=(call.tape.started - call.times.answered) * 1000,
+            rx_delay_ms=self.s.rx_delay_ms,
+            greeting=self.audio.greeting,
+            greeting_max_wait_ms=sc.greeting.max_wait_ms if sc.greeting else 0,
+            utterances=cc.played,
+            replies=self.audio.replies[:n],
+            max_waits_ms=[t.reply.max_wait_ms if t.reply else DEFAULT_REPLY_WAIT_MS for t in sc.turns[:n]],
+        )
+        rec.greeting = result.greeting
+        rec.turns = result.turns + [
+            TurnResult(index=i, reason="not reached") for i in range(n, len(sc.turns))
+        ]
+        problems = [reason] if reason else []
+        if rec.greeting is not None and not rec.greeting.ok:
+            problems.append(f"greeting: {rec.greeting.reason}")
+        problems += [f"turn {t.index}: {t.reason}" for t in rec.turns if not t.ok and t.reason != "not reached"]
+        if n < len(sc.turns) and not problems:
+            problems.append(f"only {n} of {len(sc.turns)} turns reached")
+        if problems:
+            rec.outcome, rec.reason = OUTCOME_FAILED, "; ".join(problems)
+        else:
+            rec.outcome = OUTCOME_COMPLETED
+
+    def _emit(self, rec: CallRecord) -> None:
+        self.outbox.put_nowait(rec)
+
+
+def run(
+    *, run_id: str, agent_id: str, scenario: Path, target: str, broker_url: str, tape_dir: Path | None = None,
+    keep_tapes: bool = False, max_calls: int | None = None, rx_delay_ms: float | None = None,
+) -> None:
+    """Entry point of `voiceload agent` (the coordinator spawns these, containers run them directly)."""
+    settings = AgentSettings(
+        run_id=run_id, agent_id=agent_id, scenario_path=scenario, target=target,
+        broker=bus.parse_broker_url(broker_url), keep_tapes=keep_tapes, max_calls=max_calls,
+    )
+    if tape_dir is not None:
+        settings.tape_dir = tape_dir
+    if rx_delay_ms is not None:
+        settings.rx_delay_ms = rx_delay_ms
+    asyncio.run(Agent(settings).run())

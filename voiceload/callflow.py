@@ -1,0 +1,250 @@
+"""Real-time turn-taking of one call, as pure state machines driven by time and the remote's level.
+
+The pump polls each call's received signal level (a C-side meter of the conference bridge, one
+value per 20 ms frame) and feeds it here; the flows answer with actions (play, hang up). They
+only decide *when* to act. Exact timing is measured afterwards from the call tape
+(`voiceload.analysis`), so a late poll can delay a caller's reply but never falsify a latency.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+
+# Bridge level meter (0..100, logarithmic like G.711): digital silence reads 0, speech 10..35.
+LEVEL_SPEECH = 5
+# Real-time detection lags the wire by the jitter buffer and a poll; give the bot this much
+# slack over max_wait before giving up in real time (the tape analysis has the final word).
+DETECTION_SLACK_MS = 250
+BOT_BYE_WAIT_MS = 5000  # when the bot is to hang up, how long the caller waits for its BYE
+
+
+@dataclass(frozen=True)
+class Play:
+    """Start playing recording `index` (caller: turn index; bot: prompt index, 0 = greeting if any)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Hangup:
+    reason: str | None  # None: the scenario's normal end
+
+
+Action = Play | Hangup
+
+
+class _Listener:
+    """Tracks when the remote last spoke, from level polls."""
+
+    def __init__(self) -> None:
+        self.last_speech_ms: float | None = None
+        self.speech_since: float | None = None  # first speech after `reset_at`
+        self.reset_at = 0.0
+
+    def reset(self, now: float) -> None:
+        self.reset_at = now
+        self.speech_since = None
+
+    def feed(self, now: float, level: int) -> None:
+        if level >= LEVEL_SPEECH:
+            self.last_speech_ms = now
+            if self.speech_since is None:
+                self.speech_since = now
+
+    def silent_for(self, now: float) -> float:
+        if self.speech_since is None or self.last_speech_ms is None:
+            return 0.0
+        return now - self.last_speech_ms
+
+
+class CallerState(Enum):
+    WAIT_BOT = "wait_bot"  # waiting for the bot to start speaking
+    BOT_SPEAKING = "bot_speaking"  # heard the bot; waiting for it to finish (silence gap)
+    SPEAKING = "speaking"  # our utterance is playing
+    WAIT_BYE = "wait_bye"
+    DONE = "done"
+
+
+@dataclass
+class CallerFlow:
+    """The caller's side of the happy path: greeting -> (utterance -> reply)* -> hang-up."""
+
+    utterance_ms: list[float]  # duration of each turn's recording
+    max_waits_ms: list[int]  # per turn: how long the bot may take to reply
+    has_greeting: bool
+    greeting_max_wait_ms: int
+    silence_gap_ms: int
+    hangup_by: str  # "caller" | "bot"
+    hangup_after_ms: int
+    state: CallerState = CallerState.WAIT_BOT
+    turn: int = 0  # next utterance to play
+    failure: str | None = None
+    _listener: _Listener = field(default_factory=_Listener)
+    _deadline: float = 0.0
+    _speak_end: float = 0.0
+
+    def on_answer(self, now: float) -> Action | None:
+        self._listener.reset(now)
+        if self.has_greeting:
+            self._deadline = now + self.greeting_max_wait_ms + DETECTION_SLACK_MS
+            self.state = CallerState.WAIT_BOT
+            return None
+        return self._speak(now)
+
+    def _speak(self, now: float) -> Action:
+        self.state = CallerState.SPEAKING
+        self._speak_end = now + self.utterance_ms[self.turn]
+        self.turn += 1
+        return Play(self.turn - 1)
+
+    def _fail(self, reason: str) -> Action:
+        self.failure = reason
+        self.state = CallerState.DONE
+        return Hangup(reason)
+
+    def step(self, now: float, level: int) -> Action | None:
+        """Advance on one level poll; returns the action to take now, if any."""
+        lis = self._listener
+        lis.feed(now, level)
+        if self.state is CallerState.SPEAKING:
+            if now >= self._speak_end:
+                lis.reset(now)
+                self.state = CallerState.WAIT_BOT
+                self._deadline = now + self.max_waits_ms[self.turn - 1] + DETECTION_SLACK_MS
+            return None
+        if self.state is CallerState.WAIT_BOT:
+            if lis.speech_since is not None:
+                self.state = CallerState.BOT_SPEAKING
+            elif now > self._deadline:
+                what = "greeting" if self.turn == 0 else f"reply to turn {self.turn - 1}"
+                return self._fail(f"no bot speech: {what} did not start in time")
+            return None
+        if self.state is CallerState.BOT_SPEAKING:
+            quiet = lis.silent_for(now)
+            if self.turn < len(self.utterance_ms):
+                return self._speak(now) if quiet >= self.silence_gap_ms else None
+            if self.hangup_by == "caller":
+                if quiet >= max(self.silence_gap_ms, self.hangup_after_ms):
+                    self.state = CallerState.DONE
+                    return Hangup(None)
+                return None
+            if quiet >= self.silence_gap_ms:
+                self.state = CallerState.WAIT_BYE
+                self._deadline = now + self.hangup_after_ms + BOT_BYE_WAIT_MS
+            return None
+        if self.state is CallerState.WAIT_BYE and now > self._deadline:
+            return self._fail("bot did not hang up after its last prompt")
+        return None
+
+    def on_remote_hangup(self) -> None:
+        """The bot hung up: fine only once the happy path is walked and it was the bot's job."""
+        walked = self.turn >= len(self.utterance_ms) and self.state in (
+            CallerState.BOT_SPEAKING,
+            CallerState.WAIT_BYE,
+        )
+        if not (walked and self.hangup_by == "bot") and self.failure is None and self.state is not CallerState.DONE:
+            self.failure = f"bot hung up early (state {self.state.value}, turn {self.turn})"
+        self.state = CallerState.DONE
+
+
+@dataclass(frozen=True)
+class ThinkTime:
+    """The reference bot's think time: uniform in [mean - jitter, mean + jitter] ms, never negative."""
+
+    mean_ms: float
+    jitter_ms: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> ThinkTime:
+        """`MEAN` or `MEAN:JITTER` in ms, e.g. `400` or `900:300`."""
+        parts = text.split(":")
+        if len(parts) > 2 or not all(p.strip().replace(".", "", 1).isdigit() for p in parts):
+            raise ValueError(f"think time {text!r}: expected MEAN or MEAN:JITTER in ms, e.g. 400 or 900:300")
+        mean = float(parts[0])
+        jitter = float(parts[1]) if len(parts) == 2 else 0.0
+        if jitter > mean:
+            raise ValueError(f"think time {text!r}: jitter must not exceed the mean")
+        return cls(mean, jitter)
+
+    def sample(self, rng: random.Random) -> float:
+        return max(0.0, self.mean_ms + rng.uniform(-self.jitter_ms, self.jitter_ms))
+
+
+class BotState(Enum):
+    SPEAKING = "speaking"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    DONE = "done"
+
+
+@dataclass
+class BotFlow:
+    """The reference bot: greeting, then after each caller utterance (+ think time) the next prompt.
+
+    Prompt indices: 0 is the greeting when there is one; reply to turn i is `i + first_reply`.
+    The caller's end of speech is taken as the last loud frame once `endpoint_ms` of silence
+    followed it; the reply is due `think` after that end, so a think time longer than the
+    endpointing delay is honoured exactly (shorter ones are late by the difference).
+    """
+
+    prompt_ms: list[float]
+    has_greeting: bool
+    n_turns: int
+    think: ThinkTime
+    endpoint_ms: int
+    hangup_by: str
+    hangup_after_ms: int
+    rng: random.Random
+    greeting_delay_ms: float = 200.0
+    state: BotState = BotState.THINKING
+    replies_done: int = 0
+    think_ms: list[float] = field(default_factory=list)  # the think time drawn for each reply
+    _listener: _Listener = field(default_factory=_Listener)
+    _due: float = 0.0
+    _next_prompt: int = 0
+    _speak_end: float = 0.0
+
+    @property
+    def first_reply(self) -> int:
+        return 1 if self.has_greeting else 0
+
+    def on_answer(self, now: float) -> None:
+        if self.has_greeting:
+            self.state, self._due, self._next_prompt = BotState.THINKING, now + self.greeting_delay_ms, 0
+        else:
+            self.state = BotState.LISTENING
+            self._listener.reset(now)
+
+    def step(self, now: float, level: int) -> Action | None:
+        lis = self._listener
+        lis.feed(now, level)
+        if self.state is BotState.THINKING and now >= self._due:
+            self.state = BotState.SPEAKING
+            self._speak_end = now + self.prompt_ms[self._next_prompt]
+            return Play(self._next_prompt)
+        if self.state is BotState.SPEAKING and now >= self._speak_end:
+            if self._next_prompt >= self.first_reply:
+                self.replies_done += 1
+            if self.replies_done >= self.n_turns:
+                if self.hangup_by == "bot":
+                    self.state, self._due = BotState.DONE, now + self.hangup_after_ms
+                else:
+                    self.state = BotState.DONE
+                    self._due = float("inf")
+                return None
+            self.state = BotState.LISTENING
+            lis.reset(now)
+            return None
+        if self.state is BotState.LISTENING and lis.speech_since is not None:
+            if lis.silent_for(now) >= self.endpoint_ms and lis.last_speech_ms is not None:
+                self.state = BotState.THINKING
+                self._next_prompt = self.replies_done + self.first_reply
+                self.think_ms.append(round(self.think.sample(self.rng), 1))
+                self._due = lis.last_speech_ms + self.think_ms[-1]
+            return None
+        if self.state is BotState.DONE and now >= self._due:
+            self._due = float("inf")
+            return Hangup(None)
+        return None

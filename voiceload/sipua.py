@@ -1,0 +1,393 @@
+"""The one adapter around pjsua2: endpoint lifecycle, calls, players and tapes, pumped from one thread.
+
+Rules it enforces, learnt the hard way (ARCHITECTURE.md §3):
+- one Endpoint per process, pumped by the caller (`threadCnt = 0` + `libHandleEvents`), so every
+  SIP callback runs on the pump thread and the callbacks only record facts and queue events;
+- pjsua2 objects (calls, players, recorders) are never freed inside a callback: finished ones
+  are parked and released by `collect()` on the next pump turn;
+- `shutdown()` hangs up, pumps, releases, and only then destroys the library;
+- the per-process call limit is read from the library (`pjsua_call_get_max_count`), never assumed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pjsua2 as pj
+import soundfile as sf
+
+log = logging.getLogger(__name__)
+
+CLOCK_RATE = 8000  # the bridge runs at G.711's rate: no resampling anywhere on the path
+FRAME_MS = 20
+WAV_HEADER_BYTES = 44
+TAPE_CLOSE_TIMEOUT_S = 1.0
+
+
+def _lib() -> ctypes.CDLL:
+    return ctypes.CDLL(pj._pjsua2.__file__)
+
+
+def pjsua2_version() -> str:
+    ep = pj.Endpoint.instance() if _endpoint_exists() else None
+    if ep is not None:
+        return str(ep.libVersion().full)
+    return str(getattr(pj, "__version__", "unknown"))
+
+
+def _endpoint_exists() -> bool:
+    try:
+        pj.Endpoint.instance()
+    except Exception:
+        return False
+    return True
+
+
+@dataclass
+class CallTimes:
+    """Monotonic timestamps (s) of a call's signalling milestones, taken on the pump thread."""
+
+    invite: float | None = None
+    ringing: float | None = None
+    answered: float | None = None  # 200 OK received (UAC) / sent (UAS)
+    confirmed: float | None = None
+    disconnected: float | None = None
+
+
+class SipCall(pj.Call):  # type: ignore[misc]
+    """A call whose callbacks only record facts and queue an event for the pump loop."""
+
+    def __init__(self, stack: SipStack, account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(account, call_id)
+        self.stack = stack
+        self.times = CallTimes()
+        self.sip_call_id = ""
+        self.status_code: int | None = None
+        self.status_text = ""
+        self.state = pj.PJSIP_INV_STATE_NULL
+        self.media: pj.AudioMedia | None = None
+        self.rtp: dict[str, Any] | None = None
+        self.remote_hangup = False
+        self.local_hangup = False
+        self.tape: Tape | None = None
+        self.players: list[pj.AudioMediaPlayer] = []
+        self.app: Any = None  # the role's per-call state
+
+    # --- callbacks: record, queue, return ---------------------------------------------------
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802 (pjsua2 API)
+        now = time.monotonic()
+        ci = self.getInfo()
+        self.state = ci.state
+        self.sip_call_id = ci.callIdString or self.sip_call_id
+        if ci.lastStatusCode:
+            self.status_code = int(ci.lastStatusCode)
+            self.status_text = ci.lastReason
+        if ci.state == pj.PJSIP_INV_STATE_EARLY and self.times.ringing is None:
+            self.times.ringing = now
+        elif ci.state == pj.PJSIP_INV_STATE_CONNECTING and self.times.answered is None:
+            self.times.answered = now
+        elif ci.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            self.times.confirmed = now
+            if self.times.answered is None:
+                self.times.answered = now
+        elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.times.disconnected = now
+            if not self.local_hangup:
+                self.remote_hangup = True
+        self.stack.events.append((self, "state"))
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
+        ci = self.getInfo()
+        for i, mi in enumerate(ci.media):
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                self.media = self.getAudioMedia(i)
+                self.stack.events.append((self, "media"))
+                return
+
+    def onCallRedirected(self, prm: pj.OnCallRedirectedParam) -> int:  # noqa: N802
+        # follow 3xx: the reference bot spreads calls over worker processes this way
+        return int(pj.PJSIP_REDIRECT_ACCEPT)
+
+    def onStreamDestroyed(self, prm: pj.OnStreamDestroyedParam) -> None:  # noqa: N802
+        # the last moment the stream's RTP counters exist
+        self.rtp = self.read_rtp_stats() or self.rtp
+
+    # --- operations, called from the pump loop ----------------------------------------------
+    def read_rtp_stats(self) -> dict[str, Any] | None:
+        try:
+            st = self.getStreamStat(0)
+        except pj.Error:
+            return None
+        rx, tx, jb = st.rtcp.rxStat, st.rtcp.txStat, st.jbuf
+        return {
+            "rx_packets": int(rx.pkt),
+            "rx_lost": int(rx.loss),
+            "rx_discarded": int(rx.discard),
+            "rx_jitter_ms_mean": round(rx.jitterUsec.mean / 1000, 2),
+            "rx_jitter_ms_max": round(rx.jitterUsec.max / 1000, 2),
+            "tx_packets": int(tx.pkt),
+            "jbuf_delay_ms_mean": int(jb.avgDelayMsec),
+            "jbuf_empty": int(jb.empty),
+            "jbuf_discard": int(jb.discard),
+        }
+
+    def level(self) -> int:
+        """Level (0..100) of the audio the remote sends us, last bridge frame (cheap C call)."""
+        if self.media is None:
+            return 0
+        try:
+            return int(self.media.getTxLevel())  # pjsua2 names it from the bridge's side
+        except pj.Error:
+            return 0
+
+    def hangup_now(self, code: int = 200) -> None:
+        if self.state == pj.PJSIP_INV_STATE_DISCONNECTED or self.local_hangup:
+            return
+        self.local_hangup = True
+        prm = pj.CallOpParam()
+        prm.statusCode = code
+        try:
+            self.hangup(prm)
+        except pj.Error as exc:
+            log.debug("hangup failed: %s", exc.info())
+
+    def start_tape(self, path: Path) -> None:
+        """Record everything the call carries (remote audio + our players) on the bridge clock."""
+        assert self.media is not None
+        self.tape = Tape(path)
+        self.media.startTransmit(self.tape.recorder)
+        self.tape.started = time.monotonic()
+
+    def play(self, path: Path) -> float:
+        """Play a recording into the call (and onto the tape); returns the monotonic start time."""
+        assert self.media is not None
+        player = pj.AudioMediaPlayer()
+        player.createPlayer(str(path), pj.PJMEDIA_FILE_NO_LOOP)
+        if self.tape is not None:
+            player.startTransmit(self.tape.recorder)
+        player.startTransmit(self.media)
+        self.players.append(player)
+        return time.monotonic()
+
+    def close_media(self) -> Path | None:
+        """Release players and the tape recorder (flushes the WAV). Pump-loop only, never a callback."""
+        self.players.clear()
+        path = None
+        if self.tape is not None:
+            path = self.tape.path
+            self.tape.recorder = None  # destroys the recorder and writes the WAV header
+        return path
+
+
+@dataclass
+class Tape:
+    path: Path
+    started: float = 0.0  # monotonic time the recorder was connected; bridge frames follow
+    recorder: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.recorder = pj.AudioMediaRecorder()
+        self.recorder.createRecorder(str(self.path))
+
+    def finalized(self) -> bool:
+        """True once the WAV header states the file's real length (pjmedia writes it on destroy)."""
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(8)
+            size = self.path.stat().st_size
+        except OSError:
+            return True  # nothing to wait for
+        return len(head) == 8 and int.from_bytes(head[4:8], "little") == size - 8
+
+    def read(self) -> np.ndarray:
+        """The tape's samples once the recorder is closed (empty when no frame was ever written)."""
+        if self.recorder is not None:
+            raise RuntimeError("tape still recording: close_media() first")
+        try:
+            if self.path.stat().st_size <= WAV_HEADER_BYTES:
+                return np.zeros(0, dtype=np.int16)
+            data, _rate = sf.read(str(self.path), dtype="int16")
+        except (OSError, RuntimeError):
+            return np.zeros(0, dtype=np.int16)
+        return np.asarray(data, dtype=np.int16).reshape(-1)
+
+
+class _Account(pj.Account):  # type: ignore[misc]
+    def __init__(self, stack: SipStack) -> None:
+        super().__init__()
+        self.stack = stack
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
+        call = SipCall(self.stack, self, prm.callId)
+        ci = call.getInfo()
+        call.sip_call_id = ci.callIdString
+        call.times.invite = time.monotonic()
+        self.stack.calls.add(call)
+        self.stack.events.append((call, "incoming"))
+
+
+class SipStack:
+    """The process's single pjsua2 endpoint with one UDP transport and one local account."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, max_calls: int = 1024,
+                 log_level: int | None = None, user: str = "voiceload") -> None:
+        self.host, self.port, self.max_calls_wanted = host, port, max_calls
+        self.log_level = log_level if log_level is not None else int(os.environ.get("VOICELOAD_PJSIP_LOG", "0"))
+        self.user = user
+        self.events: deque[tuple[SipCall, str]] = deque()
+        self.calls: set[SipCall] = set()
+        self._parked: list[SipCall] = []
+        self._closing: list[tuple[float, SipCall, Callable[[SipCall], None]]] = []
+        self.ep: pj.Endpoint | None = None
+        self.account: _Account | None = None
+        self.max_calls = 0
+
+    def start(self) -> None:
+        ep = pj.Endpoint()
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = False
+        cfg.uaConfig.maxCalls = self.max_calls_wanted
+        cfg.uaConfig.userAgent = "voiceload"
+        cfg.logConfig.level = self.log_level
+        cfg.logConfig.consoleLevel = self.log_level
+        med = cfg.medConfig
+        med.clockRate = CLOCK_RATE
+        med.sndClockRate = CLOCK_RATE
+        med.audioFramePtime = FRAME_MS
+        med.ptime = FRAME_MS
+        med.noVad = True  # silence is sent as audio: no DTX gaps that would look like jitter
+        med.ecTailLen = 0
+        med.maxMediaPorts = 3 * self.max_calls_wanted + 8
+        ep.libInit(cfg)
+        self.max_calls = int(_lib().pjsua_call_get_max_count())
+        tcfg = pj.TransportConfig()
+        tcfg.port = self.port
+        tcfg.boundAddress = self.host
+        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        self.port = int(str(ep.transportGetInfo(tid).localName).rsplit(":", 1)[1])
+        ep.audDevManager().setNullDev()
+        ep.libStart()
+        # G.711 u-law only: what every gateway speaks, and what SIPp streams
+        for codec in ep.codecEnum2():
+            ep.codecSetPriority(codec.codecId, 255 if codec.codecId.startswith("PCMU/") else 0)
+        acfg = pj.AccountConfig()
+        acfg.idUri = f"sip:{self.user}@{self.host}:{self.port}"
+        acfg.mediaConfig.transportConfig.boundAddress = self.host
+        self.account = _Account(self)
+        self.account.create(acfg)
+        self.ep = ep
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def pump(self, timeout_ms: int = 0) -> None:
+        assert self.ep is not None
+        self.ep.libHandleEvents(timeout_ms)
+
+    def make_call(self, uri: str, headers: dict[str, str] | None = None) -> SipCall:
+        assert self.account is not None
+        call = SipCall(self, self.account)
+        prm = pj.CallOpParam(True)
+        for name, value in (headers or {}).items():
+            hdr = pj.SipHeader()
+            hdr.hName, hdr.hValue = name, value
+            prm.txOption.headers.append(hdr)
+        call.times.invite = time.monotonic()
+        self.calls.add(call)
+        try:
+            call.makeCall(uri, prm)
+        except pj.Error:
+            self.calls.discard(call)
+            raise
+        call.sip_call_id = call.getInfo().callIdString
+        return call
+
+    def answer(self, call: SipCall, code: int = 200) -> None:
+        prm = pj.CallOpParam()
+        prm.statusCode = code
+        call.answer(prm)
+
+    def close(self, call: SipCall, then: Callable[[SipCall], None]) -> None:
+        """Close a finished call's media, then run `then(call)` once its tape is complete on disk.
+
+        Since pjproject 2.14 the bridge removes ports on its own clock thread, so a recorder's
+        WAV header is written a tick or two after the recorder is dropped; `collect()` waits
+        for it (bounded) instead of reading a half-written tape.
+        """
+        call.close_media()
+        self._closing.append((time.monotonic() + TAPE_CLOSE_TIMEOUT_S, call, then))
+
+    def release(self, call: SipCall) -> None:
+        """Forget a finished call; its pjsua2 object is freed on the next `collect()`."""
+        self.calls.discard(call)
+        self._parked.append(call)
+
+    def collect(self) -> None:
+        """Hand over closed calls and free parked pjsua2 objects: pump loop only, never a callback."""
+        if self._closing:
+            now = time.monotonic()
+            waiting = []
+            for deadline, call, then in self._closing:
+                if call.tape is None or call.tape.finalized() or now > deadline:
+                    then(call)
+                else:
+                    waiting.append((deadline, call, then))
+            self._closing = waiting
+        while self._parked:
+            call = self._parked.pop()
+            call.close_media()
+            call.media = None
+            call.app = None
+
+    def shutdown(self, drain_s: float = 1.0) -> None:
+        if self.ep is None:
+            return
+        ep = self.ep
+        try:
+            ep.hangupAllCalls()
+        except pj.Error:
+            pass
+        end = time.monotonic() + drain_s
+        while time.monotonic() < end and any(c.state != pj.PJSIP_INV_STATE_DISCONNECTED for c in self.calls):
+            ep.libHandleEvents(20)
+        for call in list(self.calls):
+            self.release(call)
+        self.collect()
+        self.events.clear()
+        self.account = None
+        import gc
+
+        gc.collect()
+        ep.libDestroy()
+        self.ep = None
+
+
+def probe_call_limit() -> int:
+    """Per-process call limit of the installed pjsua2 build (creates and destroys an endpoint)."""
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.uaConfig.maxCalls = 1 << 16
+    cfg.logConfig.level = 0
+    cfg.logConfig.consoleLevel = 0
+    cfg.uaConfig.threadCnt = 0
+    ep.libInit(cfg)
+    limit = int(_lib().pjsua_call_get_max_count())
+    ep.libDestroy()
+    return limit
+
+
+if __name__ == "__main__":  # `python -m voiceload.sipua` prints the call limit (used by the coordinator)
+    print(probe_call_limit())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from tests.test_vad import place, tone
 from voiceload.analysis import Played, Reference, analyse_bot_tape, analyse_caller_tape
 

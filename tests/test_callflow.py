@@ -79,7 +79,7 @@ def test_think_time_parse_and_bounds() -> None:
             ThinkTime.parse(bad)
     rng = random.Random(1)
     draws = [ThinkTime(900, 300).sample(rng) for _ in range(500)]
-    assert 600 <= min(draws) and max(draws) <= 1200
+    assert min(draws) >= 600 and max(draws) <= 1200
 
 
 def test_bot_replies_think_time_after_the_caller_ends() -> None:

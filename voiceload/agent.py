@@ -21,8 +21,8 @@ import pjsua2 as pj
 
 from voiceload import audio, bus
 from voiceload.analysis import Played, Reference, analyse_caller_tape
-from voiceload.callflow import CallerFlow, CallerState, Hangup, Play
 from voiceload.calibration import AGENT_RX_DELAY_MS
+from voiceload.callflow import CallerFlow, CallerState, Hangup, Play
 from voiceload.messages import (
     OUTCOME_COMPLETED,
     OUTCOME_ERROR,

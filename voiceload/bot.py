@@ -151,9 +151,11 @@ class BotWorker:
                     continue
                 self._act(call, bc, bc.flow.step(now * 1000, call.level()))
             self.stack.collect()
-            if len(self.stack.calls) != self._load:
-                self._load = len(self.stack.calls)
-                self._say(f"LOAD {self._load}")
+            # pjsua frees a call slot at DISCONNECTED, before our tape is measured
+            load = sum(1 for c in self.stack.calls if c.state != pj.PJSIP_INV_STATE_DISCONNECTED)
+            if load != self._load:
+                self._load = load
+                self._say(f"LOAD {load}")
             await asyncio.sleep(PUMP_PERIOD_S)
 
     def _new_flow(self) -> BotFlow:
@@ -257,7 +259,8 @@ class _Worker:
 
 
 async def _serve_front(s: BotSettings, limit: int) -> None:
-    n = max(1, math.ceil(s.max_calls / limit))
+    # one spare worker absorbs calls that start while finished ones are still being torn down
+    n = math.ceil(s.max_calls / limit) + 1
     workers: list[_Worker] = []
     for i in range(n):
         proc = await asyncio.create_subprocess_exec(

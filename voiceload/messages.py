@@ -52,7 +52,10 @@ class Message:
             )
         if body.get("kind") != cls.KIND:
             raise ProtocolError(f"expected a {cls.KIND!r} message, got {body.get('kind')!r}")
-        return cls._from_dict(body)
+        try:
+            return cls._from_dict(body)
+        except (TypeError, ValueError) as exc:  # a missing field or a malformed nested one
+            raise ProtocolError(f"malformed {cls.KIND!r} message: {exc}") from exc
 
     @classmethod
     def _from_dict(cls: type[M], body: dict[str, Any]) -> M:
@@ -119,6 +122,11 @@ class CallRecord(Message):
     def to_dict(self) -> dict[str, Any]:
         """The calls.jsonl line (schema 1): the wire body without the envelope fields."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> CallRecord:
+        """A calls.jsonl line back into a record (TypeError/ValueError when malformed)."""
+        return cls._from_dict(body)
 
 
 @dataclass

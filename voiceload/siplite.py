@@ -16,6 +16,7 @@ import string
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from voiceload.errors import UserError
 
@@ -133,7 +134,8 @@ async def probe_target(uri: str, *, timeout_s: float = 3.0) -> str:
         raise UserError(f"--target {uri}: cannot resolve host {target.host!r} ({exc.strerror})") from None
     family, _, _, _, addr = infos[0]
     local = "127.0.0.1" if family == socket.AF_INET else "::1"
-    transport, proto = await loop.create_datagram_endpoint(_ProbeProtocol, local_addr=(local, 0), remote_addr=addr[:2])
+    remote = (str(addr[0]), int(addr[1]))
+    transport, proto = await loop.create_datagram_endpoint(_ProbeProtocol, local_addr=(local, 0), remote_addr=remote)
     try:
         lport = transport.get_extra_info("sockname")[1]
         req = "\r\n".join([
@@ -177,8 +179,7 @@ class RedirectFront(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         msg = SipMessage.parse(data)

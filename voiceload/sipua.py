@@ -11,9 +11,11 @@ Rules it enforces, learnt the hard way (ARCHITECTURE.md §3):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import os
+import gc
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -63,12 +65,16 @@ class CallTimes:
     disconnected: float | None = None
 
 
-class SipCall(pj.Call):  # type: ignore[misc]
+class SipCall(pj.Call):
     """A call whose callbacks only record facts and queue an event for the pump loop."""
 
     def __init__(self, stack: SipStack, account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(account, call_id)
         self.stack = stack
+        self.reset()
+
+    def reset(self) -> None:
+        """Fresh per-call state: SipCall objects are reused, never destroyed mid-run (see SipStack)."""
         self.times = CallTimes()
         self.sip_call_id = ""
         self.status_code: int | None = None
@@ -83,7 +89,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.app: Any = None  # the role's per-call state
 
     # --- callbacks: record, queue, return ---------------------------------------------------
-    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802 (pjsua2 API)
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
         now = time.monotonic()
         ci = self.getInfo()
         self.state = ci.state
@@ -105,7 +111,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 self.remote_hangup = True
         self.stack.events.append((self, "state"))
 
-    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         ci = self.getInfo()
         for i, mi in enumerate(ci.media):
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
@@ -113,11 +119,11 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 self.stack.events.append((self, "media"))
                 return
 
-    def onCallRedirected(self, prm: pj.OnCallRedirectedParam) -> int:  # noqa: N802
+    def onCallRedirected(self, prm: pj.OnCallRedirectedParam) -> int:
         # follow 3xx: the reference bot spreads calls over worker processes this way
         return int(pj.PJSIP_REDIRECT_ACCEPT)
 
-    def onStreamDestroyed(self, prm: pj.OnStreamDestroyedParam) -> None:  # noqa: N802
+    def onStreamDestroyed(self, prm: pj.OnStreamDestroyedParam) -> None:
         # the last moment the stream's RTP counters exist
         self.rtp = self.read_rtp_stats() or self.rtp
 
@@ -221,13 +227,13 @@ class Tape:
         return np.asarray(data, dtype=np.int16).reshape(-1)
 
 
-class _Account(pj.Account):  # type: ignore[misc]
+class _Account(pj.Account):
     def __init__(self, stack: SipStack) -> None:
         super().__init__()
         self.stack = stack
 
-    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
-        call = SipCall(self.stack, self, prm.callId)
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
+        call = self.stack.adopt(prm.callId)
         ci = call.getInfo()
         call.sip_call_id = ci.callIdString
         call.times.invite = time.monotonic()
@@ -247,6 +253,7 @@ class SipStack:
         self.calls: set[SipCall] = set()
         self._parked: list[SipCall] = []
         self._closing: list[tuple[float, SipCall, Callable[[SipCall], None]]] = []
+        self._pool: list[SipCall] = []  # finished SipCall objects, reused for the next calls
         self.ep: pj.Endpoint | None = None
         self.account: _Account | None = None
         self.max_calls = 0
@@ -298,7 +305,8 @@ class SipStack:
 
     def make_call(self, uri: str, headers: dict[str, str] | None = None) -> SipCall:
         assert self.account is not None
-        call = SipCall(self, self.account)
+        call = self._pool.pop() if self._pool else SipCall(self, self.account)
+        call.reset()
         prm = pj.CallOpParam(True)
         for name, value in (headers or {}).items():
             hdr = pj.SipHeader()
@@ -310,6 +318,7 @@ class SipStack:
             call.makeCall(uri, prm)
         except pj.Error:
             self.calls.discard(call)
+            self._pool.append(call)
             raise
         call.sip_call_id = call.getInfo().callIdString
         return call
@@ -329,8 +338,31 @@ class SipStack:
         call.close_media()
         self._closing.append((time.monotonic() + TAPE_CLOSE_TIMEOUT_S, call, then))
 
+    def adopt(self, call_id: int) -> SipCall:
+        """The SipCall for a new incoming call on pjsua slot `call_id`: a pooled one when possible.
+
+        A pooled object gets the slot through pjsua's user data plus `Call.lookup`, which is how
+        pjsua2 itself re-binds a Call object to a slot.
+        """
+        assert self.account is not None
+        if not self._pool:
+            return SipCall(self, self.account, call_id)
+        call = self._pool.pop()
+        call.reset()
+        _lib().pjsua_call_set_user_data(ctypes.c_int(call_id), ctypes.c_void_p(int(call.this)))
+        bound = pj.Call.lookup(call_id)
+        if bound is None or bound.getId() != call_id:
+            raise RuntimeError(f"could not bind a pooled call object to pjsua slot {call_id}")
+        return call
+
     def release(self, call: SipCall) -> None:
-        """Forget a finished call; its pjsua2 object is freed on the next `collect()`."""
+        """Forget a finished call; its object returns to the pool on the next `collect()`.
+
+        pjsua2's `~Call()` clears the user data of, and hangs up, whatever call holds its *old*
+        slot id, and pjsua reuses slots as soon as a call ends: destroying a finished Call
+        mid-run can kill a live one. So finished objects are recycled, and only destroyed in
+        `shutdown()` once no call is active.
+        """
         self.calls.discard(call)
         self._parked.append(call)
 
@@ -350,25 +382,27 @@ class SipStack:
             call.close_media()
             call.media = None
             call.app = None
+            call.tape = None
+            self._pool.append(call)
 
     def shutdown(self, drain_s: float = 1.0) -> None:
         if self.ep is None:
             return
         ep = self.ep
-        try:
+        with contextlib.suppress(pj.Error):
             ep.hangupAllCalls()
-        except pj.Error:
-            pass
         end = time.monotonic() + drain_s
         while time.monotonic() < end and any(c.state != pj.PJSIP_INV_STATE_DISCONNECTED for c in self.calls):
             ep.libHandleEvents(20)
+        for _deadline, call, _then in self._closing:
+            self.release(call)  # the role's measurement is skipped: the process is going away
+        self._closing.clear()
         for call in list(self.calls):
             self.release(call)
         self.collect()
         self.events.clear()
+        self._pool.clear()  # destroyed while the library still lives and no call is active
         self.account = None
-        import gc
-
         gc.collect()
         ep.libDestroy()
         self.ep = None

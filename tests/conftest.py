@@ -1,0 +1,87 @@
+"""Shared fixtures: real MQTT brokers (Debian mosquitto, and our embedded amqtt) on free ports."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from voiceload.broker import EmbeddedBroker, free_port
+from voiceload.bus import BrokerAddress
+
+__all__ = ["Mosquitto", "free_port"]
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+START_TIMEOUT_S = 10.0
+
+
+class Mosquitto:
+    """A mosquitto process on one port, restartable on that same port (for reconnect tests)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.address = BrokerAddress("127.0.0.1", self.port)
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {START_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (scripts/setup.sh --test installs it)")
+    m = Mosquitto(tmp_path)
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+def mosquitto_broker(mosquitto: Mosquitto) -> BrokerAddress:
+    return mosquitto.address
+
+
+@pytest.fixture
+def embedded_broker() -> Iterator[BrokerAddress]:
+    with EmbeddedBroker() as broker:
+        yield broker.address
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+def any_broker(request: pytest.FixtureRequest) -> BrokerAddress:
+    """The same test against both brokers we support."""
+    fixture = "mosquitto_broker" if request.param == "mosquitto" else "embedded_broker"
+    address: BrokerAddress = request.getfixturevalue(fixture)
+    return address

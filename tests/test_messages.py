@@ -1,0 +1,83 @@
+"""Wire messages: every kind survives JSON, and a peer of another protocol version is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from voiceload.messages import (
+    PROTOCOL_VERSION,
+    AgentState,
+    Assign,
+    CallRecord,
+    GreetingResult,
+    Heartbeat,
+    ProtocolError,
+    TurnResult,
+)
+
+
+def full_record() -> CallRecord:
+    return CallRecord(
+        run_id="r1", agent_id="a1", call_id="abc@127.0.0.1", seq=7, outcome="completed", sip_code=200,
+        started_at=1_700_000_000.25, setup_ms=12.5, ringing_ms=3.0, duration_ms=9000.0, hangup_by="caller",
+        greeting=GreetingResult(bot_onset_ms=310.0, bot_end_ms=2100.0, ok=True, prompt_score=0.93),
+        turns=[
+            TurnResult(index=0, utterance_start_ms=2600.0, utterance_end_ms=4100.0, bot_onset_ms=4650.0,
+                       bot_end_ms=6000.0, latency_ms=550.0, ok=True, prompt_score=0.9),
+            TurnResult(index=1, ok=False, reason="no_reply"),
+        ],
+        rtp={"rx_packets": 450, "tx_packets": 449, "loss": 0, "jitter_ms": 0.4},
+    )
+
+
+def test_call_record_roundtrip_keeps_nested_results() -> None:
+    rec = full_record()
+    back = CallRecord.from_json(rec.to_json())
+    assert back == rec
+    assert isinstance(back.greeting, GreetingResult)
+    assert all(isinstance(t, TurnResult) for t in back.turns)
+
+
+@pytest.mark.parametrize("msg", [
+    Heartbeat(run_id="r1", agent_id="a1", at=1.5, active_calls=3, placed=10, finished=7, cpu_percent=41.5,
+              pump_lag_ms_max=12.0, max_calls=4),
+    Assign(run_id="r1", agent_id="a1", concurrency=4, calls=100, stop=False),
+    AgentState(run_id="r1", agent_id="a1", state="done", placed=100, finished=100, detail=None),
+])
+def test_other_kinds_roundtrip(msg: Heartbeat | Assign | AgentState) -> None:
+    assert type(msg).from_json(msg.to_json()) == msg
+
+
+def test_envelope_carries_kind_and_version_but_to_dict_does_not() -> None:
+    body = json.loads(full_record().to_json())
+    assert body["kind"] == "call" and body["v"] == PROTOCOL_VERSION
+    line = full_record().to_dict()
+    assert "kind" not in line and "v" not in line and line["call_id"] == "abc@127.0.0.1"
+
+
+def test_other_protocol_version_is_refused_by_name() -> None:
+    body = json.loads(full_record().to_json())
+    body["v"] = PROTOCOL_VERSION + 1
+    with pytest.raises(ProtocolError, match="version"):
+        CallRecord.from_json(json.dumps(body))
+    del body["v"]
+    with pytest.raises(ProtocolError, match="version"):
+        CallRecord.from_json(json.dumps(body))
+
+
+def test_wrong_kind_and_garbage_are_protocol_errors() -> None:
+    hb = Heartbeat("r1", "a1", 1.0, 0, 0, 0, 0.0, 0.0, 4)
+    with pytest.raises(ProtocolError, match="expected a 'call' message"):
+        CallRecord.from_json(hb.to_json())
+    with pytest.raises(ProtocolError, match="not JSON"):
+        CallRecord.from_json(b"\xff{")
+    with pytest.raises(ProtocolError, match="not a JSON object"):
+        CallRecord.from_json(b"[1, 2]")
+
+
+def test_unknown_fields_of_the_same_version_are_ignored() -> None:
+    body = json.loads(AgentState("r1", "a1", "ready").to_json())
+    body["added_later"] = 1
+    assert AgentState.from_json(json.dumps(body)) == AgentState("r1", "a1", "ready")

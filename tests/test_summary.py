@@ -1,0 +1,154 @@
+"""summarize(): counts, completion, per-turn percentiles and validity from hand-made records."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from voiceload.messages import CallRecord, GreetingResult, Heartbeat, TurnResult
+from voiceload.summary import (
+    MAX_AGENT_CPU_PERCENT,
+    MAX_PUMP_LAG_MS,
+    SUMMARY_SCHEMA,
+    GeneratorHealth,
+    HealthThresholds,
+    summarize,
+)
+
+REL = 1e-3
+
+
+TurnSpec = tuple[float | None, bool, str | None]  # latency_ms, ok, reason
+
+
+def rec(n: int, outcome: str = "completed", *, agent: str = "a1", sip: int | None = 200,
+        setup: float | None = 20.0, greeting: float | None = 300.0,
+        turns: list[TurnSpec] | None = None, hangup: str | None = "caller") -> CallRecord:
+    turns = [(500.0, True, None), (700.0, True, None)] if turns is None else turns
+    return CallRecord(
+        run_id="r1", agent_id=agent, call_id=f"c{n}", seq=n, outcome=outcome, sip_code=sip, setup_ms=setup,
+        hangup_by=hangup,
+        greeting=None if greeting is None else GreetingResult(bot_onset_ms=greeting, ok=True),
+        turns=[TurnResult(index=i, latency_ms=lat, ok=ok, reason=why)
+               for i, (lat, ok, why) in enumerate(turns)],
+    )
+
+
+def hb(agent: str = "a1", cpu: float = 30.0, lag: float = 5.0) -> Heartbeat:
+    return Heartbeat(run_id="r1", agent_id=agent, at=0.0, active_calls=1, placed=1, finished=0,
+                     cpu_percent=cpu, pump_lag_ms_max=lag, max_calls=4)
+
+
+def healthy(*agents: str) -> GeneratorHealth:
+    h = GeneratorHealth()
+    for a in agents or ("a1",):
+        h.observe(hb(a))
+    return h
+
+
+def run(records: list[CallRecord], health: GeneratorHealth | None = None, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = dict(run_id="r1", scenario_name="happy", target="sip:bot@127.0.0.1:5080",
+                                concurrency=4, calls_planned=len(records), started_at=1000.0, ended_at=1060.5,
+                                health=healthy() if health is None else health)
+    args.update(kw)
+    return summarize(records, **args)
+
+
+def test_counts_and_completion() -> None:
+    records = [rec(i) for i in range(8)] + [
+        rec(8, "failed", turns=[(500.0, True, None), (None, False, "no_reply")], hangup="bot"),
+        rec(9, "rejected", sip=486, setup=None, greeting=None, turns=[], hangup=None),
+    ]
+    s = run(records, calls_planned=12)
+    assert s["schema"] == SUMMARY_SCHEMA
+    assert s["calls"] == {"planned": 12, "placed": 10, "completed": 8, "failed": 2}
+    assert s["completion_rate"] == pytest.approx(0.8)
+    assert s["outcomes"] == {"completed": 8, "failed": 1, "rejected": 1, "timeout": 0, "error": 0}
+    assert s["sip_codes"] == {"200": 9, "486": 1}
+    assert s["hangup_by"] == {"bot": 1, "caller": 8, "none": 1}
+    assert s["duration_s"] == pytest.approx(60.5)
+    assert (s["run_id"], s["scenario"], s["target"], s["concurrency"]) == (
+        "r1", "happy", "sip:bot@127.0.0.1:5080", 4)
+    assert s["valid"] is True and s["invalid_reasons"] == []
+    json.dumps(s)  # the summary is plain JSON
+
+
+def test_per_turn_latency_ok_and_reasons() -> None:
+    records = [rec(i, turns=[(100.0 + i, True, None), (400.0 + 10 * i, True, None)]) for i in range(10)]
+    records.append(rec(10, "failed", turns=[(150.0, True, None), (None, False, "no_reply")]))
+    records.append(rec(11, "failed", turns=[(None, False, "wrong_prompt")]))
+    s = run(records)
+    t0, t1 = s["turns"]
+    assert (t0["index"], t0["ok"], t0["not_ok"], t0["reasons"]) == (0, 11, 1, {"wrong_prompt": 1})
+    assert (t1["index"], t1["ok"], t1["not_ok"], t1["reasons"]) == (1, 10, 1, {"no_reply": 1})
+    assert t0["latency_ms"]["count"] == 11
+    assert t0["latency_ms"]["max"] == pytest.approx(150, rel=REL)
+    assert t1["latency_ms"]["min"] == pytest.approx(400, rel=REL)
+    assert t1["latency_ms"]["max"] == pytest.approx(490, rel=REL)
+    assert s["turn_latency_ms"]["count"] == 21
+    assert s["turn_latency_ms"]["out_of_range"] == 0
+
+
+def test_reasons_that_differ_only_in_numbers_are_grouped() -> None:
+    records = [rec(i, "failed", turns=[(3000.0 + i, False, f"bot took {3000 + i} ms (max 3000)")])
+               for i in range(3)]
+    records.append(rec(3, "failed", turns=[(None, False, None)]))
+    assert run(records)["turns"][0]["reasons"] == {"bot took N ms (max N)": 3, "unknown": 1}
+
+
+def test_greeting_and_setup_histograms() -> None:
+    s = run([rec(i, setup=10.0 * (i + 1), greeting=200.0 + i) for i in range(10)])
+    assert s["setup_ms"]["p50"] == pytest.approx(50, rel=REL)
+    assert s["setup_ms"]["max"] == pytest.approx(100, rel=REL)
+    assert s["greeting_onset_ms"]["count"] == 10
+    assert s["greeting_onset_ms"]["min"] == pytest.approx(200, rel=REL)
+
+
+def test_negative_latency_is_counted_out_of_range() -> None:
+    s = run([rec(0, turns=[(-20.0, False, "barge_in")])])
+    assert s["turn_latency_ms"]["count"] == 0
+    assert s["turn_latency_ms"]["out_of_range"] == 1
+    assert s["turn_latency_ms"]["p50"] is None
+
+
+def test_no_calls_placed() -> None:
+    s = run([], calls_planned=5, health=GeneratorHealth())
+    assert s["calls"] == {"planned": 5, "placed": 0, "completed": 0, "failed": 0}
+    assert s["completion_rate"] == 0.0
+    assert s["turns"] == []
+    assert s["turn_latency_ms"]["p99"] is None
+
+
+def test_overloaded_generator_makes_the_run_invalid() -> None:
+    health = GeneratorHealth()
+    health.observe(hb("a1", cpu=40.0, lag=5.0))
+    health.observe(hb("a1", cpu=MAX_AGENT_CPU_PERCENT + 5, lag=5.0))
+    health.observe(hb("a2", cpu=20.0, lag=MAX_PUMP_LAG_MS + 50))
+    s = run([rec(0, agent="a1"), rec(1, agent="a2")], health=health)
+    assert s["valid"] is False
+    assert len(s["invalid_reasons"]) == 2
+    assert "agent a1: CPU 90 %" in s["invalid_reasons"][0]
+    assert "agent a2: event pump 150 ms late" in s["invalid_reasons"][1]
+    gen = s["generator"]
+    assert (gen["agents"], gen["heartbeats"]) == (2, 3)
+    assert gen["max_cpu_percent"] == pytest.approx(90)
+    assert gen["max_pump_lag_ms"] == pytest.approx(150)
+    assert gen["per_agent"]["a1"]["heartbeats"] == 2
+
+
+def test_agent_without_heartbeats_makes_the_run_invalid() -> None:
+    s = run([rec(0, agent="a1"), rec(1, agent="silent")], health=healthy("a1"))
+    assert s["valid"] is False
+    assert s["invalid_reasons"] == ["agent silent: placed calls but sent no heartbeat (health unknown)"]
+
+
+def test_thresholds_and_extra_reasons() -> None:
+    health = GeneratorHealth()
+    health.observe(hb(cpu=60.0))
+    assert run([rec(0)], health=health)["valid"] is True
+    strict = run([rec(0)], health=health, thresholds=HealthThresholds(max_cpu_percent=50.0))
+    assert strict["valid"] is False
+    extra = run([rec(0)], extra_invalid_reasons=["3 calls missing"])
+    assert extra["invalid_reasons"] == ["3 calls missing"] and extra["valid"] is False

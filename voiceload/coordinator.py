@@ -1,0 +1,220 @@
+"""The coordinator: owns a run from validation to the run dir.
+
+Validate everything the user gave (scenario, recordings, target, broker) before a single call;
+start the embedded broker when none was given; spawn as many agent processes as the pjsua2
+build's per-process call limit requires; assign each its share of concurrency and calls; let
+the collector gather one record per placed call; stop everything; return the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voiceload import bus
+from voiceload.agent import ScenarioAudio
+from voiceload.bot import call_limit
+from voiceload.broker import EmbeddedBroker
+from voiceload.collector import Collector
+from voiceload.errors import UserError
+from voiceload.messages import AgentState, Assign, ProtocolError
+from voiceload.scenario import Scenario, load_scenario
+from voiceload.siplite import parse_sip_uri, probe_target
+
+log = logging.getLogger("voiceload.coordinator")
+
+AGENT_READY_TIMEOUT_S = 30.0
+PROGRESS_PERIOD_S = 2.0
+
+
+@dataclass
+class RunSettings:
+    scenario_path: Path
+    target: str
+    concurrency: int
+    calls: int
+    out_dir: Path
+    broker_url: str | None = None
+    run_id: str = ""
+    keep_tapes: bool = False
+    agent_limit: int | None = None  # calls per agent; None: the pjsua2 build's limit
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.run_id:
+            self.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` as `parts` near-equal integers (first ones larger)."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def estimate_call_s(scenario: Scenario, sa: ScenarioAudio) -> float:
+    """A generous upper estimate of one call's duration, for the run's deadline."""
+    total = float(scenario.answer_timeout_ms)
+    if scenario.greeting is not None and sa.greeting is not None:
+        total += scenario.greeting.max_wait_ms + len(sa.greeting.samples) / 8
+    for turn, utt, reply in zip(scenario.turns, sa.utterances, sa.replies, strict=True):
+        total += len(utt.samples) / 8 + scenario.silence_gap_ms
+        total += (turn.reply.max_wait_ms if turn.reply else 3000) + (len(reply.samples) / 8 if reply else 3000)
+    total += scenario.hangup_after_ms + 5000
+    return min(total, scenario.max_call_ms + scenario.answer_timeout_ms) / 1000
+
+
+def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio]:
+    """Every check that needs no network: raises UserError (exit 2) before anything starts."""
+    if settings.concurrency < 1:
+        raise UserError(f"--concurrency {settings.concurrency}: must be at least 1")
+    if settings.calls < 1:
+        raise UserError(f"--calls {settings.calls}: must be at least 1")
+    scenario = load_scenario(settings.scenario_path)
+    sa = ScenarioAudio.load(scenario)
+    if settings.broker_url is not None:
+        bus.parse_broker_url(settings.broker_url)
+    parse_sip_uri(settings.target)
+    if (settings.out_dir / "calls.jsonl").exists():
+        raise UserError(f"--out {settings.out_dir}: holds an earlier run's calls.jsonl; use a fresh directory")
+    return scenario, sa
+
+
+async def run_async(settings: RunSettings) -> dict[str, Any]:
+    scenario, sa = validate(settings)
+    await probe_target(settings.target)
+    broker: EmbeddedBroker | None = None
+    if settings.broker_url is None:
+        broker = EmbeddedBroker()
+        broker.start()
+        address = broker.address
+    else:
+        address = bus.parse_broker_url(settings.broker_url)
+        await bus.check_broker(address)
+    try:
+        return await _orchestrate(settings, scenario, sa, address)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+async def _orchestrate(
+    settings: RunSettings, scenario: Scenario, sa: ScenarioAudio, address: bus.BrokerAddress
+) -> dict[str, Any]:
+    limit = settings.agent_limit or call_limit()
+    n_agents = max(1, math.ceil(settings.concurrency / limit))
+    n_agents = min(n_agents, settings.calls)
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    rounds = math.ceil(settings.calls / settings.concurrency)
+    deadline_s = rounds * estimate_call_s(scenario, sa) * 1.5 + 60
+    run_id = settings.run_id
+    log.info("run %s: %d agents x <=%d calls, deadline %.0f s", run_id, n_agents, limit, deadline_s)
+
+    collector = Collector()
+    async with bus.Bus(address, client_id=f"vl-coord-{run_id}") as b, \
+            bus.Bus(address, client_id=f"vl-collect-{run_id}") as collector_bus:
+        await b.subscribe(bus.topic_agent_state(run_id))
+        collect_task = asyncio.create_task(
+            collector.run(
+                collector_bus, run_id=run_id, out_dir=settings.out_dir, expected_calls=settings.calls,
+                deadline_s=deadline_s, scenario_name=scenario.name, target=settings.target,
+                concurrency=settings.concurrency,
+            )
+        )
+        await asyncio.wait_for(collector.ready.wait(), 10)  # subscribed before any agent can publish
+        agent_ids = [f"a{i}" for i in range(n_agents)]
+        procs = [_spawn_agent(settings, aid, address, limit) for aid in agent_ids]
+        progress = asyncio.create_task(_progress(collector, settings)) if settings.progress else None
+        try:
+            await _await_ready(b, run_id, agent_ids, procs)
+            for aid, conc, calls in zip(
+                agent_ids, split(settings.concurrency, n_agents), split(settings.calls, n_agents), strict=True
+            ):
+                await b.publish(bus.topic_control(run_id, aid), Assign(run_id, aid, conc, calls), qos=1)
+            summary = await collect_task
+        finally:
+            if progress is not None:
+                progress.cancel()
+            for aid in agent_ids:
+                with contextlib.suppress(Exception):
+                    await b.publish(bus.topic_control(run_id, aid), Assign(run_id, aid, 0, 0, stop=True), qos=1)
+            await _reap(procs)
+            if not collect_task.done():
+                collect_task.cancel()
+    return summary
+
+
+def _spawn_agent(
+    settings: RunSettings, agent_id: str, address: bus.BrokerAddress, limit: int
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable, "-m", "voiceload", "agent", "--run-id", settings.run_id, "--agent-id", agent_id,
+        "--scenario", str(settings.scenario_path), "--target", settings.target, "--broker", address.url,
+        "--max-calls", str(limit),
+    ]
+    if settings.keep_tapes:
+        cmd += ["--keep-tapes", "--tape-dir", str(settings.out_dir / "tapes")]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+
+
+async def _await_ready(b: bus.Bus, run_id: str, agent_ids: list[str], procs: list[subprocess.Popen[bytes]]) -> None:
+    waiting = set(agent_ids)
+
+    async def listen() -> None:
+        async for _topic, payload in b.messages():
+            try:
+                st = AgentState.from_json(payload)
+            except ProtocolError as exc:
+                log.warning("ignored agent message: %s", exc)
+                continue
+            if st.run_id == run_id and st.state == "ready":
+                waiting.discard(st.agent_id)
+                if not waiting:
+                    return
+            elif st.state == "error":
+                raise RuntimeError(f"agent {st.agent_id} failed: {st.detail}")
+
+    task = asyncio.create_task(listen())
+    end = time.monotonic() + AGENT_READY_TIMEOUT_S
+    while not task.done():
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            task.cancel()
+            raise RuntimeError(f"an agent process exited during start-up (exit code {dead[0].returncode})")
+        if time.monotonic() > end:
+            task.cancel()
+            raise RuntimeError(f"agents not ready after {AGENT_READY_TIMEOUT_S:.0f} s: {sorted(waiting)}")
+        await asyncio.sleep(0.05)
+    task.result()
+
+
+async def _reap(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None:
+    end = time.monotonic() + timeout_s
+    while any(p.poll() is None for p in procs) and time.monotonic() < end:
+        await asyncio.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+async def _progress(collector: Collector, settings: RunSettings) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_PERIOD_S)
+        print(f"[voiceload] {collector.progress().line()}", file=sys.stderr, flush=True)
+
+
+def run(settings: RunSettings) -> dict[str, Any]:
+    return asyncio.run(run_async(settings))

@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from voiceload.messages import (
     TurnResult,
 )
 from voiceload.scenario import Scenario, load_scenario
-from voiceload.sipua import CLOCK_RATE, SipCall, SipStack
+from voiceload.sipua import CLOCK_RATE, SipCall, SipStack, read_tape
 from voiceload.vad import samples_to_ms
 
 log = logging.getLogger("voiceload.agent")
@@ -101,6 +102,16 @@ class CallerCall:
     answered: bool = False
 
 
+@dataclass(frozen=True)
+class TapeJob:
+    """What the analysis thread needs of a finished call, copied off the recycled SipCall."""
+
+    path: Path | None
+    offset_ms: float  # tape start relative to answer
+    played: list[Played]
+    reason: str | None  # why the call ended early, if it did
+
+
 @dataclass
 class AgentSettings:
     run_id: str
@@ -130,6 +141,9 @@ class Agent:
         self.tape_dir = settings.tape_dir / f"{settings.run_id}-{settings.agent_id}"
         self._lag_max_ms = 0.0
         self._next_start = 0.0
+        self._analysing = 0
+        # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape")
 
     @property
     def active(self) -> int:
@@ -137,6 +151,7 @@ class Agent:
 
     async def run(self) -> None:
         self.tape_dir.mkdir(parents=True, exist_ok=True)
+        self.stack.tape_dir = self.tape_dir
         self.stack.start()
         cap = self.stack.max_calls if self.s.max_calls is None else min(self.s.max_calls, self.stack.max_calls)
         self.capacity = cap
@@ -160,6 +175,7 @@ class Agent:
                     with contextlib.suppress(asyncio.CancelledError):
                         await t
                 self.stack.shutdown()
+                self._pool.shutdown(wait=True)
                 if not self.s.keep_tapes:
                     with contextlib.suppress(OSError):
                         self.tape_dir.rmdir()
@@ -208,7 +224,7 @@ class Agent:
     # --- the pump ---------------------------------------------------------------------------
     def _done(self) -> bool:
         no_more = self.stopping or (self.quota > 0 and self.placed >= self.quota)
-        return no_more and self.active == 0
+        return no_more and self.active == 0 and self._analysing == 0
 
     async def _pump(self) -> None:
         next_tick = time.monotonic()
@@ -261,28 +277,38 @@ class Agent:
             cc: CallerCall | None = call.app
             if cc is None:
                 continue
-            if kind == "media" and call.tape is None:
-                call.start_tape(self.tape_dir / f"{cc.seq}.wav")
-            elif kind == "state" and call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            if kind == "state" and call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 if call.remote_hangup:
                     cc.flow.on_remote_hangup()
                 self.stack.close(call, self._closed)
 
     def _closed(self, call: SipCall) -> None:
+        """The call's tape is complete: snapshot what the SIP stack knows, measure the tape off the pump."""
         cc: CallerCall = call.app
+        self.finished += 1
+        rec = self._signalling_record(call, cc)
+        job = None
+        if rec.outcome == OUTCOME_FAILED:  # it was answered: the tape decides
+            job = TapeJob(
+                path=call.tape.path if call.tape is not None else None,
+                offset_ms=(call.tape.started - call.times.answered) * 1000
+                if call.tape is not None and call.times.answered is not None else 0.0,
+                played=list(cc.played),
+                reason=cc.reason or cc.flow.failure,
+            )
+        self.stack.release(call)  # the SipCall object is recycled from here on
+        self._analysing += 1
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, self._measure, rec, job)
+        fut.add_done_callback(lambda f: self._measured(f, rec))
+
+    def _measured(self, fut: asyncio.Future[CallRecord], rec: CallRecord) -> None:
+        self._analysing -= 1
         try:
-            self._finish(call, cc)
-        except Exception as exc:  # one bad call must not take the agent (and its records) down
-            log.exception("measuring call %s failed", call.sip_call_id)
-            self._emit(CallRecord(
-                run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=call.sip_call_id or f"x-{cc.seq}",
-                seq=cc.seq, outcome=OUTCOME_ERROR, reason=f"agent error while measuring: {exc}",
-                started_at=cc.started_at,
-            ))
-        finally:
-            if call.tape is not None and not self.s.keep_tapes:
-                call.tape.path.unlink(missing_ok=True)
-            self.stack.release(call)
+            self._emit(fut.result())
+        except Exception as exc:  # one bad tape must not take the agent (and its records) down
+            log.exception("measuring call %s failed", rec.call_id)
+            rec.outcome, rec.reason = OUTCOME_ERROR, f"agent error while measuring: {exc}"
+            self._emit(rec)
 
     def _step_calls(self, now: float) -> None:
         sc = self.scenario
@@ -324,9 +350,8 @@ class Agent:
                 cc.reason = action.reason
             call.hangup_now()
 
-    def _finish(self, call: SipCall, cc: CallerCall) -> None:
-        """The call is over: flush its tape, measure it, emit its one record."""
-        self.finished += 1
+    def _signalling_record(self, call: SipCall, cc: CallerCall) -> CallRecord:
+        """Everything about the call except the tape; outcome `failed` here means "answered, measure it"."""
         log.debug("call %s ended: code %s, local hangup %s, reason %s / %s", call.sip_call_id, call.status_code,
                   call.local_hangup, cc.reason, cc.flow.failure)
         t = call.times
@@ -339,47 +364,45 @@ class Agent:
             rec.setup_ms = round((t.answered - t.invite) * 1000, 1)
         if t.invite is not None and t.ringing is not None:
             rec.ringing_ms = round((t.ringing - t.invite) * 1000, 1)
-        if t.answered is None:
-            # never connected: the final response tells why
-            rec.sip_code = call.status_code
+        if t.answered is None:  # never connected: the final response tells why
             if cc.reason or call.status_code in (None, 408):
                 rec.outcome = OUTCOME_TIMEOUT
                 rec.reason = cc.reason or f"no final response ({call.status_text or 'timeout'})"
             else:
                 rec.outcome = OUTCOME_REJECTED
                 rec.reason = f"{call.status_code} {call.status_text}"
-            rec.sip_code = 200 if call.status_code == 200 else call.status_code
-        else:
-            rec.sip_code = 200
-            if t.disconnected is not None:
-                rec.duration_ms = round((t.disconnected - t.answered) * 1000, 1)
-            rec.hangup_by = "caller" if call.local_hangup else "bot"
-            self._measure(call, cc, rec)
-        self._emit(rec)
+            return rec
+        rec.sip_code = 200
+        if t.disconnected is not None:
+            rec.duration_ms = round((t.disconnected - t.answered) * 1000, 1)
+        rec.hangup_by = "caller" if call.local_hangup else "bot"
+        return rec
 
-    def _measure(self, call: SipCall, cc: CallerCall, rec: CallRecord) -> None:
+    def _measure(self, rec: CallRecord, job: TapeJob | None) -> CallRecord:
+        """Worker thread: read and analyse the tape, fill the turns and the verdict. Pure but for the file."""
+        if job is None:
+            return rec
         sc = self.scenario
-        reason = cc.reason or cc.flow.failure
-        if call.tape is None or call.times.answered is None:
-            rec.reason = reason or "no media: the call never carried audio"
-            return
-        tape = call.tape.read()
-        n = len(cc.played)
+        if job.path is None:
+            rec.reason = job.reason or "no media: the call never carried audio"
+            return rec
+        tape = read_tape(job.path)
+        if not self.s.keep_tapes:
+            job.path.unlink(missing_ok=True)
+        n = len(job.played)
         result = analyse_caller_tape(
             tape,
-            tape_offset_ms=(call.tape.started - call.times.answered) * 1000,
+            tape_offset_ms=job.offset_ms,
             rx_delay_ms=self.s.rx_delay_ms,
             greeting=self.audio.greeting,
             greeting_max_wait_ms=sc.greeting.max_wait_ms if sc.greeting else 0,
-            utterances=cc.played,
+            utterances=job.played,
             replies=self.audio.replies[:n],
             max_waits_ms=[t.reply.max_wait_ms if t.reply else DEFAULT_REPLY_WAIT_MS for t in sc.turns[:n]],
         )
         rec.greeting = result.greeting
-        rec.turns = result.turns + [
-            TurnResult(index=i, reason="not reached") for i in range(n, len(sc.turns))
-        ]
-        problems = [reason] if reason else []
+        rec.turns = result.turns + [TurnResult(index=i, reason="not reached") for i in range(n, len(sc.turns))]
+        problems = [job.reason] if job.reason else []
         if rec.greeting is not None and not rec.greeting.ok:
             problems.append(f"greeting: {rec.greeting.reason}")
         problems += [f"turn {t.index}: {t.reason}" for t in rec.turns if not t.ok and t.reason != "not reached"]
@@ -389,6 +412,7 @@ class Agent:
             rec.outcome, rec.reason = OUTCOME_FAILED, "; ".join(problems)
         else:
             rec.outcome = OUTCOME_COMPLETED
+        return rec
 
     def _emit(self, rec: CallRecord) -> None:
         self.outbox.put_nowait(rec)

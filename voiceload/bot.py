@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -38,7 +39,7 @@ from voiceload.calibration import BOT_RX_DELAY_MS
 from voiceload.callflow import BotFlow, Hangup, Play, ThinkTime
 from voiceload.scenario import load_scenario
 from voiceload.siplite import RedirectFront
-from voiceload.sipua import CLOCK_RATE, SipCall, SipStack
+from voiceload.sipua import CLOCK_RATE, SipCall, SipStack, read_tape
 from voiceload.vad import samples_to_ms
 
 log = logging.getLogger("voiceload.bot")
@@ -98,6 +99,8 @@ class BotWorker:
         self.stopping = False
         self.truth: IO[str] | None = None
         self._load = -1
+        self._analysing = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape")
 
     def _prompts(self) -> list[Reference]:
         return [Reference.of(audio.load_wav(p)) for p in self.prompt_paths]
@@ -107,6 +110,7 @@ class BotWorker:
         if any(not p.exists() for p in self.prompt_paths):
             audio.write_wav(self.tape_dir / "beep.wav", beep())
         self.refs = self._prompts()
+        self.stack.tape_dir = self.tape_dir
         self.stack.start()
         if self.s.truth_path is not None:
             self.truth = open(self.s.truth_path, "a", buffering=1)  # noqa: SIM115 (lives as long as the worker)
@@ -117,8 +121,10 @@ class BotWorker:
         log.info("bot worker on %s (call limit %d)", self.stack.address, self.stack.max_calls)
         try:
             await self._pump()
+            await self._drain()
         finally:
             self.stack.shutdown()
+            self._pool.shutdown(wait=True)
             if self.truth is not None:
                 self.truth.close()
             if not self.s.keep_tapes:
@@ -137,26 +143,36 @@ class BotWorker:
 
     async def _pump(self) -> None:
         while not self.stopping:
-            self.stack.pump(0)
-            now = time.monotonic()
-            self._dispatch(now)
-            for call in list(self.stack.calls):
-                bc: BotCall | None = call.app
-                if bc is None or call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
-                    continue
-                if not bc.answered:  # media and CONFIRMED arrive in either order: wait for both
-                    if call.tape is not None and call.times.confirmed is not None:
-                        bc.answered = True
-                        bc.flow.on_answer(now * 1000)
-                    continue
-                self._act(call, bc, bc.flow.step(now * 1000, call.level()))
-            self.stack.collect()
-            # pjsua frees a call slot at DISCONNECTED, before our tape is measured
-            load = sum(1 for c in self.stack.calls if c.state != pj.PJSIP_INV_STATE_DISCONNECTED)
-            if load != self._load:
-                self._load = load
-                self._say(f"LOAD {load}")
+            self._pump_once()
             await asyncio.sleep(PUMP_PERIOD_S)
+
+    async def _drain(self, timeout_s: float = 10.0) -> None:
+        """After a stop: finish closing calls that already ended and write their truth (bounded)."""
+        end = time.monotonic() + timeout_s
+        while (self.stack.closing or self._analysing) and time.monotonic() < end:
+            self._pump_once()
+            await asyncio.sleep(PUMP_PERIOD_S)
+
+    def _pump_once(self) -> None:
+        self.stack.pump(0)
+        now = time.monotonic()
+        self._dispatch(now)
+        for call in list(self.stack.calls):
+            bc: BotCall | None = call.app
+            if bc is None or call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                continue
+            if not bc.answered:  # media and CONFIRMED arrive in either order: wait for both
+                if call.tape is not None and call.times.confirmed is not None:
+                    bc.answered = True
+                    bc.flow.on_answer(now * 1000)
+                continue
+            self._act(call, bc, bc.flow.step(now * 1000, call.level()))
+        self.stack.collect()
+        # pjsua frees a call slot at DISCONNECTED, before our tape is measured
+        load = sum(1 for c in self.stack.calls if c.state != pj.PJSIP_INV_STATE_DISCONNECTED)
+        if load != self._load:
+            self._load = load
+            self._say(f"LOAD {load}")
 
     def _new_flow(self) -> BotFlow:
         sc = self.scenario
@@ -182,9 +198,7 @@ class BotWorker:
             bc: BotCall | None = call.app
             if bc is None:
                 continue
-            if kind == "media" and call.tape is None:
-                call.start_tape(self.tape_dir / f"{call.getId()}-{int(now * 1000)}.wav")
-            elif kind == "state" and call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            if kind == "state" and call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self.stack.close(call, self._closed)
 
     def _act(self, call: SipCall, bc: BotCall, action: Play | Hangup | None) -> None:
@@ -196,33 +210,45 @@ class BotWorker:
             call.hangup_now()
 
     def _closed(self, call: SipCall) -> None:
-        try:
-            self._finish(call, call.app)
-        except Exception:  # a bad tape must not take the bot down
-            log.exception("measuring call %s failed", call.sip_call_id)
-        finally:
-            if call.tape is not None and not self.s.keep_tapes:
-                call.tape.path.unlink(missing_ok=True)
-            self.stack.release(call)
-
-    def _finish(self, call: SipCall, bc: BotCall) -> None:
+        """Snapshot the finished call, recycle its SipCall, and measure its tape off the pump."""
+        bc: BotCall = call.app
         answered = call.times.confirmed or call.times.answered
-        if call.tape is not None and answered is not None:
-            truth = analyse_bot_tape(
-                call.tape.read(),
-                tape_offset_ms=(call.tape.started - answered) * 1000,
-                rx_delay_ms=self.s.rx_delay_ms,
-                prompts=bc.played,
-                first_reply=bc.flow.first_reply,
-            )
-            if self.truth is not None:
-                for t in truth:
-                    think = bc.flow.think_ms[t.index] if t.index < len(bc.flow.think_ms) else None
-                    line: dict[str, Any] = {
-                        "call_id": call.sip_call_id, "turn": t.index, "caller_end_ms": t.caller_end_ms,
-                        "response_start_ms": t.response_start_ms, "latency_ms": t.latency_ms, "think_ms": think,
-                    }
-                    self.truth.write(json.dumps(line) + "\n")
+        tape = call.tape
+        if tape is not None and answered is not None:
+            job = (tape.path, (tape.started - answered) * 1000, list(bc.played), bc.flow.first_reply,
+                   list(bc.flow.think_ms), call.sip_call_id)
+            self._analysing += 1
+            fut = asyncio.get_running_loop().run_in_executor(self._pool, self._truth, *job)
+            fut.add_done_callback(self._write_truth)
+        elif tape is not None and not self.s.keep_tapes:
+            tape.path.unlink(missing_ok=True)
+        self.stack.release(call)
+
+    def _truth(self, path: Path, offset_ms: float, played: list[Played], first_reply: int,
+               think_ms: list[float], call_id: str) -> list[dict[str, Any]]:
+        """Worker thread: this call's ground truth per turn, as truth-file lines."""
+        samples = read_tape(path)
+        if not self.s.keep_tapes:
+            path.unlink(missing_ok=True)
+        truth = analyse_bot_tape(samples, tape_offset_ms=offset_ms, rx_delay_ms=self.s.rx_delay_ms,
+                                 prompts=played, first_reply=first_reply)
+        return [
+            {"call_id": call_id, "turn": t.index, "caller_end_ms": t.caller_end_ms,
+             "response_start_ms": t.response_start_ms, "latency_ms": t.latency_ms,
+             "think_ms": think_ms[t.index] if t.index < len(think_ms) else None}
+            for t in truth
+        ]
+
+    def _write_truth(self, fut: asyncio.Future[list[dict[str, Any]]]) -> None:
+        self._analysing -= 1
+        try:
+            lines = fut.result()
+        except Exception:  # a bad tape must not take the bot down
+            log.exception("measuring a call's tape failed")
+            return
+        if self.truth is not None:
+            for line in lines:
+                self.truth.write(json.dumps(line) + "\n")
 
 
 def _worker_cmd(s: BotSettings, port: int) -> list[str]:

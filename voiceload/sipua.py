@@ -116,6 +116,10 @@ class SipCall(pj.Call):
         for i, mi in enumerate(ci.media):
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 self.media = self.getAudioMedia(i)
+                if self.tape is None and self.stack.tape_dir is not None:
+                    # start the tape right here, not on a later pump turn: nothing the far end
+                    # sends may precede it (creating and connecting ports in callbacks is safe)
+                    self.start_tape(self.stack.next_tape_path())
                 self.stack.events.append((self, "media"))
                 return
 
@@ -214,17 +218,17 @@ class Tape:
             return True  # nothing to wait for
         return len(head) == 8 and int.from_bytes(head[4:8], "little") == size - 8
 
-    def read(self) -> np.ndarray:
-        """The tape's samples once the recorder is closed (empty when no frame was ever written)."""
-        if self.recorder is not None:
-            raise RuntimeError("tape still recording: close_media() first")
-        try:
-            if self.path.stat().st_size <= WAV_HEADER_BYTES:
-                return np.zeros(0, dtype=np.int16)
-            data, _rate = sf.read(str(self.path), dtype="int16")
-        except (OSError, RuntimeError):
+
+
+def read_tape(path: Path) -> np.ndarray:
+    """A closed tape's samples (empty when no frame was ever written or the file is gone)."""
+    try:
+        if path.stat().st_size <= WAV_HEADER_BYTES:
             return np.zeros(0, dtype=np.int16)
-        return np.asarray(data, dtype=np.int16).reshape(-1)
+        data, _rate = sf.read(str(path), dtype="int16")
+    except (OSError, RuntimeError):
+        return np.zeros(0, dtype=np.int16)
+    return np.asarray(data, dtype=np.int16).reshape(-1)
 
 
 class _Account(pj.Account):
@@ -254,6 +258,8 @@ class SipStack:
         self._parked: list[SipCall] = []
         self._closing: list[tuple[float, SipCall, Callable[[SipCall], None]]] = []
         self._pool: list[SipCall] = []  # finished SipCall objects, reused for the next calls
+        self.tape_dir: Path | None = None  # when set, every call is taped from its first media frame
+        self._tapes = 0
         self.ep: pj.Endpoint | None = None
         self.account: _Account | None = None
         self.max_calls = 0
@@ -294,6 +300,16 @@ class SipStack:
         self.account = _Account(self)
         self.account.create(acfg)
         self.ep = ep
+
+    @property
+    def closing(self) -> int:
+        """Calls that ended and wait for their tape to be complete on disk."""
+        return len(self._closing)
+
+    def next_tape_path(self) -> Path:
+        assert self.tape_dir is not None
+        self._tapes += 1
+        return self.tape_dir / f"{self._tapes}.wav"
 
     @property
     def address(self) -> str:

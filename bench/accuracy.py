@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Latency truth benchmark: voiceload vs the reference bot's own truth vs a packet capture.
+
+Starts `voiceload bot` (given think time), captures loopback UDP with tcpdump (when available,
+as root), runs `voiceload run` against the bot, then compares per turn, matched by Call-ID:
+voiceload - bot truth, voiceload - wire, bot truth - wire. Not a test: it prints numbers for
+docs/accuracy.md.
+
+    .venv/bin/python bench/accuracy.py --think-ms 400 -c 8 -n 40
+    .venv/bin/python bench/accuracy.py --think-ms 900:300 -c 8 -n 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.refbot import latency_errors, start_bot  # noqa: E402
+from voiceload import referee  # noqa: E402
+
+
+def stats(errors: list[float]) -> str:
+    s = referee.summary(errors)
+    if not s["count"]:
+        return "n=0"
+    return (f"n={s['count']:3d} mean {s['mean_ms']:+6.1f}  p50|e| {s['p50_abs_ms']:5.1f}  p95|e| {s['p95_abs_ms']:5.1f}"
+            f"  max|e| {s['max_abs_ms']:5.1f}  <=20ms {100 * s['within_20ms']:5.1f}%  <=40ms {100 * s['within_40ms']:5.1f}%")
+
+
+def histogram(errors: list[float], width: float = 5.0) -> str:
+    bins: dict[float, int] = {}
+    for e in errors:
+        b = width * round(e / width)
+        bins[b] = bins.get(b, 0) + 1
+    return "  ".join(f"{b:+.0f}:{n}" for b, n in sorted(bins.items()))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--think-ms", default="400")
+    ap.add_argument("-c", "--concurrency", type=int, default=8)
+    ap.add_argument("-n", "--calls", type=int, default=40)
+    ap.add_argument("--scenario", type=Path, default=REPO / "scenarios" / "demo.yaml")
+    ap.add_argument("--keep", type=Path, help="keep the run dir, truth and capture here")
+    args = ap.parse_args()
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="vl-accuracy-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bot = start_bot(work, scenario=args.scenario, think_ms=args.think_ms, max_calls=args.concurrency)
+    pcap = work / "capture.pcap"
+    dump = None
+    if shutil.which("tcpdump"):
+        port = bot.target.rsplit(":", 1)[1]
+        dump = subprocess.Popen(["tcpdump", "-i", "lo", "-s", "0", "-U", "-w", str(pcap), "udp"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        print(f"capturing loopback UDP (bot front on port {port}) to {pcap}")
+    out = work / "run"
+    started = time.time()
+    try:
+        rc = subprocess.call([sys.executable, "-m", "voiceload", "run", str(args.scenario), "--target", bot.target,
+                              "-c", str(args.concurrency), "-n", str(args.calls), "--out", str(out)], cwd=REPO,
+                             stdout=subprocess.DEVNULL)
+    finally:
+        bot.stop()
+        if dump is not None:
+            time.sleep(0.5)
+            dump.terminate()
+            dump.wait(10)
+    print(f"run exit code {rc} after {time.time() - started:.0f} s; think {args.think_ms} ms, "
+          f"concurrency {args.concurrency}, {args.calls} calls")
+    calls = [json.loads(x) for x in (out / "calls.jsonl").read_text().splitlines() if x.strip()]
+    truth = bot.truth_lines()
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"completed {summary['calls']['completed']}/{summary['calls']['placed']}, valid {summary['valid']}, "
+          f"turn latency p50 {summary['turn_latency_ms']['p50']} p95 {summary['turn_latency_ms']['p95']} ms")
+    vs_truth = latency_errors(calls, truth)
+    print(f"voiceload - bot truth : {stats(vs_truth)}")
+    print(f"    histogram (5 ms bins): {histogram(vs_truth)}")
+    if dump is not None and pcap.exists():
+        wire = {cid: referee.wire_turns(cw) for cid, cw in referee.analyse_pcap(pcap.read_bytes()).items()}
+        measured = {(c["call_id"], t["index"]): t["latency_ms"] for c in calls for t in c["turns"]
+                    if t["latency_ms"] is not None}
+        truth_m = {(t["call_id"], t["turn"]): t["latency_ms"] for t in truth}
+        vl_wire, bot_wire = referee.compare(wire, measured), referee.compare(wire, truth_m)
+        print(f"voiceload - wire      : {stats(vl_wire)}")
+        print(f"    histogram (5 ms bins): {histogram(vl_wire)}")
+        print(f"bot truth - wire      : {stats(bot_wire)}")
+        print(f"    histogram (5 ms bins): {histogram(bot_wire)}")
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Test helpers for real runs: the reference bot as a process, and `voiceload run` as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "scenarios" / "demo.yaml"
+
+
+@dataclass
+class RefBot:
+    proc: subprocess.Popen[str]
+    target: str
+    truth: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def truth_lines(self) -> list[dict[str, Any]]:
+        if not self.truth.exists():
+            return []
+        return [json.loads(line) for line in self.truth.read_text().splitlines() if line.strip()]
+
+
+def start_bot(tmp: Path, *, scenario: Path = DEMO, think_ms: str = "400", max_calls: int = 8,
+              seed: int = 7) -> RefBot:
+    """`voiceload bot` on a free port; returns once it printed READY (bounded)."""
+    truth = tmp / "bot-truth.jsonl"
+    cmd = [sys.executable, "-m", "voiceload", "bot", "--listen", "127.0.0.1:0", "--scenario", str(scenario),
+           "--think-ms", think_ms, "--truth", str(truth), "--max-calls", str(max_calls), "--seed", str(seed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("READY"):
+            os.set_blocking(proc.stdout.fileno(), False)
+            return RefBot(proc, f"sip:bot@{line.split()[1]}", truth)
+    proc.kill()
+    raise RuntimeError("reference bot did not start")
+
+
+@dataclass
+class RunResult:
+    code: int
+    stdout: str
+    stderr: str
+    out: Path
+
+    def calls(self) -> list[dict[str, Any]]:
+        path = self.out / "calls.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+    def summary(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads((self.out / "summary.json").read_text())
+        return result
+
+
+def voiceload(*args: str, timeout: float = 300, out: Path | None = None) -> RunResult:
+    """Run the CLI as a user would, bounded in time."""
+    proc = subprocess.run([sys.executable, "-m", "voiceload", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    return RunResult(proc.returncode, proc.stdout, proc.stderr, out or Path())
+
+
+def latency_errors(calls: list[dict[str, Any]], truth: list[dict[str, Any]]) -> list[float]:
+    """voiceload's latency minus the bot's own truth, matched by SIP Call-ID and turn."""
+    by_key = {(t["call_id"], t["turn"]): t["latency_ms"] for t in truth}
+    errors = []
+    for call in calls:
+        for turn in call["turns"]:
+            key = (call["call_id"], turn["index"])
+            if turn["latency_ms"] is not None and key in by_key:
+                errors.append(turn["latency_ms"] - by_key[key])
+    return errors

@@ -1,0 +1,82 @@
+"""Real SIP calls over 127.0.0.1: pjsua2 agents against the reference bot, through real brokers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.refbot import DEMO, RefBot, latency_errors, start_bot, voiceload
+from voiceload.bus import BrokerAddress
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture
+def bot(tmp_path: Path) -> Iterator[RefBot]:
+    b = start_bot(tmp_path, think_ms="400", max_calls=8)
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def test_concurrent_calls_complete_and_match_the_bots_truth(bot: RefBot, tmp_path: Path) -> None:
+    """Concurrency 8 (two agent processes with the 4-call wheel), embedded broker, every turn checked."""
+    out = tmp_path / "run"
+    res = voiceload("run", str(DEMO), "--target", bot.target, "-c", "8", "-n", "16", "--out", str(out), out=out)
+    assert res.code == 0, res.stderr[-2000:]
+    calls = res.calls()
+    assert len(calls) == 16
+    assert len({c["call_id"] for c in calls}) == 16
+    assert all(c["outcome"] == "completed" for c in calls), [c["reason"] for c in calls]
+    summary = res.summary()
+    assert summary["calls"]["placed"] == 16 and summary["calls"]["completed"] == 16
+    assert summary["completion_rate"] == 1.0
+    assert summary["valid"], summary["invalid_reasons"]
+    assert summary["sip_codes"] == {"200": 16}
+    for call in calls:
+        assert call["greeting"]["ok"]
+        assert [t["index"] for t in call["turns"]] == [0, 1]
+        for turn in call["turns"]:
+            assert turn["ok"] and turn["prompt_score"] > 0.9
+            assert turn["utterance_start_ms"] < turn["utterance_end_ms"] < turn["bot_onset_ms"] < turn["bot_end_ms"]
+    bot.stop()  # flushes the truth file
+    errors = latency_errors(calls, bot.truth_lines())
+    assert len(errors) == 32  # every turn of every call has the bot's own truth
+    within_20 = sum(abs(e) <= 20 for e in errors) / len(errors)
+    print(f"voiceload - bot truth (ms): {sorted(round(e, 1) for e in errors)}")
+    assert within_20 >= 0.95
+    assert max(abs(e) for e in errors) <= 40
+
+
+def test_run_through_an_external_mosquitto_broker(bot: RefBot, mosquitto_broker: BrokerAddress,
+                                                   tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = voiceload("run", str(DEMO), "--target", bot.target, "-c", "2", "-n", "2", "--out", str(out),
+                    "--broker", mosquitto_broker.url, out=out)
+    assert res.code == 0, res.stderr[-2000:]
+    assert [c["outcome"] for c in res.calls()] == ["completed", "completed"]
+    assert "Completion 100.0 %" in res.stdout
+
+
+def test_a_wrong_prompt_fails_the_turn_with_a_reason(tmp_path: Path) -> None:
+    """The bot speaks the booking prompts while the caller expects the demo's: completion must say no."""
+    scenario = tmp_path / "wrong.yaml"
+    text = DEMO.read_text().replace("../recordings/demo/bot-01-name.wav",
+                                    str(DEMO.parent.parent / "recordings/booking/bot-01-people.wav"))
+    text = text.replace("../recordings/", str(DEMO.parent.parent / "recordings") + "/")
+    scenario.write_text(text)
+    b = start_bot(tmp_path, max_calls=4)  # speaks the real demo prompts
+    try:
+        out = tmp_path / "run"
+        res = voiceload("run", str(scenario), "--target", b.target, "-c", "1", "-n", "1", "--out", str(out), out=out)
+    finally:
+        b.stop()
+    assert res.code == 0, res.stderr[-2000:]
+    (call,) = res.calls()
+    assert call["outcome"] == "failed"
+    assert "turn 0: reply does not match the expected prompt" in call["reason"]
+    assert json.loads((out / "summary.json").read_text())["completion_rate"] == 0.0

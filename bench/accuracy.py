@@ -32,8 +32,9 @@ def stats(errors: list[float]) -> str:
     s = referee.summary(errors)
     if not s["count"]:
         return "n=0"
-    return (f"n={s['count']:3d} mean {s['mean_ms']:+6.1f}  p50|e| {s['p50_abs_ms']:5.1f}  p95|e| {s['p95_abs_ms']:5.1f}"
-            f"  max|e| {s['max_abs_ms']:5.1f}  <=20ms {100 * s['within_20ms']:5.1f}%  <=40ms {100 * s['within_40ms']:5.1f}%")
+    return (f"n={s['count']:3d} mean {s['mean_ms']:+6.1f}  p50|e| {s['p50_abs_ms']:5.1f}"
+            f"  p95|e| {s['p95_abs_ms']:5.1f}  max|e| {s['max_abs_ms']:5.1f}"
+            f"  <=20ms {100 * s['within_20ms']:5.1f}%  <=40ms {100 * s['within_40ms']:5.1f}%")
 
 
 def histogram(errors: list[float], width: float = 5.0) -> str:

@@ -1,0 +1,127 @@
+"""Bad input never places a call: one line naming the cause, exit code 2, no traceback, no hang."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.refbot import DEMO, voiceload
+from voiceload.broker import free_port
+from voiceload.siplite import RedirectFront
+
+pytestmark = pytest.mark.real
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [x for x in stderr.splitlines() if x.strip()]
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture
+def sip_responder() -> Iterator[str]:
+    """A SIP endpoint that answers OPTIONS (so the target is reachable) and nothing else."""
+    loop = asyncio.new_event_loop()
+    port = free_port()
+    ready = threading.Event()
+
+    async def serve() -> None:
+        await loop.create_datagram_endpoint(lambda: RedirectFront(lambda: None), local_addr=("127.0.0.1", port))
+        ready.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(serve()), loop.run_forever()), daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    yield f"sip:bot@127.0.0.1:{port}"
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def run_scenario(tmp_path: Path, scenario: Path, target: str, *extra: str) -> tuple[int, str]:
+    out = tmp_path / "out"
+    res = voiceload("run", str(scenario), "--target", target, "-n", "1", "--out", str(out), *extra, timeout=60)
+    assert not (out / "calls.jsonl").exists()  # nothing was placed
+    return res.code, res.stderr
+
+
+def test_missing_recording(tmp_path: Path, sip_responder: str) -> None:
+    sc = tmp_path / "s.yaml"
+    sc.write_text("version: 1\nname: x\nturns:\n  - caller: nothere.wav\n")
+    code, err = run_scenario(tmp_path, sc, sip_responder)
+    assert code == 2
+    assert one_line_error(err) == f"{sc}:4: turns[0].caller: nothere.wav: no such file ({tmp_path / 'nothere.wav'})"
+
+
+def test_corrupt_wav(tmp_path: Path, sip_responder: str) -> None:
+    (tmp_path / "bad.wav").write_bytes(b"RIFF" + bytes(range(256)) * 8)
+    sc = tmp_path / "s.yaml"
+    sc.write_text("version: 1\nname: x\nturns:\n  - caller: bad.wav\n")
+    code, err = run_scenario(tmp_path, sc, sip_responder)
+    assert code == 2
+    assert "turns[0].caller: bad.wav: not a readable WAV file" in one_line_error(err)
+
+
+def test_malformed_scenario(tmp_path: Path, sip_responder: str) -> None:
+    sc = tmp_path / "s.yaml"
+    sc.write_text("version: 1\nname: [x\n")
+    code, err = run_scenario(tmp_path, sc, sip_responder)
+    assert code == 2
+    assert "YAML syntax error" in one_line_error(err)
+
+
+def test_unreachable_target_refused(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a port with nobody behind it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, err = run_scenario(tmp_path, DEMO, f"sip:bot@127.0.0.1:{port}")
+    assert code == 2
+    assert "unreachable" in one_line_error(err)
+
+
+def test_silent_target_times_out(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # bound but never answers
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        code, err = run_scenario(tmp_path, DEMO, f"sip:bot@127.0.0.1:{port}")
+    assert code == 2
+    assert "no SIP answer to OPTIONS" in one_line_error(err)
+
+
+def test_bad_target_uri(tmp_path: Path) -> None:
+    code, err = run_scenario(tmp_path, DEMO, "bot@127.0.0.1")
+    assert code == 2
+    assert "expected a SIP URI" in one_line_error(err)
+
+
+def test_wrong_broker_url(tmp_path: Path, sip_responder: str) -> None:
+    code, err = run_scenario(tmp_path, DEMO, sip_responder, "--broker", "http://127.0.0.1:1883")
+    assert code == 2
+    assert "--broker 'http://127.0.0.1:1883'" in one_line_error(err)
+
+
+def test_unreachable_broker(tmp_path: Path, sip_responder: str) -> None:
+    code, err = run_scenario(tmp_path, DEMO, sip_responder, "--broker", f"mqtt://127.0.0.1:{free_port()}")
+    assert code == 2
+    assert "cannot reach MQTT broker" in one_line_error(err)
+
+
+def test_bad_flags(tmp_path: Path, sip_responder: str) -> None:
+    code, err = run_scenario(tmp_path, DEMO, sip_responder, "-c", "0")
+    assert code == 2
+    assert "--concurrency 0" in one_line_error(err)
+
+
+def test_scenario_validate_lists_every_problem(tmp_path: Path) -> None:
+    sc = tmp_path / "s.yaml"
+    sc.write_text("version: 2\nname: x\nturns:\n  - caller: a.wav\n  - caler: b.wav\n")
+    res = voiceload("scenario", "validate", str(sc), timeout=30)
+    assert res.code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) >= 3 and all(line.startswith(f"{sc}:") for line in lines)
+    assert voiceload("scenario", "validate", str(DEMO), timeout=30).code == 0

@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
+PY="${VOICELOAD_PYTHON:-python3}"
 apt_pkgs=(espeak-ng sox libsndfile1)
+# Debian's own python3 needs python3-venv for `python3 -m venv` (ensurepip)
+"$PY" -c "import ensurepip" 2>/dev/null || apt_pkgs+=(python3-venv)
 [ "$want_test" = 1 ] && apt_pkgs+=(mosquitto sip-tester tcpdump)
 
 missing=()
@@ -23,7 +26,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The venv lives in .venv/; re-install only when pyproject.toml changed (stamp keyed by its hash).
-PY="${VOICELOAD_PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($PY --version)"
     "$PY" -m venv .venv
@@ -33,9 +35,11 @@ stamp=".venv/.voiceload-$(sha256sum pyproject.toml | cut -c1-16)${want_test}"
 if [ ! -f "$stamp" ]; then
     echo "setup: installing python dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e ".${extra}"
+    .venv/bin/python -m pip install -q -e ".${extra}" 2>&1 | grep -v -i -E "warning|deprecat" || true
+    .venv/bin/python -c "import voiceload, pjsua2" || { echo "setup: install failed" >&2; exit 1; }
     rm -f .venv/.voiceload-*
     touch "$stamp"
     # a test install also satisfies a runtime one
-    [ "$want_test" = 1 ] && touch "${stamp%1}0"
+    if [ "$want_test" = 1 ]; then touch "${stamp%1}0"; fi
 fi
+exit 0

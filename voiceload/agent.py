@@ -38,6 +38,7 @@ from voiceload.messages import (
     TurnResult,
 )
 from voiceload.scenario import Scenario, load_scenario
+from voiceload.siplite import local_address_for, parse_sip_uri
 from voiceload.sipua import CLOCK_RATE, SipCall, SipStack, read_tape
 from voiceload.vad import samples_to_ms
 
@@ -123,6 +124,7 @@ class AgentSettings:
     keep_tapes: bool = False
     rx_delay_ms: float = AGENT_RX_DELAY_MS
     max_calls: int | None = None  # None: the pjsua2 build's per-process limit
+    bind: str | None = None  # local IP for SIP and RTP; None: the address that routes to the target
     max_starts_per_s: float = 20.0
 
 
@@ -131,7 +133,9 @@ class Agent:
         self.s = settings
         self.scenario = load_scenario(settings.scenario_path)
         self.audio = ScenarioAudio.load(self.scenario)
-        self.stack = SipStack(max_calls=settings.max_calls or 1024, user=f"agent-{settings.agent_id}")
+        target = parse_sip_uri(settings.target)
+        host = settings.bind or local_address_for(target.host, target.port)
+        self.stack = SipStack(host=host, max_calls=settings.max_calls or 1024, user=f"agent-{settings.agent_id}")
         self.concurrency = 0
         self.quota = 0
         self.placed = 0
@@ -296,6 +300,8 @@ class Agent:
                 played=list(cc.played),
                 reason=cc.reason or cc.flow.failure,
             )
+        elif call.tape is not None and not self.s.keep_tapes:  # early media, never answered
+            call.tape.path.unlink(missing_ok=True)
         self.stack.release(call)  # the SipCall object is recycled from here on
         self._analysing += 1
         fut = asyncio.get_running_loop().run_in_executor(self._pool, self._measure, rec, job)
@@ -335,9 +341,14 @@ class Agent:
                 continue
             if not cc.answered:
                 cc.answered = True
-                self._act(call, cc, cc.flow.on_answer(now * 1000), now)
-                continue
-            self._act(call, cc, cc.flow.step(now * 1000, call.level()), now)
+                action = cc.flow.on_answer(now * 1000)
+            else:
+                action = cc.flow.step(now * 1000, call.level())
+            try:
+                self._act(call, cc, action, now)
+            except pj.Error as exc:  # one call's media failure ends that call, not the agent
+                cc.reason = f"agent media error: {exc.info().strip()}"
+                call.hangup_now()
 
     def _act(self, call: SipCall, cc: CallerCall, action: Play | Hangup | None, now: float) -> None:
         if isinstance(action, Play):
@@ -421,11 +432,12 @@ class Agent:
 def run(
     *, run_id: str, agent_id: str, scenario: Path, target: str, broker_url: str, tape_dir: Path | None = None,
     keep_tapes: bool = False, max_calls: int | None = None, rx_delay_ms: float | None = None,
+    bind: str | None = None,
 ) -> None:
     """Entry point of `voiceload agent` (the coordinator spawns these, containers run them directly)."""
     settings = AgentSettings(
         run_id=run_id, agent_id=agent_id, scenario_path=scenario, target=target,
-        broker=bus.parse_broker_url(broker_url), keep_tapes=keep_tapes, max_calls=max_calls,
+        broker=bus.parse_broker_url(broker_url), keep_tapes=keep_tapes, max_calls=max_calls, bind=bind,
     )
     if tape_dir is not None:
         settings.tape_dir = tape_dir

@@ -166,7 +166,11 @@ class BotWorker:
                     bc.answered = True
                     bc.flow.on_answer(now * 1000)
                 continue
-            self._act(call, bc, bc.flow.step(now * 1000, call.level()))
+            try:
+                self._act(call, bc, bc.flow.step(now * 1000, call.level()))
+            except pj.Error as exc:  # one call's media failure ends that call, not the bot
+                log.error("call %s: %s; hanging up", call.sip_call_id, exc.info().strip())
+                call.hangup_now(500)
         self.stack.collect()
         # pjsua frees a call slot at DISCONNECTED, before our tape is measured
         load = sum(1 for c in self.stack.calls if c.state != pj.PJSIP_INV_STATE_DISCONNECTED)
@@ -253,7 +257,7 @@ class BotWorker:
 
 def _worker_cmd(s: BotSettings, port: int) -> list[str]:
     cmd = [
-        sys.executable, "-m", "voiceload", "bot", "--worker", "--listen", f"127.0.0.1:{port}",
+        sys.executable, "-m", "voiceload", "bot", "--worker", "--listen", f"{s.host}:{port}",
         "--scenario", str(s.scenario_path), "--think-ms", f"{s.think.mean_ms:g}:{s.think.jitter_ms:g}",
         "--endpoint-ms", str(s.endpoint_ms), "--tape-dir", str(s.tape_dir),
     ]
@@ -356,7 +360,7 @@ def run(settings: BotSettings, *, worker: bool = False) -> None:
         asyncio.run(BotWorker(settings, announce=sys.stdout).run())
         return
     limit = call_limit()
-    if limit >= settings.max_calls:
+    if limit > settings.max_calls:  # one spare slot: a new call may arrive while an old one tears down
         asyncio.run(BotWorker(settings, announce=sys.stdout).run())
     else:
         asyncio.run(_serve_front(settings, limit))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -44,8 +45,12 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _guard(fn: Callable[[], T]) -> T:
-    """User errors become one line and exit 2; nothing the user did wrong ends in a traceback."""
+def _guard(fn: Callable[[], T], *, crash_code: int | None = None) -> T:
+    """User errors become one line and exit 2; nothing the user did wrong ends in a traceback.
+
+    With `crash_code`, any other failure is logged and becomes that exit code too (roles run
+    unattended: a process supervisor wants a code, not exit 1, which is reserved for SLOs).
+    """
     try:
         return fn()
     except ScenarioError as exc:
@@ -56,6 +61,11 @@ def _guard(fn: Callable[[], T]) -> T:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         raise _fail("interrupted", EXIT_INVALID_RUN) from None
+    except Exception as exc:
+        if crash_code is None:
+            raise
+        logging.getLogger("voiceload").exception("unexpected failure")
+        raise _fail(f"{type(exc).__name__}: {exc}", crash_code) from None
 
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
@@ -112,6 +122,7 @@ def agent(
     max_calls: Annotated[int | None, typer.Option(help="Calls in flight at most (default: pjsua2 limit).")] = None,
     tape_dir: Annotated[Path | None, typer.Option(help="Where call tapes are written (default: tmpfs).")] = None,
     keep_tapes: Annotated[bool, typer.Option(help="Keep tapes after measuring them.")] = False,
+    bind: Annotated[str | None, typer.Option(help="Local IP for SIP/RTP (default: the one routing to TARGET).")] = None,
     verbose: Verbose = False,
 ) -> None:
     """A call agent (spawned by `run`; run it yourself on other hosts against a shared broker)."""
@@ -120,8 +131,8 @@ def agent(
 
     _guard(lambda: agent_mod.run(
         run_id=run_id, agent_id=agent_id, scenario=scenario, target=target, broker_url=broker,
-        tape_dir=tape_dir, keep_tapes=keep_tapes, max_calls=max_calls,
-    ))
+        tape_dir=tape_dir, keep_tapes=keep_tapes, max_calls=max_calls, bind=bind,
+    ), crash_code=EXIT_INVALID_RUN)
 
 
 @app.command()
@@ -161,7 +172,7 @@ def bot(
             settings.tape_dir = tape_dir
         bot_mod.run(settings, worker=worker)
 
-    _guard(go)
+    _guard(go, crash_code=EXIT_INVALID_RUN)
 
 
 @scenario_app.command("validate")
@@ -185,6 +196,22 @@ def recordings_make(
     typer.echo(f"{len(written)} recordings written in {directory}")
 
 
+def _has_dist(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _demo_scenario() -> Path:
+    """scenarios/demo.yaml of the checkout (or of the current directory, e.g. /app in the image)."""
+    for base in (REPO_ROOT, Path.cwd()):
+        if (base / "scenarios" / "demo.yaml").exists():
+            return base / "scenarios" / "demo.yaml"
+    raise UserError("scenarios/demo.yaml not found: run the demo from a voiceload checkout")
+
+
 @app.command()
 def doctor() -> None:
     """Show which pjsua2 is active, its version and its per-process call limit."""
@@ -193,7 +220,8 @@ def doctor() -> None:
     from voiceload.bot import call_limit
 
     typer.echo(f"voiceload {__import__('voiceload').__version__}, python {sys.version.split()[0]}")
-    typer.echo(f"pjsua2: {Path(pjsua2.__file__).parent}")
+    version = importlib.metadata.version("pjsua2-python") if _has_dist("pjsua2-python") else "unknown"
+    typer.echo(f"pjsua2: {version} at {Path(pjsua2.__file__).parent}")
     typer.echo(f"pjsua2 per-process call limit: {call_limit()}")
     for tool in ("espeak-ng", "sox", "mosquitto", "sipp"):
         path = next((str(Path(d) / tool) for d in os.environ.get("PATH", "").split(":")
@@ -210,7 +238,7 @@ def demo(
 ) -> None:
     """A short voice stress run against the built-in reference bot with the embedded broker."""
     _setup_logging(False)
-    scenario = REPO_ROOT / "scenarios" / "demo.yaml"
+    scenario = _guard(_demo_scenario)
     out.mkdir(parents=True, exist_ok=True)
     for old in ("calls.jsonl", "summary.json", "bot-truth.jsonl"):  # the demo's dir is rewritten each time
         (out / old).unlink(missing_ok=True)

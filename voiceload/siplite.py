@@ -50,6 +50,21 @@ def parse_sip_uri(uri: str) -> SipUri:
     return SipUri(user, host, port)
 
 
+def local_address_for(host: str, port: int) -> str:
+    """The local IP this machine would use to reach host:port (no packet is sent)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot resolve host {host!r} ({exc.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(addr)
+        except OSError as exc:
+            raise UserError(f"no route to {host}:{port} ({exc.strerror})") from None
+        return str(s.getsockname()[0])
+
+
 def _token(n: int = 10) -> str:
     return "".join(random.choices(string.ascii_lowercase + string.digits, k=n))
 
@@ -132,10 +147,15 @@ async def probe_target(uri: str, *, timeout_s: float = 3.0) -> str:
         infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
         raise UserError(f"--target {uri}: cannot resolve host {target.host!r} ({exc.strerror})") from None
-    family, _, _, _, addr = infos[0]
-    local = "127.0.0.1" if family == socket.AF_INET else "::1"
+    addr = infos[0][4]
     remote = (str(addr[0]), int(addr[1]))
-    transport, proto = await loop.create_datagram_endpoint(_ProbeProtocol, local_addr=(local, 0), remote_addr=remote)
+    try:
+        local = local_address_for(remote[0], remote[1])
+        transport, proto = await loop.create_datagram_endpoint(
+            _ProbeProtocol, local_addr=(local, 0), remote_addr=remote
+        )
+    except OSError as exc:
+        raise UserError(f"--target {uri}: unreachable ({exc.strerror or exc})") from None
     try:
         lport = transport.get_extra_info("sockname")[1]
         req = "\r\n".join([

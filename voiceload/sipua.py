@@ -16,9 +16,11 @@ import ctypes
 import gc
 import logging
 import os
+import sys
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,23 @@ CLOCK_RATE = 8000  # the bridge runs at G.711's rate: no resampling anywhere on 
 FRAME_MS = 20
 WAV_HEADER_BYTES = 44
 TAPE_CLOSE_TIMEOUT_S = 1.0
+PORTS_PER_CALL = 3  # conference ports: the call's stream, its tape recorder, its current player
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """pjlib prints its start-up lines to stdout before any log level applies: keep stdout clean
+    (the bot's READY/LOAD protocol and users' pipes read it)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _lib() -> ctypes.CDLL:
@@ -71,6 +90,7 @@ class SipCall(pj.Call):
     def __init__(self, stack: SipStack, account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(account, call_id)
         self.stack = stack
+        stack.every_call.add(self)
         self.reset()
 
     def reset(self) -> None:
@@ -180,6 +200,9 @@ class SipCall(pj.Call):
     def play(self, path: Path) -> float:
         """Play a recording into the call (and onto the tape); returns the monotonic start time."""
         assert self.media is not None
+        # one player per call at a time: the previous one has played out (turns don't overlap),
+        # and every live player holds a conference port
+        self.players.clear()
         player = pj.AudioMediaPlayer()
         player.createPlayer(str(path), pj.PJMEDIA_FILE_NO_LOOP)
         if self.tape is not None:
@@ -259,6 +282,7 @@ class SipStack:
         self._closing: list[tuple[float, SipCall, Callable[[SipCall], None]]] = []
         self._pool: list[SipCall] = []  # finished SipCall objects, reused for the next calls
         self.tape_dir: Path | None = None  # when set, every call is taped from its first media frame
+        self.every_call: weakref.WeakSet[SipCall] = weakref.WeakSet()
         self._tapes = 0
         self.ep: pj.Endpoint | None = None
         self.account: _Account | None = None
@@ -266,7 +290,8 @@ class SipStack:
 
     def start(self) -> None:
         ep = pj.Endpoint()
-        ep.libCreate()
+        with _quiet_stdout():
+            ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = False
@@ -281,8 +306,9 @@ class SipStack:
         med.ptime = FRAME_MS
         med.noVad = True  # silence is sent as audio: no DTX gaps that would look like jitter
         med.ecTailLen = 0
-        med.maxMediaPorts = 3 * self.max_calls_wanted + 8
-        ep.libInit(cfg)
+        med.maxMediaPorts = PORTS_PER_CALL * self.max_calls_wanted + 8  # call + tape + player
+        with _quiet_stdout():
+            ep.libInit(cfg)
         self.max_calls = int(_lib().pjsua_call_get_max_count())
         tcfg = pj.TransportConfig()
         tcfg.port = self.port
@@ -420,6 +446,10 @@ class SipStack:
         self._pool.clear()  # destroyed while the library still lives and no call is active
         self.account = None
         gc.collect()
+        # Anything still referencing a call now (an exception's traceback, say) would run ~Call()
+        # after libDestroy() and trip pjsua's asserts: the process is ending, let those leak.
+        for survivor in list(self.every_call):
+            survivor.thisown = False
         ep.libDestroy()
         self.ep = None
 
@@ -427,13 +457,15 @@ class SipStack:
 def probe_call_limit() -> int:
     """Per-process call limit of the installed pjsua2 build (creates and destroys an endpoint)."""
     ep = pj.Endpoint()
-    ep.libCreate()
+    with _quiet_stdout():
+        ep.libCreate()
     cfg = pj.EpConfig()
     cfg.uaConfig.maxCalls = 1 << 16
     cfg.logConfig.level = 0
     cfg.logConfig.consoleLevel = 0
     cfg.uaConfig.threadCnt = 0
-    ep.libInit(cfg)
+    with _quiet_stdout():
+        ep.libInit(cfg)
     limit = int(_lib().pjsua_call_get_max_count())
     ep.libDestroy()
     return limit

@@ -1,0 +1,28 @@
+# One image for every voiceload role (agent, bot, run). The base is a build argument because
+# base images cannot be pulled everywhere: `docker build --build-arg BASE=<local bookworm image> .`
+# It must be Debian 12 (bookworm) or compatible: its python3 (3.11) matches the pjsua2 wheel (cp311).
+ARG BASE=debian:bookworm-slim
+FROM ${BASE}
+
+# python3 + venv for the install; espeak-ng + sox for `voiceload recordings make`; libsndfile1 for soundfile.
+# Unpinned on purpose: the versions are whatever the base's Debian release ships (security updates included).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3 python3-venv espeak-ng sox libsndfile1 \
+    && rm -rf /var/lib/apt/lists/*
+
+# The project (scenarios/ and recordings/ included, so `--scenario scenarios/demo.yaml` works from /app).
+WORKDIR /app
+COPY . /app
+
+# Dependency versions are bounded in pyproject.toml.
+RUN python3 -m venv /opt/voiceload \
+    && /opt/voiceload/bin/pip install --no-cache-dir /app
+
+# Calls need no privileges: SIP/RTP use unprivileged UDP ports, tapes go to /dev/shm.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin voiceload
+USER 10001
+
+ENTRYPOINT ["/opt/voiceload/bin/voiceload"]
+CMD ["--help"]

@@ -34,7 +34,6 @@ from voiceload.messages import (
     Assign,
     CallRecord,
     Heartbeat,
-    ProtocolError,
     TurnResult,
 )
 from voiceload.scenario import Scenario, load_scenario
@@ -190,10 +189,8 @@ class Agent:
 
     async def _control(self, b: bus.Bus) -> None:
         async for _topic, payload in b.messages():
-            try:
-                cmd = Assign.from_json(payload)
-            except ProtocolError as exc:
-                log.warning("ignored control message: %s", exc)
+            cmd = Assign.parse_or_warn(payload, log)
+            if cmd is None:
                 continue
             self.concurrency = min(cmd.concurrency, self.capacity)
             self.quota = cmd.calls

@@ -26,7 +26,7 @@ from voiceload.bot import call_limit
 from voiceload.broker import EmbeddedBroker
 from voiceload.collector import Collector
 from voiceload.errors import UserError
-from voiceload.messages import AgentState, Assign, ProtocolError
+from voiceload.messages import AgentState, Assign
 from voiceload.scenario import Scenario, load_scenario
 from voiceload.siplite import parse_sip_uri, probe_target
 
@@ -170,10 +170,8 @@ async def _await_ready(b: bus.Bus, run_id: str, agent_ids: list[str], procs: lis
 
     async def listen() -> None:
         async for _topic, payload in b.messages():
-            try:
-                st = AgentState.from_json(payload)
-            except ProtocolError as exc:
-                log.warning("ignored agent message: %s", exc)
+            st = AgentState.parse_or_warn(payload, log)
+            if st is None:
                 continue
             if st.run_id == run_id and st.state == "ready":
                 waiting.discard(st.agent_id)

@@ -7,6 +7,7 @@ version refuses it with a clear error instead of guessing at fields.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -56,6 +57,15 @@ class Message:
             return cls._from_dict(body)
         except (TypeError, ValueError) as exc:  # a missing field or a malformed nested one
             raise ProtocolError(f"malformed {cls.KIND!r} message: {exc}") from exc
+
+    @classmethod
+    def parse_or_warn(cls: type[M], payload: bytes | str, log: logging.Logger) -> M | None:
+        """Decode, or log one line saying why the message was ignored (a peer's problem, not ours)."""
+        try:
+            return cls.from_json(payload)
+        except ProtocolError as exc:
+            log.warning("ignored %s message: %s", cls.KIND, exc)
+            return None
 
     @classmethod
     def _from_dict(cls: type[M], body: dict[str, Any]) -> M:

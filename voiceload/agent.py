@@ -30,15 +30,18 @@ from voiceload.messages import (
     OUTCOME_FAILED,
     OUTCOME_REJECTED,
     OUTCOME_TIMEOUT,
+    Ack,
     AgentState,
     Assign,
     CallRecord,
+    CallStarted,
     Heartbeat,
     TurnResult,
 )
 from voiceload.scenario import Scenario, load_scenario
 from voiceload.siplite import local_address_for, parse_sip_uri
 from voiceload.sipua import CLOCK_RATE, SipCall, SipStack, read_tape
+from voiceload.spool import Spool
 from voiceload.vad import samples_to_ms
 
 log = logging.getLogger("voiceload.agent")
@@ -46,6 +49,7 @@ log = logging.getLogger("voiceload.agent")
 PUMP_PERIOD_S = 0.005  # level polls every 5 ms see every 20 ms bridge frame
 HEARTBEAT_PERIOD_S = 1.0
 MEDIA_WAIT_S = 2.0
+SPOOL_DRAIN_S = 120.0  # how long a finished agent waits for the collector to acknowledge its records
 SESSION_HEADER = "X-Voiceload-Session"
 
 
@@ -140,8 +144,10 @@ class Agent:
         self.placed = 0
         self.finished = 0
         self.stopping = False
-        self.outbox: asyncio.Queue[CallRecord] = asyncio.Queue()
         self.tape_dir = settings.tape_dir / f"{settings.run_id}-{settings.agent_id}"
+        self.spool = Spool(Path(tempfile.gettempdir()) / "voiceload-spool" / f"{settings.run_id}-{settings.agent_id}")
+        self._spool_changed = asyncio.Event()
+        self.notices: asyncio.Queue[CallStarted] = asyncio.Queue()
         self._lag_max_ms = 0.0
         self._next_start = 0.0
         self._analysing = 0
@@ -159,17 +165,20 @@ class Agent:
         cap = self.stack.max_calls if self.s.max_calls is None else min(self.s.max_calls, self.stack.max_calls)
         self.capacity = cap
         log.info("agent %s up: pjsua2 call limit %d, SIP %s", self.s.agent_id, cap, self.stack.address)
-        async with bus.Bus(self.s.broker, client_id=f"vl-agent-{self.s.run_id}-{self.s.agent_id}") as b:
-            await b.subscribe(bus.topic_control(self.s.run_id, self.s.agent_id))
+        run_id, agent_id = self.s.run_id, self.s.agent_id
+        async with bus.Bus(self.s.broker, client_id=f"vl-agent-{run_id}-{agent_id}") as b:
+            await b.subscribe(bus.topic_control(run_id, agent_id))
+            await b.subscribe(bus.topic_ack(run_id, agent_id))
             await self._state(b, "ready")
             tasks = [
-                asyncio.create_task(self._control(b)),
+                asyncio.create_task(self._inbox(b)),
                 asyncio.create_task(self._publisher(b)),
+                asyncio.create_task(self._notices(b)),
                 asyncio.create_task(self._heartbeat(b)),
             ]
             try:
                 await self._pump()
-                await self.outbox.join()
+                await self._drain_spool()
                 await self._state(b, "done")
             finally:
                 for t in tasks:
@@ -179,16 +188,27 @@ class Agent:
                         await t
                 self.stack.shutdown()
                 self._pool.shutdown(wait=True)
+                self.spool.remove_dir_if_empty()
                 if not self.s.keep_tapes:
                     with contextlib.suppress(OSError):
                         self.tape_dir.rmdir()
 
     async def _state(self, b: bus.Bus, state: str, detail: str | None = None) -> None:
         msg = AgentState(self.s.run_id, self.s.agent_id, state, self.placed, self.finished, detail)
-        await b.publish(bus.topic_agent_state(self.s.run_id, self.s.agent_id), msg, qos=1)
+        try:
+            await b.publish(bus.topic_agent_state(self.s.run_id, self.s.agent_id), msg, qos=1)
+        except bus.BusError as exc:
+            log.warning("could not announce state %s: %s", state, exc)
 
-    async def _control(self, b: bus.Bus) -> None:
-        async for _topic, payload in b.messages():
+    async def _inbox(self, b: bus.Bus) -> None:
+        """Assignments from the coordinator and acknowledgements from the collector."""
+        async for topic, payload in b.messages():
+            if bus.parse_topic(topic).kind == bus.KIND_ACK:
+                ack = Ack.parse_or_warn(payload, log)
+                if ack is not None and ack.agent_id == self.s.agent_id:
+                    self.spool.ack(ack.seqs)
+                    self._spool_changed.set()
+                continue
             cmd = Assign.parse_or_warn(payload, log)
             if cmd is None:
                 continue
@@ -198,13 +218,38 @@ class Agent:
             log.info("assigned concurrency %d, calls %d, stop %s", self.concurrency, self.quota, cmd.stop)
 
     async def _publisher(self, b: bus.Bus) -> None:
+        """Send spooled records; re-send the ones the collector has not acknowledged in a while."""
         topic = bus.topic_calls(self.s.run_id, self.s.agent_id)
         while True:
-            rec = await self.outbox.get()
+            for seq, payload in self.spool.due():
+                try:
+                    await b.publish_raw(topic, payload, qos=1)
+                except bus.BusError as exc:
+                    log.warning("record %d not sent yet (%s); it stays spooled", seq, exc)
+                    break
+                self.spool.sent(seq)
+            self._spool_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._spool_changed.wait(), 1.0)
+
+    async def _notices(self, b: bus.Bus) -> None:
+        """Call-started notices: best effort (the spool guards the records themselves)."""
+        topic = bus.topic_started(self.s.run_id, self.s.agent_id)
+        while True:
+            notice = await self.notices.get()
             try:
-                await b.publish(topic, rec, qos=1)
-            finally:
-                self.outbox.task_done()
+                await b.publish(topic, notice, qos=1)
+            except bus.BusError as exc:
+                log.warning("call-started notice for %s lost: %s", notice.call_id, exc)
+
+    async def _drain_spool(self) -> None:
+        """Before saying done: every record acknowledged by the collector (bounded wait)."""
+        end = time.monotonic() + SPOOL_DRAIN_S
+        while len(self.spool) and time.monotonic() < end:
+            await asyncio.sleep(0.1)
+        if len(self.spool):
+            log.error("%d call records not acknowledged by the collector; they stay in %s",
+                      len(self.spool), self.spool.directory)
 
     async def _heartbeat(self, b: bus.Bus) -> None:
         topic = bus.topic_heartbeat(self.s.run_id, self.s.agent_id)
@@ -220,7 +265,8 @@ class Agent:
                 pump_lag_ms_max=round(self._lag_max_ms, 1), max_calls=self.capacity,
             )
             self._lag_max_ms = 0.0
-            await b.publish(topic, hb, qos=0)
+            with contextlib.suppress(bus.BusError):
+                await b.publish(topic, hb, qos=0, timeout_s=HEARTBEAT_PERIOD_S)
 
     # --- the pump ---------------------------------------------------------------------------
     def _done(self) -> bool:
@@ -248,7 +294,7 @@ class Agent:
     def _start_calls(self, now: float) -> None:
         if self.stopping or now < self._next_start:
             return
-        if self.active < self.concurrency and self.placed < self.quota:
+        if self.active < self.concurrency and self.placed < self.quota and not self.spool.full:
             self._next_start = now + 1.0 / self.s.max_starts_per_s
             self._place_call()
 
@@ -270,6 +316,7 @@ class Agent:
             self.finished += 1
             return
         call.app = CallerCall(seq=seq, flow=self.audio.new_flow(), started_at=started_at)
+        self.notices.put_nowait(CallStarted(self.s.run_id, self.s.agent_id, seq, call.sip_call_id, started_at))
 
     def _dispatch(self, now: float) -> None:
         events = self.stack.events
@@ -423,7 +470,8 @@ class Agent:
         return rec
 
     def _emit(self, rec: CallRecord) -> None:
-        self.outbox.put_nowait(rec)
+        self.spool.put(rec.seq, rec.to_json())
+        self._spool_changed.set()
 
 
 def run(

@@ -31,7 +31,9 @@ KIND_CALLS = "calls"
 KIND_HEARTBEAT = "heartbeat"
 KIND_CONTROL = "control"
 KIND_STATE = "state"
-KINDS = (KIND_CALLS, KIND_HEARTBEAT, KIND_CONTROL, KIND_STATE)
+KIND_STARTED = "started"  # agent -> collector: a call was placed (so a lost agent's calls are known)
+KIND_ACK = "ack"  # collector -> agent: these records are safely written; drop them from the spool
+KINDS = (KIND_CALLS, KIND_HEARTBEAT, KIND_CONTROL, KIND_STATE, KIND_STARTED, KIND_ACK)
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
@@ -143,6 +145,16 @@ def topic_control(run_id: str, agent_id: str) -> str:
 def topic_agent_state(run_id: str, agent_id: str = "+") -> str:
     """Agent -> coordinator/collector: AgentState transitions."""
     return _topic(run_id, KIND_STATE, agent_id, wildcard=True)
+
+
+def topic_started(run_id: str, agent_id: str = "+") -> str:
+    """Call-started notices of one agent (or all: `+`)."""
+    return _topic(run_id, KIND_STARTED, agent_id, wildcard=True)
+
+
+def topic_ack(run_id: str, agent_id: str) -> str:
+    """The collector's acknowledgements to one agent."""
+    return _topic(run_id, KIND_ACK, agent_id, wildcard=False)
 
 
 @dataclass(frozen=True)
@@ -337,8 +349,12 @@ class Bus:
     async def publish(self, topic: str, msg: Message, qos: int = 1, retain: bool = False,
                       timeout_s: float | None = None) -> None:
         """Publish and, for QoS 1, wait for the broker's ack; BusError if that takes over the timeout."""
+        await self.publish_raw(topic, msg.to_json(), qos=qos, retain=retain, timeout_s=timeout_s)
+
+    async def publish_raw(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                          timeout_s: float | None = None) -> None:
+        """`publish` for an already serialised message (e.g. one read back from a spool)."""
         self._require_open()
-        payload = msg.to_json()
 
         async def op(client: aiomqtt.Client, remaining: float) -> None:
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=remaining)

@@ -26,9 +26,12 @@ from rich.text import Text
 from voiceload import bus as busmod
 from voiceload.errors import UserError
 from voiceload.messages import (
+    OUTCOME_AGENT_LOST,
     OUTCOME_COMPLETED,
+    Ack,
     AgentState,
     CallRecord,
+    CallStarted,
     GreetingResult,
     Heartbeat,
     ProtocolError,
@@ -39,6 +42,8 @@ from voiceload.summary import DEFAULT_THRESHOLDS, GeneratorHealth, HealthThresho
 log = logging.getLogger(__name__)
 
 CALLS_FILE = "calls.jsonl"
+ACK_BATCH_S = 0.3  # acks wait this long to travel in batches
+ACK_TIMEOUT_S = 5.0
 SUMMARY_FILE = "summary.json"
 
 
@@ -78,6 +83,12 @@ class Collector:
         self._seen: set[str] = set()
         self._out: IO[str] | None = None
         self._done = asyncio.Event()
+        # no lost results: which calls each agent placed, which of them have a record, what to ack
+        self.started: dict[str, dict[int, CallStarted]] = {}
+        self.recorded_seqs: dict[str, set[int]] = {}
+        self._to_ack: dict[str, set[int]] = {}
+        self._ack_wake = asyncio.Event()
+        self.lost_agents: set[str] = set()
 
     @property
     def received(self) -> int:
@@ -140,30 +151,82 @@ class Collector:
             if self.records:
                 log.info("resuming %s: %d calls already recorded", calls_path, self.received)
         for topic in (busmod.topic_calls(run_id), busmod.topic_heartbeat(run_id),
-                      busmod.topic_agent_state(run_id)):
+                      busmod.topic_agent_state(run_id), busmod.topic_started(run_id)):
             await bus.subscribe(topic, qos=1)
         self.ready.set()
         with open(calls_path, "a", encoding="utf-8") as out:
             self._out = out
             consumer = asyncio.create_task(self._consume(bus))
+            acker = asyncio.create_task(self._acker(bus))
             try:
                 if self.received < self.expected_calls:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._done.wait(), max(deadline_s, 0.0))
+                await self._flush_acks(bus)  # the last agents are waiting for these to exit
             finally:
-                consumer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await consumer
+                for task in (consumer, acker):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 self._out = None
         missing = self.expected_calls - self.received
         summary = summarize(
             self.records, run_id=run_id, scenario_name=scenario_name, target=target, concurrency=concurrency,
             calls_planned=expected_calls, started_at=started, ended_at=time.time(), health=self.health,
             thresholds=self.thresholds,
-            extra_invalid_reasons=[f"{missing} calls missing"] if missing > 0 else [],
+            extra_invalid_reasons=([f"{missing} calls missing"] if missing > 0 else [])
+            + [f"agent {a} lost during the run (its unfinished calls are recorded as agent_lost)"
+               for a in sorted(self.lost_agents)],
         )
         write_summary(out_dir / SUMMARY_FILE, summary)
         return summary
+
+    async def _acker(self, bus: busmod.Bus) -> None:
+        """Tell agents which records are safely written, a few times a second, batched."""
+        while True:
+            await self._ack_wake.wait()
+            await asyncio.sleep(ACK_BATCH_S)
+            await self._flush_acks(bus)
+
+    async def _flush_acks(self, bus: busmod.Bus) -> None:
+        self._ack_wake.clear()
+        pending, self._to_ack = self._to_ack, {}
+        for agent_id, seqs in pending.items():
+            try:
+                await bus.publish(busmod.topic_ack(self.run_id, agent_id),
+                                  Ack(self.run_id, agent_id, sorted(seqs)), qos=1, timeout_s=ACK_TIMEOUT_S)
+            except busmod.BusError:
+                # not acked: the agent re-sends those records later and they are acked then
+                log.warning("acks for agent %s not delivered yet", agent_id)
+
+    def mark_agent_lost(self, agent_id: str, placed: int = 0) -> tuple[int, int]:
+        """An agent died: each call it placed that has no record yet becomes one `agent_lost` record.
+
+        Calls are known from call-started notices and from the agent's own counter (`placed`, from
+        its last heartbeat or state), so none is missed even when a notice was lost. Returns
+        (records added, calls the agent placed in all).
+        """
+        self.lost_agents.add(agent_id)
+        started = self.started.get(agent_id, {})
+        done = self.recorded_seqs.get(agent_id, set())
+        hb_placed = self.health.per_agent_placed(agent_id)
+        last = max([placed, hb_placed, *started.keys(), *done, 0])
+        added = 0
+        for seq in range(1, last + 1):
+            if seq in done:
+                continue
+            notice = started.get(seq)
+            rec = CallRecord(
+                run_id=self.run_id, agent_id=agent_id,
+                call_id=notice.call_id if notice and notice.call_id else f"lost-{self.run_id}-{agent_id}-{seq}",
+                seq=seq, outcome=OUTCOME_AGENT_LOST, started_at=notice.started_at if notice else 0.0,
+                reason="agent process lost before the call's record arrived",
+            )
+            if rec.call_id in self._seen:
+                continue
+            self._accept(rec)
+            added += 1
+        return added, last
 
     async def _consume(self, bus: busmod.Bus) -> None:
         async for topic, payload in bus.messages():
@@ -179,18 +242,16 @@ class Collector:
                 rec = CallRecord.from_json(payload)
                 _check_sender(rec.run_id, rec.agent_id, self.run_id, parts.agent_id)
                 _check_record(rec)
+                self._to_ack.setdefault(rec.agent_id, set()).add(rec.seq)  # duplicates too: it resent
+                self._ack_wake.set()
                 if rec.call_id in self._seen:
                     self.duplicates += 1
                     return
-                self._add(rec)
-                self._write(rec)
-                if self.on_record is not None:
-                    try:
-                        self.on_record(rec)
-                    except Exception:
-                        log.exception("on_record callback failed (record kept)")
-                if self.received >= self.expected_calls:
-                    self._done.set()
+                self._accept(rec)
+            elif parts.kind == busmod.KIND_STARTED:
+                notice = CallStarted.from_json(payload)
+                _check_sender(notice.run_id, notice.agent_id, self.run_id, parts.agent_id)
+                self.started.setdefault(notice.agent_id, {})[notice.seq] = notice
             elif parts.kind == busmod.KIND_HEARTBEAT:
                 hb = Heartbeat.from_json(payload)
                 _check_sender(hb.run_id, hb.agent_id, self.run_id, parts.agent_id)
@@ -204,9 +265,22 @@ class Collector:
             self.rejected += 1
             log.warning("ignored message on %s: %s", topic, exc)
 
+    def _accept(self, rec: CallRecord) -> None:
+        """A new record: count it, write it, tell the hook, and finish when all are in."""
+        self._add(rec)
+        self._write(rec)
+        if self.on_record is not None:
+            try:
+                self.on_record(rec)
+            except Exception:
+                log.exception("on_record callback failed (record kept)")
+        if self.received >= self.expected_calls:
+            self._done.set()
+
     def _add(self, rec: CallRecord) -> None:
         self._seen.add(rec.call_id)
         self.records.append(rec)
+        self.recorded_seqs.setdefault(rec.agent_id, set()).add(rec.seq)
         self.completed += rec.outcome == OUTCOME_COMPLETED
 
     def _write(self, rec: CallRecord) -> None:

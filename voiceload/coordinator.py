@@ -119,37 +119,94 @@ async def _orchestrate(
     log.info("run %s: %d agents x <=%d calls, deadline %.0f s", run_id, n_agents, limit, deadline_s)
 
     collector = Collector()
-    async with bus.Bus(address, client_id=f"vl-coord-{run_id}") as b, \
-            bus.Bus(address, client_id=f"vl-collect-{run_id}") as collector_bus:
+    async with bus.Bus(address, client_id=f"vl-coord-{run_id}") as b:
         await b.subscribe(bus.topic_agent_state(run_id))
+        # given the address, the collector keeps a persistent session: it survives reconnects
         collect_task = asyncio.create_task(
             collector.run(
-                collector_bus, run_id=run_id, out_dir=settings.out_dir, expected_calls=settings.calls,
+                address, run_id=run_id, out_dir=settings.out_dir, expected_calls=settings.calls,
                 deadline_s=deadline_s, scenario_name=scenario.name, target=settings.target,
                 concurrency=settings.concurrency,
             )
         )
         await asyncio.wait_for(collector.ready.wait(), 10)  # subscribed before any agent can publish
         agent_ids = [f"a{i}" for i in range(n_agents)]
-        procs = [_spawn_agent(settings, aid, address, limit) for aid in agent_ids]
+        procs = {aid: _spawn_agent(settings, aid, address, limit) for aid in agent_ids}
+        fleet = Fleet(run_id, limit, procs, collector, b)
         progress = asyncio.create_task(_progress(collector, settings)) if settings.progress else None
+        watcher: asyncio.Task[None] | None = None
         try:
-            await _await_ready(b, run_id, agent_ids, procs)
+            await _await_ready(b, run_id, agent_ids, list(procs.values()))
             for aid, conc, calls in zip(
                 agent_ids, split(settings.concurrency, n_agents), split(settings.calls, n_agents), strict=True
             ):
-                await b.publish(bus.topic_control(run_id, aid), Assign(run_id, aid, conc, calls), qos=1)
+                fleet.assigned[aid] = [conc, calls]
+                await fleet.send(aid)
+            watcher = asyncio.create_task(fleet.watch())
             summary = await collect_task
         finally:
-            if progress is not None:
-                progress.cancel()
+            for task in (progress, watcher):
+                if task is not None:
+                    task.cancel()
             for aid in agent_ids:
                 with contextlib.suppress(Exception):
-                    await b.publish(bus.topic_control(run_id, aid), Assign(run_id, aid, 0, 0, stop=True), qos=1)
-            await _reap(procs)
+                    await b.publish(bus.topic_control(run_id, aid), Assign(run_id, aid, 0, 0, stop=True), qos=1,
+                                    timeout_s=5)
+            await _reap(list(procs.values()))
             if not collect_task.done():
                 collect_task.cancel()
     return summary
+
+
+class Fleet:
+    """The run's agent processes: who has which share, and what happens when one dies."""
+
+    def __init__(self, run_id: str, limit: int, procs: dict[str, subprocess.Popen[bytes]], collector: Collector,
+                 b: bus.Bus) -> None:
+        self.run_id, self.limit, self.procs, self.collector, self.bus = run_id, limit, procs, collector, b
+        self.assigned: dict[str, list[int]] = {}  # agent -> [concurrency, calls]
+        self.alive = set(procs)
+
+    async def send(self, aid: str) -> None:
+        conc, calls = self.assigned[aid]
+        await self.bus.publish(bus.topic_control(self.run_id, aid), Assign(self.run_id, aid, conc, calls), qos=1)
+
+    async def watch(self) -> None:
+        """An agent process that exits with an error (or is killed) is lost: record and replace its share."""
+        while True:
+            await asyncio.sleep(0.5)
+            for aid in sorted(self.alive):
+                code = self.procs[aid].poll()
+                if code is None:
+                    continue
+                self.alive.discard(aid)
+                if code != 0:
+                    await self._lost(aid, code)
+
+    async def _lost(self, aid: str, code: int) -> None:
+        state = self.collector.agent_states.get(aid)
+        added, placed = self.collector.mark_agent_lost(aid, state.placed if state else 0)
+        conc, calls = self.assigned.get(aid, [0, 0])
+        remaining = max(0, calls - placed)
+        self.assigned[aid] = [0, placed]
+        survivors = sorted(self.alive)
+        print(f"[voiceload] agent {aid} lost (exit code {code}): {added} calls recorded as agent_lost; "
+              f"{remaining} unplaced calls move to {', '.join(survivors) or 'no agent'}", file=sys.stderr, flush=True)
+        if not survivors:
+            self.collector.expected_calls -= remaining
+            if self.collector.received >= self.collector.expected_calls:
+                self.collector.finish()
+            return
+        for sid, extra_conc, extra_calls in zip(
+            survivors, split(conc, len(survivors)), split(remaining, len(survivors)), strict=True
+        ):
+            share = self.assigned[sid]
+            share[0] = min(self.limit, share[0] + extra_conc)
+            share[1] += extra_calls
+            try:
+                await self.send(sid)
+            except bus.BusError as exc:
+                log.error("could not reassign to agent %s: %s", sid, exc)
 
 
 def _spawn_agent(

@@ -19,7 +19,8 @@ OUTCOME_FAILED = "failed"  # connected, but a turn was not answered (or not with
 OUTCOME_REJECTED = "rejected"  # final SIP error response to the INVITE
 OUTCOME_TIMEOUT = "timeout"  # no final response / no answer in time
 OUTCOME_ERROR = "error"  # the agent itself could not place or run the call
-OUTCOMES = (OUTCOME_COMPLETED, OUTCOME_FAILED, OUTCOME_REJECTED, OUTCOME_TIMEOUT, OUTCOME_ERROR)
+OUTCOME_AGENT_LOST = "agent_lost"  # the agent process died with the call in flight or unreported
+OUTCOMES = (OUTCOME_COMPLETED, OUTCOME_FAILED, OUTCOME_REJECTED, OUTCOME_TIMEOUT, OUTCOME_ERROR, OUTCOME_AGENT_LOST)
 
 
 class ProtocolError(ValueError):
@@ -181,3 +182,27 @@ class AgentState(Message):
     placed: int = 0
     finished: int = 0
     detail: str | None = None
+
+
+@dataclass
+class CallStarted(Message):
+    """Agent -> collector when a call is placed: lets a lost agent's calls still end as records."""
+
+    KIND: ClassVar[str] = "call_started"
+
+    run_id: str
+    agent_id: str
+    seq: int
+    call_id: str
+    started_at: float
+
+
+@dataclass
+class Ack(Message):
+    """Collector -> agent: records (by the agent's `seq`) written to calls.jsonl; the agent may forget them."""
+
+    KIND: ClassVar[str] = "ack"
+
+    run_id: str
+    agent_id: str
+    seqs: list[int] = field(default_factory=list)

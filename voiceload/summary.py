@@ -40,6 +40,8 @@ class _AgentHealth:
     heartbeats: int = 0
     cpu_percent_max: float = 0.0
     pump_lag_ms_max: float = 0.0
+    placed: int = 0  # the agent's own count, from its latest heartbeat
+    last_seen: float = 0.0  # unix time of its latest heartbeat
 
 
 @dataclass
@@ -53,6 +55,13 @@ class GeneratorHealth:
         a.heartbeats += 1
         a.cpu_percent_max = max(a.cpu_percent_max, float(hb.cpu_percent))
         a.pump_lag_ms_max = max(a.pump_lag_ms_max, float(hb.pump_lag_ms_max))
+        a.placed = max(a.placed, int(hb.placed))
+        a.last_seen = max(a.last_seen, float(hb.at))
+
+    def per_agent_placed(self, agent_id: str) -> int:
+        """Calls the agent said it had placed, in its latest heartbeat (0 if never heard)."""
+        a = self.agents.get(agent_id)
+        return a.placed if a is not None else 0
 
     @property
     def heartbeats(self) -> int:

@@ -16,6 +16,7 @@ import ctypes
 import gc
 import logging
 import os
+import random
 import sys
 import time
 import weakref
@@ -35,6 +36,7 @@ CLOCK_RATE = 8000  # the bridge runs at G.711's rate: no resampling anywhere on 
 FRAME_MS = 20
 WAV_HEADER_BYTES = 44
 TAPE_CLOSE_TIMEOUT_S = 1.0
+RTP_PORT_MIN, RTP_PORT_MAX = 10_000, 60_000
 PORTS_PER_CALL = 3  # conference ports: the call's stream, its tape recorder, its current player
 
 
@@ -323,6 +325,10 @@ class SipStack:
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:{self.user}@{self.host}:{self.port}"
         acfg.mediaConfig.transportConfig.boundAddress = self.host
+        # pjsua starts every process's RTP ports at 4000 and steps up on EADDRINUSE: many agents
+        # starting at once race for the same ports (seen: makeCall failing). A random even base
+        # per process keeps them apart; pjsua still steps past any port in use.
+        acfg.mediaConfig.transportConfig.port = random.randrange(RTP_PORT_MIN, RTP_PORT_MAX, 2)
         self.account = _Account(self)
         self.account.create(acfg)
         self.ep = ep

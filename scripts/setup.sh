@@ -12,7 +12,7 @@ PY="${VOICELOAD_PYTHON:-python3}"
 apt_pkgs=(espeak-ng sox libsndfile1)
 # Debian's own python3 needs python3-venv for `python3 -m venv` (ensurepip)
 "$PY" -c "import ensurepip" 2>/dev/null || apt_pkgs+=(python3-venv)
-[ "$want_test" = 1 ] && apt_pkgs+=(mosquitto sip-tester tcpdump)
+[ "$want_test" = 1 ] && apt_pkgs+=(mosquitto sip-tester tcpdump chromium)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -125,3 +125,9 @@ def test_scenario_validate_lists_every_problem(tmp_path: Path) -> None:
     lines = res.stderr.strip().splitlines()
     assert len(lines) >= 3 and all(line.startswith(f"{sc}:") for line in lines)
     assert voiceload("scenario", "validate", str(DEMO), timeout=30).code == 0
+
+
+def test_bad_slo(tmp_path: Path, sip_responder: str) -> None:
+    code, err = run_scenario(tmp_path, DEMO, sip_responder, "--slo", "p95_turn_latncy_ms<=500")
+    assert code == 2
+    assert "p95_turn_latncy_ms" in one_line_error(err)

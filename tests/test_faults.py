@@ -64,7 +64,7 @@ def test_broker_killed_and_restarted_mid_run(mosquitto: Mosquitto, tmp_path: Pat
         mosquitto.proc.wait(5)
         time.sleep(5)
         mosquitto.start()
-        code, stdout, stderr = finish(run)
+        code, _stdout, stderr = finish(run)
     finally:
         bot.stop()
     recs = records(out)
@@ -88,7 +88,7 @@ def test_agent_killed_mid_run(tmp_path: Path) -> None:
                   if "agent" in p.cmdline() and "a1" in p.cmdline()]
         assert len(agents) == 1
         agents[0].send_signal(signal.SIGKILL)
-        code, stdout, stderr = finish(run)
+        code, _stdout, stderr = finish(run)
     finally:
         bot.stop()
     recs = records(out)

@@ -80,3 +80,20 @@ def test_a_wrong_prompt_fails_the_turn_with_a_reason(tmp_path: Path) -> None:
     assert call["outcome"] == "failed"
     assert "turn 0: reply does not match the expected prompt" in call["reason"]
     assert json.loads((out / "summary.json").read_text())["completion_rate"] == 0.0
+
+
+def test_an_unmeetable_slo_exits_1_with_a_failing_junit_case(bot: RefBot, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = voiceload("run", str(DEMO), "--target", bot.target, "-c", "2", "-n", "2", "--out", str(out),
+                    "--slo", "p95_turn_latency_ms<=100", "--slo", "completion_rate>=0.99", out=out)
+    assert res.code == 1, res.stderr[-2000:]
+    assert "SLO FAIL p95_turn_latency_ms<=100" in res.stdout
+    assert "SLO PASS completion_rate>=0.99" in res.stdout
+    import xml.etree.ElementTree as ET
+
+    cases = {c.get("name"): c for c in ET.parse(out / "junit.xml").getroot().iter("testcase")}
+    assert cases["p95_turn_latency_ms<=100"].find("failure") is not None
+    assert cases["completion_rate>=0.99"].find("failure") is None
+    assert (out / "report.html").exists() and (out / "turns.csv").exists()
+    summary = res.summary()
+    assert summary["exit_code"] == 1 and [r["passed"] for r in summary["slo"]] == [False, True]

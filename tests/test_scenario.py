@@ -82,6 +82,7 @@ def test_defaults(folder: Path) -> None:
         turns=s.turns, silence_gap_ms=500, hangup_by="caller", hangup_after_ms=300,
         answer_timeout_ms=5000, max_call_ms=120_000,
     )
+    assert s.slos == ()
     (turn,) = s.turns
     assert (turn.index, turn.transcript, turn.reply) == (0, None, None)
     assert turn.caller == (folder / "ok.wav").resolve()
@@ -174,7 +175,7 @@ def test_unknown_keys_suggest_the_closest_valid_one(folder: Path) -> None:
         "F:6: greeting.max_wiat_ms: unknown key 'max_wiat_ms' (did you mean 'max_wait_ms'?)",
         "F:9: turns[0].replay: unknown key 'replay' (did you mean 'reply'?)",
         "F:10: colour: unknown key 'colour' (valid keys: version, name, description, silence_gap_ms, "
-        "answer_timeout_ms, max_call_ms, greeting, turns, hangup)",
+        "answer_timeout_ms, max_call_ms, greeting, turns, hangup, slo)",
     ]
 
 
@@ -340,3 +341,84 @@ def test_the_annotated_example_in_the_docs_is_valid(tmp_path: Path) -> None:
     s = load_scenario(write(tmp_path / "scenarios", example, name="example.yaml"))
     assert s.name == "demo" and len(s.turns) == 2
     assert s.turns[1].reply is not None and s.turns[1].reply.max_wait_ms == 3000
+    assert s.slos == ("p95_turn_latency_ms<=1500", "completion_rate>=0.99")
+
+
+# --- SLOs ----------------------------------------------------------------------------------------
+
+
+def test_slo_list_is_parsed_and_kept_in_canonical_form(folder: Path) -> None:
+    s = load_scenario(write(folder, MINIMAL + """
+    greeting: {prompt: ok.wav}
+    slo:
+      - p95_turn_latency_ms <= 1500
+      - completion_rate>=0.99
+      - turn0_p99_latency_ms<2000
+      - greeting_p95_onset_ms<=1000
+      - setup_p95_ms<=500
+    """))
+    assert s.slos == ("p95_turn_latency_ms<=1500", "completion_rate>=0.99", "turn0_p99_latency_ms<2000",
+                      "greeting_p95_onset_ms<=1000", "setup_p95_ms<=500")
+
+
+def test_slo_may_be_empty_or_null(folder: Path) -> None:
+    assert load_scenario(write(folder, MINIMAL + "    slo: []\n")).slos == ()
+    assert load_scenario(write(folder, MINIMAL + "    slo:\n")).slos == ()
+
+
+def test_a_scenario_built_without_slos_still_constructs(folder: Path) -> None:
+    s = load_scenario(write(folder, MINIMAL))
+    rebuilt = Scenario(path=s.path, name=s.name, description=s.description, greeting=s.greeting, turns=s.turns,
+                       silence_gap_ms=s.silence_gap_ms, hangup_by=s.hangup_by, hangup_after_ms=s.hangup_after_ms,
+                       answer_timeout_ms=s.answer_timeout_ms, max_call_ms=s.max_call_ms)
+    assert rebuilt == s and rebuilt.slos == ()
+
+
+def test_slo_problems_name_line_and_position(folder: Path) -> None:
+    found = problems(folder, """
+        version: 1
+        name: x
+        turns:
+          - caller: ok.wav
+          - caller: ok.wav
+        slo:
+          - p95_turn_latncy_ms<=1500
+          - completion_rate>=99
+          - 1500
+          - turn2_p95_latency_ms<=400
+          - greeting_p95_onset_ms<=900
+          - completion_rate: 0.99
+          - p95_turn_latency_ms == 1500
+          - completion_rate>=0.9
+    """)
+    assert [p.split(": ", 2)[:2] for p in found] == [
+        ["F:7", "slo[0]"], ["F:8", "slo[1]"], ["F:9", "slo[2]"], ["F:10", "slo[3]"], ["F:11", "slo[4]"],
+        ["F:12", "slo[5]"], ["F:13", "slo[6]"],
+    ]
+    assert found[0].startswith("F:7: slo[0]: SLO 'p95_turn_latncy_ms<=1500': unknown metric "
+                               "'p95_turn_latncy_ms' (did you mean 'p95_turn_latency_ms'?); metrics: ")
+    assert found[1] == ("F:8: slo[1]: SLO 'completion_rate>=99': completion_rate is a fraction from 0 to 1, "
+                        "got 99 (did you mean 0.99?)")
+    assert found[2] == "F:9: slo[2]: must be a string, got an integer (1500); put it in quotes to make it text"
+    assert found[3] == "F:10: slo[3]: SLO 'turn2_p95_latency_ms<=400': the scenario has no turn 2 (it has turns 0..1)"
+    assert found[4] == "F:11: slo[4]: SLO 'greeting_p95_onset_ms<=900': the scenario has no greeting"
+    assert found[5].startswith("F:12: slo[5]: must be one expression such as 'completion_rate>=0.99', got a mapping")
+    assert found[6] == ("F:13: slo[6]: SLO 'p95_turn_latency_ms==1500': operator '==' is not supported "
+                        "(an SLO is a bound: use <=, <, >= or >)")
+
+
+def test_slo_must_be_a_list(folder: Path) -> None:
+    assert problems(folder, MINIMAL + "    slo: completion_rate>=0.99\n") == [
+        "F:5: slo: must be a list of SLO expressions (e.g. - p95_turn_latency_ms<=1500), "
+        "got a string ('completion_rate>=0.99')"
+    ]
+
+
+def test_slo_turn_numbers_are_not_judged_when_the_turns_are_broken(folder: Path) -> None:
+    assert problems(folder, """
+        version: 1
+        name: x
+        turns:
+          - caller: nope.wav
+        slo: [turn5_p95_latency_ms<=400]
+    """) == [f"F:4: turns[0].caller: nope.wav: no such file ({folder.resolve() / 'nope.wav'})"]

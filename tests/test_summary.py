@@ -65,7 +65,7 @@ def test_counts_and_completion() -> None:
     assert s["schema"] == SUMMARY_SCHEMA
     assert s["calls"] == {"planned": 12, "placed": 10, "completed": 8, "failed": 2}
     assert s["completion_rate"] == pytest.approx(0.8)
-    assert s["outcomes"] == {"completed": 8, "failed": 1, "rejected": 1, "timeout": 0, "error": 0}
+    assert s["outcomes"] == {"completed": 8, "failed": 1, "rejected": 1, "timeout": 0, "error": 0, "agent_lost": 0}
     assert s["sip_codes"] == {"200": 9, "486": 1}
     assert s["hangup_by"] == {"bot": 1, "caller": 8, "none": 1}
     assert s["duration_s"] == pytest.approx(60.5)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from voiceload.errors import EXIT_BAD_INPUT, EXIT_INVALID_RUN, EXIT_OK, ScenarioError, UserError
+from voiceload.errors import EXIT_BAD_INPUT, EXIT_INVALID_RUN, ScenarioError, UserError
 
 app = typer.Typer(
     name="voiceload",
@@ -34,10 +34,16 @@ T = TypeVar("T")
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    """Log lines on stderr; on a terminal through rich, so they print above the live view."""
+    level = logging.DEBUG if verbose else logging.WARNING
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=level, format="%(name)s %(message)s",
+                            handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
@@ -82,16 +88,22 @@ def run(
     broker: Annotated[str | None, typer.Option(help="mqtt://HOST:PORT of an MQTT broker; default: embedded.",
                                                envvar="VOICELOAD_BROKER")] = None,
     keep_tapes: Annotated[bool, typer.Option(help="Keep each call's tape WAV under OUT/tapes.")] = False,
+    slo: Annotated[list[str] | None, typer.Option(
+        "--slo", help="Service level objective, repeatable, e.g. 'p95_turn_latency_ms<=1500' (docs/live-and-slo.md)."
+    )] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Place CALLS calls with CONCURRENCY in flight against TARGET; write OUT/calls.jsonl + summary.json."""
+    """Place CALLS calls with CONCURRENCY in flight against TARGET; write OUT/calls.jsonl + summary.json.
+
+    Exit code: 0 every SLO met, 1 an SLO failed, 2 bad input, 3 run invalid (generator or infrastructure).
+    """
     _setup_logging(verbose)
     from voiceload import coordinator
     from voiceload.collector import render_summary
 
     settings = coordinator.RunSettings(
         scenario_path=scenario, target=target, concurrency=concurrency, calls=calls, out_dir=out or Path(),
-        broker_url=broker, keep_tapes=keep_tapes,
+        broker_url=broker, keep_tapes=keep_tapes, slos=list(slo or []),
     )
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
@@ -108,8 +120,12 @@ def run(
     from rich.console import Console
 
     Console().print(render_summary(summary))
-    typer.echo(f"run dir: {settings.out_dir}")
-    raise typer.Exit(EXIT_OK if summary.get("valid", False) else EXIT_INVALID_RUN)
+    for result in summary.get("slo", []):
+        verdict = "PASS" if result["passed"] else "FAIL"
+        value = "no data" if result["value"] is None else f"value {result['value']:g}"
+        typer.echo(f"SLO {verdict} {result['expr']} ({value})")
+    typer.echo(f"run dir: {settings.out_dir} (report.html, calls.jsonl, summary.json, turns.csv, junit.xml)")
+    raise typer.Exit(int(summary.get("exit_code", EXIT_INVALID_RUN)))
 
 
 @app.command()
@@ -274,3 +290,16 @@ def demo(
         except subprocess.TimeoutExpired:
             bot_proc.kill()
     raise typer.Exit(rc)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory holding calls.jsonl (and summary.json).")],
+    verbose: Verbose = False,
+) -> None:
+    """Rebuild report.html, turns.csv and junit.xml in RUN_DIR from its calls.jsonl."""
+    _setup_logging(verbose)
+    from voiceload.report import write_reports
+
+    for path in _guard(lambda: write_reports(run_dir)):
+        typer.echo(str(path))

@@ -37,6 +37,7 @@ from voiceload.messages import (
     ProtocolError,
     TurnResult,
 )
+from voiceload.stats import LatencyHistogram
 from voiceload.summary import DEFAULT_THRESHOLDS, GeneratorHealth, HealthThresholds, summarize
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class Collector:
         self._to_ack: dict[str, set[int]] = {}
         self._ack_wake = asyncio.Event()
         self.lost_agents: set[str] = set()
+        self.latest_heartbeats: dict[str, Heartbeat] = {}  # for the live view
+        self._turn_hist: dict[int, LatencyHistogram] = {}
 
     @property
     def received(self) -> int:
@@ -256,6 +259,7 @@ class Collector:
                 hb = Heartbeat.from_json(payload)
                 _check_sender(hb.run_id, hb.agent_id, self.run_id, parts.agent_id)
                 self.health.observe(hb)
+                self.latest_heartbeats[hb.agent_id] = hb
             elif parts.kind == busmod.KIND_STATE:
                 st = AgentState.from_json(payload)
                 _check_sender(st.run_id, st.agent_id, self.run_id, parts.agent_id)
@@ -277,7 +281,14 @@ class Collector:
         if self.received >= self.expected_calls:
             self._done.set()
 
+    def turn_percentiles(self) -> dict[int, dict[str, float | None]]:
+        """Latency percentiles per turn index so far (from HDR histograms), for the live view."""
+        return {i: h.percentiles() for i, h in sorted(self._turn_hist.items())}
+
     def _add(self, rec: CallRecord) -> None:
+        for turn in rec.turns:
+            if turn.latency_ms is not None:
+                self._turn_hist.setdefault(turn.index, LatencyHistogram()).record(turn.latency_ms)
         self._seen.add(rec.call_id)
         self.records.append(rec)
         self.recorded_seqs.setdefault(rec.agent_id, set()).add(rec.seq)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,19 @@ from voiceload import bus
 from voiceload.agent import ScenarioAudio
 from voiceload.bot import call_limit
 from voiceload.broker import EmbeddedBroker
-from voiceload.collector import Collector
+from voiceload.collector import SUMMARY_FILE, Collector, write_summary
 from voiceload.errors import UserError
+from voiceload.live import AgentHealth, LiveSnapshot, LiveView, RateMeter
 from voiceload.messages import AgentState, Assign
+from voiceload.report import write_reports
 from voiceload.scenario import Scenario, load_scenario
 from voiceload.siplite import parse_sip_uri, probe_target
+from voiceload.slo import Slo, evaluate, exit_code, parse_slos
 
 log = logging.getLogger("voiceload.coordinator")
 
 AGENT_READY_TIMEOUT_S = 30.0
-PROGRESS_PERIOD_S = 2.0
+LIVE_PERIOD_S = 0.5
 
 
 @dataclass
@@ -48,6 +51,7 @@ class RunSettings:
     keep_tapes: bool = False
     agent_limit: int | None = None  # calls per agent; None: the pjsua2 build's limit
     progress: bool = True
+    slos: list[str] = field(default_factory=list)  # --slo expressions, added to the scenario's
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -72,7 +76,7 @@ def estimate_call_s(scenario: Scenario, sa: ScenarioAudio) -> float:
     return min(total, scenario.max_call_ms + scenario.answer_timeout_ms) / 1000
 
 
-def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio]:
+def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo, ...]]:
     """Every check that needs no network: raises UserError (exit 2) before anything starts."""
     if settings.concurrency < 1:
         raise UserError(f"--concurrency {settings.concurrency}: must be at least 1")
@@ -85,11 +89,17 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio]:
     parse_sip_uri(settings.target)
     if (settings.out_dir / "calls.jsonl").exists():
         raise UserError(f"--out {settings.out_dir}: holds an earlier run's calls.jsonl; use a fresh directory")
-    return scenario, sa
+    slos = parse_slos([*scenario.slos, *settings.slos])
+    for slo in slos:
+        problem = slo.problem_with(turns=len(scenario.turns), greeting=scenario.greeting is not None)
+        if problem:
+            raise UserError(problem)
+    return scenario, sa, slos
 
 
 async def run_async(settings: RunSettings) -> dict[str, Any]:
-    scenario, sa = validate(settings)
+    """The whole run; returns summary.json's content, SLO verdicts included under `slo`."""
+    scenario, sa, slos = validate(settings)
     await probe_target(settings.target)
     broker: EmbeddedBroker | None = None
     if settings.broker_url is None:
@@ -100,10 +110,16 @@ async def run_async(settings: RunSettings) -> dict[str, Any]:
         address = bus.parse_broker_url(settings.broker_url)
         await bus.check_broker(address)
     try:
-        return await _orchestrate(settings, scenario, sa, address)
+        summary = await _orchestrate(settings, scenario, sa, address)
     finally:
         if broker is not None:
             broker.stop()
+    results = evaluate(slos, summary)
+    summary["slo"] = [asdict(r) for r in results]
+    summary["exit_code"] = exit_code(summary, results)
+    write_summary(settings.out_dir / SUMMARY_FILE, summary)
+    write_reports(settings.out_dir, slo_results=results)
+    return summary
 
 
 async def _orchestrate(
@@ -133,7 +149,7 @@ async def _orchestrate(
         agent_ids = [f"a{i}" for i in range(n_agents)]
         procs = {aid: _spawn_agent(settings, aid, address, limit) for aid in agent_ids}
         fleet = Fleet(run_id, limit, procs, collector, b)
-        progress = asyncio.create_task(_progress(collector, settings)) if settings.progress else None
+        progress = asyncio.create_task(_live(collector, fleet, settings, scenario)) if settings.progress else None
         watcher: asyncio.Task[None] | None = None
         try:
             await _await_ready(b, run_id, agent_ids, list(procs.values()))
@@ -219,7 +235,11 @@ def _spawn_agent(
     ]
     if settings.keep_tapes:
         cmd += ["--keep-tapes", "--tape-dir", str(settings.out_dir / "tapes")]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    # agents' own messages go to the run dir: the terminal belongs to the live view
+    logs = settings.out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"agent-{agent_id}.log", "ab") as log_file:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
 
 
 async def _await_ready(b: bus.Bus, run_id: str, agent_ids: list[str], procs: list[subprocess.Popen[bytes]]) -> None:
@@ -265,10 +285,31 @@ async def _reap(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -
             p.kill()
 
 
-async def _progress(collector: Collector, settings: RunSettings) -> None:
-    while True:
-        await asyncio.sleep(PROGRESS_PERIOD_S)
-        print(f"[voiceload] {collector.progress().line()}", file=sys.stderr, flush=True)
+async def _live(collector: Collector, fleet: Fleet, settings: RunSettings, scenario: Scenario) -> None:
+    """Feed the live view from the collector's records and the agents' latest heartbeats."""
+    started = time.monotonic()
+    rate = RateMeter()
+    with LiveView(settings.calls, settings.concurrency, scenario.name, settings.target) as view:
+        while True:
+            now = time.monotonic()
+            latest = collector.latest_heartbeats
+            agents = [
+                AgentHealth(aid, hb.active_calls if hb else 0, hb.cpu_percent if hb else None,
+                            hb.pump_lag_ms_max if hb else None, alive=aid in fleet.alive)
+                for aid in sorted(fleet.procs) for hb in [latest.get(aid)]
+            ]
+            turns = collector.turn_percentiles()
+            view.update(LiveSnapshot(
+                elapsed_s=now - started, target_concurrency=settings.concurrency,
+                active_calls=sum(a.active_calls for a in agents if a.alive),
+                started=sum(hb.placed for hb in latest.values()),
+                completed=collector.completed, failed=collector.failed,
+                calls_per_s=rate.observe(now, collector.received),
+                turn_p50_ms={i: p["p50"] for i, p in turns.items()},
+                turn_p95_ms={i: p["p95"] for i, p in turns.items()},
+                agents=agents,
+            ))
+            await asyncio.sleep(LIVE_PERIOD_S)
 
 
 def run(settings: RunSettings) -> dict[str, Any]:

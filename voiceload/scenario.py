@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 
 from voiceload import audio
+from voiceload import slo as slomod
 from voiceload.errors import ScenarioError, UserError
 
 SCHEMA_VERSION = 1
@@ -48,6 +49,7 @@ class Scenario:
     hangup_after_ms: int  # ...this long after the last reply ended
     answer_timeout_ms: int  # no 200 OK within this: outcome `timeout`
     max_call_ms: int  # hard cap on a call's duration once answered
+    slos: tuple[str, ...] = ()  # SLO expressions (`slo:`), each valid for voiceload.slo.parse_slo
 
 
 # --- loading and validation --------------------------------------------------------------------
@@ -77,7 +79,7 @@ RANGES: dict[str, tuple[int, int]] = {
 
 TOP_KEYS = (
     "version", "name", "description", "silence_gap_ms", "answer_timeout_ms", "max_call_ms",
-    "greeting", "turns", "hangup",
+    "greeting", "turns", "hangup", "slo",
 )
 PROMPT_KEYS = ("prompt", "max_wait_ms")
 TURN_KEYS = ("caller", "transcript", "reply")
@@ -192,6 +194,10 @@ class _Validator:
         if "hangup" in top:
             hangup_by, hangup_after_ms = self.hangup(top["hangup"])
 
+        has_greeting = "greeting" in top and _tag(top["greeting"]) != "null"
+        n_turns = len(turns) if turns is not None else None
+        slos = self.slos(top["slo"], n_turns, has_greeting) if "slo" in top else ()
+
         if (
             self.problems or name is None or turns is None or silence_gap_ms is None
             or answer_timeout_ms is None or max_call_ms is None or hangup_by is None
@@ -201,7 +207,7 @@ class _Validator:
         return Scenario(
             path=abspath, name=name, description=description, greeting=greeting, turns=turns,
             silence_gap_ms=silence_gap_ms, hangup_by=hangup_by, hangup_after_ms=hangup_after_ms,
-            answer_timeout_ms=answer_timeout_ms, max_call_ms=max_call_ms,
+            answer_timeout_ms=answer_timeout_ms, max_call_ms=max_call_ms, slos=slos,
         )
 
     # -- sections ---------------------------------------------------------------------------
@@ -289,6 +295,40 @@ class _Validator:
                              + _suggest(value, HANGUP_BY))
         after_ms = self.integer(keys, "hangup", "after_ms", DEFAULT_HANGUP_AFTER_MS)
         return by, after_ms
+
+    def slos(self, node: yaml.Node, n_turns: int | None, has_greeting: bool) -> tuple[str, ...]:
+        """`slo:`: a list of SLO expressions, parsed now so a typo fails before any call is placed.
+
+        Each is kept in its canonical form (`Slo.expr`: the text without whitespace). `n_turns` is
+        None when the turns are broken (already reported): turn numbers are then not checked.
+        """
+        if _tag(node) == "null":
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            self.add(node, "slo", f"must be a list of SLO expressions (e.g. - p95_turn_latency_ms<=1500), "
+                     f"got {_kind(node)}")
+            return ()
+        out: list[str] = []
+        for i, item in enumerate(node.value):
+            fld = f"slo[{i}]"
+            if isinstance(item, yaml.MappingNode):
+                self.add(item, fld, "must be one expression such as 'completion_rate>=0.99', got a mapping "
+                         "(write `- completion_rate>=0.99`, not `- completion_rate: 0.99`)")
+                continue
+            text = self.string(item, fld, allow_empty=False)
+            if text is None:
+                continue
+            try:
+                parsed = slomod.parse_slo(text)
+            except UserError as exc:
+                self.add(item, fld, str(exc))
+                continue
+            problem = parsed.problem_with(turns=n_turns, greeting=has_greeting)
+            if problem is not None:
+                self.add(item, fld, problem)
+                continue
+            out.append(parsed.expr)
+        return tuple(out)
 
     # -- values -----------------------------------------------------------------------------
 

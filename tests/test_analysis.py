@@ -72,3 +72,13 @@ def test_bot_tape_truth() -> None:
     assert truth[0].index == 0
     assert truth[0].latency_ms == 512.5
     assert truth[0].caller_end_ms == 5.0 + caller_wire_end
+
+
+def test_clock_slip_is_the_worst_player_offset_from_wall_time() -> None:
+    utt = Reference.of(tone(ms(800), seed=1))
+    tape = place(ms(4000), (ms(500), utt.samples), (ms(2500), utt.samples))
+    res = analyse_caller_tape(
+        tape, tape_offset_ms=0, rx_delay_ms=0, greeting=None, greeting_max_wait_ms=0,
+        utterances=[Played(utt, ms(510)), Played(utt, ms(2420))], replies=[None, None], max_waits_ms=[3000, 3000],
+    )
+    assert res.clock_slip_ms == 80.0  # the second player landed 80 ms before wall time said

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.refbot import DEMO, RefBot, latency_errors, start_bot, voiceload
+from voiceload.analysis import PROMPT_MATCH_THRESHOLD
 from voiceload.bus import BrokerAddress
 
 pytestmark = pytest.mark.real
@@ -41,7 +42,7 @@ def test_concurrent_calls_complete_and_match_the_bots_truth(bot: RefBot, tmp_pat
         assert call["greeting"]["ok"]
         assert [t["index"] for t in call["turns"]] == [0, 1]
         for turn in call["turns"]:
-            assert turn["ok"] and turn["prompt_score"] > 0.9
+            assert turn["ok"] and turn["prompt_score"] >= PROMPT_MATCH_THRESHOLD  # a PLC frame can cost some
             assert turn["utterance_start_ms"] < turn["utterance_end_ms"] < turn["bot_onset_ms"] < turn["bot_end_ms"]
     bot.stop()  # flushes the truth file
     errors = latency_errors(calls, bot.truth_lines())

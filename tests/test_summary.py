@@ -152,3 +152,13 @@ def test_thresholds_and_extra_reasons() -> None:
     assert strict["valid"] is False
     extra = run([rec(0)], extra_invalid_reasons=["3 calls missing"])
     assert extra["invalid_reasons"] == ["3 calls missing"] and extra["valid"] is False
+
+
+def test_an_audio_clock_that_slipped_makes_the_run_invalid() -> None:
+    healthy, slipped = rec(1), rec(2)
+    healthy.clock_slip_ms, slipped.clock_slip_ms = 12.5, 95.0
+    s = run([healthy])
+    assert s["valid"] and s["generator"]["clock_slip_ms"]["max"] == pytest.approx(12.5, abs=0.1)
+    s = run([healthy, slipped])
+    assert not s["valid"]
+    assert any("audio clock fell behind" in r and "agent a1" in r for r in s["invalid_reasons"])

@@ -456,6 +456,7 @@ class Agent:
             max_waits_ms=[t.reply.max_wait_ms if t.reply else DEFAULT_REPLY_WAIT_MS for t in sc.turns[:n]],
         )
         rec.greeting = result.greeting
+        rec.clock_slip_ms = result.clock_slip_ms
         rec.turns = result.turns + [TurnResult(index=i, reason="not reached") for i in range(n, len(sc.turns))]
         problems = [job.reason] if job.reason else []
         if rec.greeting is not None and not rec.greeting.ok:

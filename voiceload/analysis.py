@@ -108,6 +108,18 @@ def _reply_after(segments: list[Segment], t: int, until: int) -> tuple[Segment |
 class CallerTapeResult:
     greeting: GreetingResult | None
     turns: list[TurnResult]
+    clock_slip_ms: float | None  # worst |tape position - wall-clock position| of our players
+
+
+def clock_slip_ms(located: list[Located | None], played: list[Played]) -> float | None:
+    """How far the bridge's audio clock strayed from wall time, judged by our own players.
+
+    A player started at wall time t lands on the tape at the next 20 ms tick after t. When the
+    clock thread is starved of CPU, ticks fall behind (or catch up in bursts) and the tape stops
+    being a faithful timeline: that is the generator being overloaded, measured where it hurts.
+    """
+    slips = [abs(loc.start - p.expected_index) for loc, p in zip(located, played, strict=True) if loc is not None]
+    return round(samples_to_ms(max(slips)), 1) if slips else None
 
 
 def analyse_caller_tape(
@@ -186,7 +198,7 @@ def analyse_caller_tape(
             turn.reason = f"reply does not match the expected prompt (score {turn.prompt_score:.2f})"
         turn.ok = turn.reason is None
         turns.append(turn)
-    return CallerTapeResult(greeting=greet, turns=turns)
+    return CallerTapeResult(greeting=greet, turns=turns, clock_slip_ms=clock_slip_ms(located, utterances))
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ class CallRecord(Message):
     greeting: GreetingResult | None = None
     turns: list[TurnResult] = field(default_factory=list)
     rtp: dict[str, Any] | None = None  # rx/tx packet counts, loss, jitter, read before stream teardown
+    clock_slip_ms: float | None = None  # generator health: the agent's audio clock vs wall time
 
     @classmethod
     def _from_dict(cls, body: dict[str, Any]) -> CallRecord:

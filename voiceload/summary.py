@@ -24,12 +24,16 @@ MAX_AGENT_CPU_PERCENT = 85.0
 # The agent's event pump must run every ~20 ms (one RTP frame); 100 ms late means five frames of
 # audio were handled late, which is more than the latency resolution we promise.
 MAX_PUMP_LAG_MS = 100.0
+# An agent's audio clock may sit one 20 ms tick (+ a poll) off wall time; 60 ms means its bridge
+# fell three frames behind, so its tape no longer times the wire to the promised +/-20 ms.
+MAX_CLOCK_SLIP_MS = 60.0
 
 
 @dataclass(frozen=True)
 class HealthThresholds:
     max_cpu_percent: float = MAX_AGENT_CPU_PERCENT
     max_pump_lag_ms: float = MAX_PUMP_LAG_MS
+    max_clock_slip_ms: float = MAX_CLOCK_SLIP_MS
 
 
 DEFAULT_THRESHOLDS = HealthThresholds()
@@ -96,7 +100,8 @@ class GeneratorHealth:
             "heartbeats": self.heartbeats,
             "max_cpu_percent": _round(self.max_cpu_percent),
             "max_pump_lag_ms": _round(self.max_pump_lag_ms),
-            "limits": {"cpu_percent": thresholds.max_cpu_percent, "pump_lag_ms": thresholds.max_pump_lag_ms},
+            "limits": {"cpu_percent": thresholds.max_cpu_percent, "pump_lag_ms": thresholds.max_pump_lag_ms,
+                       "clock_slip_ms": thresholds.max_clock_slip_ms},
             "per_agent": {
                 agent_id: {
                     "heartbeats": a.heartbeats,
@@ -139,6 +144,8 @@ def summarize(
     all_turns = LatencyHistogram()
     greeting = LatencyHistogram()
     setup = LatencyHistogram()
+    slip = LatencyHistogram()
+    slipped: Counter[str] = Counter()  # per agent: calls whose audio clock slipped past the limit
     turns: dict[int, _TurnStats] = {}
 
     for rec in records:
@@ -150,6 +157,10 @@ def summarize(
         agents.add(rec.agent_id)
         if rec.setup_ms is not None:
             setup.record(rec.setup_ms)
+        if rec.clock_slip_ms is not None:
+            slip.record(max(rec.clock_slip_ms, 0.001))
+            if rec.clock_slip_ms > thresholds.max_clock_slip_ms:
+                slipped[rec.agent_id] += 1
         if rec.greeting is not None and rec.greeting.bot_onset_ms is not None:
             greeting.record(rec.greeting.bot_onset_ms)
         for t in rec.turns:
@@ -164,6 +175,11 @@ def summarize(
                 ts.reasons[reason_key(t.reason)] += 1
 
     invalid = [*health.invalid_reasons(thresholds, agents), *extra_invalid_reasons]
+    invalid += [
+        f"agent {agent_id}: audio clock fell behind wall time by more than {thresholds.max_clock_slip_ms:g} ms "
+        f"in {n} calls (generator overloaded)"
+        for agent_id, n in sorted(slipped.items())
+    ]
     return {
         "schema": SUMMARY_SCHEMA,
         "run_id": run_id,
@@ -195,7 +211,7 @@ def summarize(
         "hangup_by": dict(sorted(hangup_by.items())),
         "valid": not invalid,
         "invalid_reasons": invalid,
-        "generator": health.to_dict(thresholds),
+        "generator": {**health.to_dict(thresholds), "clock_slip_ms": _latency(slip)},
     }
 
 

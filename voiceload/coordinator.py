@@ -181,7 +181,8 @@ class Fleet:
                  b: bus.Bus) -> None:
         self.run_id, self.limit, self.procs, self.collector, self.bus = run_id, limit, procs, collector, b
         self.assigned: dict[str, list[int]] = {}  # agent -> [concurrency, calls]
-        self.alive = set(procs)
+        self.alive = set(procs)  # still running
+        self.lost: set[str] = set()  # exited with an error or killed
 
     async def send(self, aid: str) -> None:
         conc, calls = self.assigned[aid]
@@ -197,6 +198,7 @@ class Fleet:
                     continue
                 self.alive.discard(aid)
                 if code != 0:
+                    self.lost.add(aid)
                     await self._lost(aid, code)
 
     async def _lost(self, aid: str, code: int) -> None:
@@ -295,7 +297,7 @@ async def _live(collector: Collector, fleet: Fleet, settings: RunSettings, scena
             latest = collector.latest_heartbeats
             agents = [
                 AgentHealth(aid, hb.active_calls if hb else 0, hb.cpu_percent if hb else None,
-                            hb.pump_lag_ms_max if hb else None, alive=aid in fleet.alive)
+                            hb.pump_lag_ms_max if hb else None, alive=aid not in fleet.lost)
                 for aid in sorted(fleet.procs) for hb in [latest.get(aid)]
             ]
             turns = collector.turn_percentiles()

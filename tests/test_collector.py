@@ -212,3 +212,21 @@ def test_run_with_a_broker_address_opens_its_own_session(
 
     summary = run(main)
     assert summary["calls"]["completed"] == 2 and summary["valid"] is True
+
+
+def test_interval_histograms_from_heartbeats_are_merged_per_turn() -> None:
+    from voiceload.stats import LatencyHistogram
+
+    col = Collector()
+    col.run_id, col.expected_calls = RUN, 10
+    for agent, values in (("a1", [400.0, 420.0]), ("a2", [900.0])):
+        h = LatencyHistogram()
+        for v in values:
+            h.record(v)
+        hb = heartbeat(agent)
+        hb.latency_hdr = {"0": h.encode()}
+        col.handle(bus.topic_heartbeat(RUN, agent), hb.to_json())
+    merged = col.turn_percentiles()[0]
+    assert merged["count"] == 3
+    assert merged["max"] == pytest.approx(900.0, rel=0.01)
+    assert merged["p50"] == pytest.approx(420.0, rel=0.01)

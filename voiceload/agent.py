@@ -42,6 +42,7 @@ from voiceload.scenario import Scenario, load_scenario
 from voiceload.siplite import local_address_for, parse_sip_uri
 from voiceload.sipua import CLOCK_RATE, SipCall, SipStack, read_tape
 from voiceload.spool import Spool
+from voiceload.stats import LatencyHistogram
 from voiceload.vad import samples_to_ms
 
 log = logging.getLogger("voiceload.agent")
@@ -151,6 +152,7 @@ class Agent:
         self._lag_max_ms = 0.0
         self._next_start = 0.0
         self._analysing = 0
+        self._interval: dict[int, LatencyHistogram] = {}  # turn latencies since the last heartbeat
         # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape")
 
@@ -263,8 +265,10 @@ class Agent:
                 run_id=self.s.run_id, agent_id=self.s.agent_id, at=time.time(), active_calls=self.active,
                 placed=self.placed, finished=self.finished, cpu_percent=round(cpu, 1),
                 pump_lag_ms_max=round(self._lag_max_ms, 1), max_calls=self.capacity,
+                latency_hdr={str(i): h.encode() for i, h in sorted(self._interval.items())},
             )
             self._lag_max_ms = 0.0
+            self._interval = {}
             with contextlib.suppress(bus.BusError):
                 await b.publish(topic, hb, qos=0, timeout_s=HEARTBEAT_PERIOD_S)
 
@@ -354,7 +358,11 @@ class Agent:
     def _measured(self, fut: asyncio.Future[CallRecord], rec: CallRecord) -> None:
         self._analysing -= 1
         try:
-            self._emit(fut.result())
+            measured = fut.result()
+            for turn in measured.turns:
+                if turn.latency_ms is not None:
+                    self._interval.setdefault(turn.index, LatencyHistogram()).record(turn.latency_ms)
+            self._emit(measured)
         except Exception as exc:  # one bad tape must not take the agent (and its records) down
             log.exception("measuring call %s failed", rec.call_id)
             rec.outcome, rec.reason = OUTCOME_ERROR, f"agent error while measuring: {exc}"

@@ -260,6 +260,8 @@ class Collector:
                 _check_sender(hb.run_id, hb.agent_id, self.run_id, parts.agent_id)
                 self.health.observe(hb)
                 self.latest_heartbeats[hb.agent_id] = hb
+                for index, blob in hb.latency_hdr.items():  # interval histograms: decode and add
+                    self._turn_hist.setdefault(int(index), LatencyHistogram()).merge(LatencyHistogram.decode(blob))
             elif parts.kind == busmod.KIND_STATE:
                 st = AgentState.from_json(payload)
                 _check_sender(st.run_id, st.agent_id, self.run_id, parts.agent_id)
@@ -282,13 +284,10 @@ class Collector:
             self._done.set()
 
     def turn_percentiles(self) -> dict[int, dict[str, float | None]]:
-        """Latency percentiles per turn index so far (from HDR histograms), for the live view."""
+        """Latency percentiles per turn index so far, merged from the agents' interval histograms."""
         return {i: h.percentiles() for i, h in sorted(self._turn_hist.items())}
 
     def _add(self, rec: CallRecord) -> None:
-        for turn in rec.turns:
-            if turn.latency_ms is not None:
-                self._turn_hist.setdefault(turn.index, LatencyHistogram()).record(turn.latency_ms)
         self._seen.add(rec.call_id)
         self.records.append(rec)
         self.recorded_seqs.setdefault(rec.agent_id, set()).add(rec.seq)

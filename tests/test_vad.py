@@ -69,3 +69,12 @@ def test_match_score_separates_same_from_different_prompt() -> None:
     received = np.concatenate((np.zeros(13, dtype=np.int16), noisy))
     assert match_score(received, ref) > 0.95
     assert match_score(tone(6000, freq=170, seed=7), ref) < 0.5
+
+
+def test_match_score_survives_a_jitter_buffer_frame_mid_prompt() -> None:
+    ref = tone(16000, seed=8, freq=230)
+    # the receiver's jitter buffer inserted one 20 ms PLC-like frame of silence after 0.7 s
+    received = np.concatenate((ref[:5600], np.zeros(160, dtype=np.int16), ref[5600:]))
+    assert match_score(received, ref) > 0.9
+    other = tone(16000, seed=9, freq=170)
+    assert match_score(other, ref) < 0.5

@@ -35,7 +35,7 @@ from voiceload.vad import (
 # is off by the bridge tick (20 ms) plus pump lateness; a generous window costs microseconds.
 SEARCH_WINDOW_MS = 250
 MIN_LOCATE_SCORE = 0.8  # below this the played audio is not on the tape: the call did not carry it
-PROMPT_MATCH_THRESHOLD = 0.5  # G.711 round trips score > 0.95; another prompt scores < 0.3
+PROMPT_MATCH_THRESHOLD = 0.5  # the same prompt through G.711 scores > 0.95; any other shipped one < 0.38
 REPLY_HANGOVER_MS = 400  # pauses inside one bot reply are shorter than this
 
 

@@ -129,21 +129,49 @@ def locate(
     return lo + best, float(score[best])
 
 
+def _best_ncc(window: npt.NDArray[np.float64], tpl: npt.NDArray[np.float64]) -> tuple[int, float]:
+    """Best normalised correlation of `tpl` inside `window`: (offset, score)."""
+    corr = np.correlate(window, tpl, mode="valid")
+    csum = np.concatenate(([0.0], np.cumsum(window * window)))
+    energy = csum[len(tpl) :] - csum[: len(corr)]
+    score = corr / (np.sqrt(np.maximum(energy, 1e-9)) * max(float(np.sqrt(np.dot(tpl, tpl))), 1e-9))
+    best = int(np.argmax(score))
+    return best, float(score[best])
+
+
+MATCH_CHUNK = 1600  # 200 ms pieces of the reference are matched one by one...
+MATCH_STEP = 200  # ...each allowed 25 ms of drift from the previous piece (a jitter-buffer frame is 20)
+
+
 def match_score(
     received: npt.NDArray[np.integer], reference: npt.NDArray[np.integer], *, max_lag: int = 400
 ) -> float:
     """How closely `received` (starting near the reference's start) reproduces the reference, 0..1.
 
-    Normalised waveform correlation over +/- `max_lag` samples: ~1.0 for the same prompt through
-    G.711, low for a different prompt or noise. Cheap enough to run on every turn.
+    The reference is matched in 200 ms pieces, each free to drift 25 ms from the previous one:
+    a jitter buffer that inserts or drops a frame mid-prompt shifts the rest by 20 ms, which must
+    not turn the right prompt into a "wrong" one. ~1.0 for the same prompt through G.711, low for
+    another prompt or noise; pieces that are silence in the reference are skipped.
     """
     if len(received) == 0 or len(reference) == 0:
         return 0.0
     ref = reference.astype(np.float64)
-    rec = np.concatenate((np.zeros(max_lag), received.astype(np.float64), np.zeros(len(ref) + max_lag)))
-    rec = rec[: len(ref) + 2 * max_lag]
-    corr = np.correlate(rec, ref, mode="valid")
-    csum = np.concatenate(([0.0], np.cumsum(rec * rec)))
-    energy = csum[len(ref) :] - csum[: len(corr)]
-    denom = np.sqrt(np.maximum(energy, 1e-9)) * max(float(np.sqrt(np.dot(ref, ref))), 1e-9)
-    return float(np.clip((corr / denom).max(), 0.0, 1.0))
+    rec = np.concatenate((np.zeros(max_lag), received.astype(np.float64), np.zeros(len(ref) + 2 * max_lag)))
+    lag = max_lag  # where reference sample 0 sits in `rec`
+    radius = max_lag
+    total = weight = 0.0
+    for start in range(0, len(ref), MATCH_CHUNK):
+        tpl = ref[start : start + MATCH_CHUNK]
+        energy = float(np.dot(tpl, tpl))
+        if len(tpl) < MATCH_CHUNK // 4 or energy < len(tpl) * SPEECH_THRESHOLD**2 / 16:
+            continue  # too short or a pause: nothing to compare
+        lo = max(0, lag + start - radius)
+        window = rec[lo : lag + start + radius + len(tpl)]
+        if len(window) < len(tpl):
+            break
+        off, score = _best_ncc(window, tpl)
+        lag = lo + off - start
+        radius = MATCH_STEP
+        total += max(score, 0.0) * energy
+        weight += energy
+    return float(np.clip(total / weight, 0.0, 1.0)) if weight else 0.0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.refbot import stop_process
 from voiceload.broker import EmbeddedBroker, free_port
 from voiceload.bus import BrokerAddress
 
@@ -46,13 +47,8 @@ class Mosquitto:
         raise RuntimeError(f"mosquitto did not listen on {self.port} within {START_TIMEOUT_S} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
 

@@ -16,6 +16,18 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "scenarios" / "demo.yaml"
 
 
+def stop_process(proc: subprocess.Popen[Any], *, timeout_s: float = 5.0) -> None:
+    """SIGTERM, wait, then SIGKILL: every process a test starts ends, bounded in time."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 @dataclass
 class RefBot:
     proc: subprocess.Popen[str]
@@ -23,13 +35,7 @@ class RefBot:
     truth: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout_s=20)  # the bot drains its last tapes into the truth file
 
     def truth_lines(self) -> list[dict[str, Any]]:
         if not self.truth.exists():

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.refbot import REPO, voiceload
+from tests.refbot import REPO, stop_process, voiceload
 from voiceload.audio import load_wav
 from voiceload.vad import samples_to_ms, speech_span
 
@@ -135,13 +135,7 @@ class Sipp:
     workdir: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def errors(self) -> str:
         parts = []

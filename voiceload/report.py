@@ -598,11 +598,20 @@ def _nan(values: Iterable[float | None]) -> list[float]:
     return [float("nan") if v is None else v for v in values]
 
 
-def plot_concurrency(series: RunSeries, target: int = 0) -> Figure:
+def _titled_plot(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
+    """One plot with the report's title style and axis labels."""
     fig, (ax,) = _new_figure()
-    ax.set_title("Concurrency over time", loc="left", fontweight="bold")
-    ax.set_xlabel("seconds since the first INVITE")
-    ax.set_ylabel("calls in progress")
+    ax.set_title(title, loc="left", fontweight="bold")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return fig, ax
+
+
+SINCE_START = "seconds since the first INVITE"
+
+
+def plot_concurrency(series: RunSeries, target: int = 0) -> Figure:
+    fig, ax = _titled_plot("Concurrency over time", SINCE_START, "calls in progress")
     if not series.buckets:
         _no_data(ax, "calls")
         return fig
@@ -619,10 +628,7 @@ def plot_concurrency(series: RunSeries, target: int = 0) -> Figure:
 
 
 def plot_latency_over_time(series: RunSeries, summary: dict[str, Any], slos: Sequence[SloResult] = ()) -> Figure:
-    fig, (ax,) = _new_figure()
-    ax.set_title("Turn latency over time", loc="left", fontweight="bold")
-    ax.set_xlabel("seconds since the first INVITE")
-    ax.set_ylabel("latency (ms)")
+    fig, ax = _titled_plot("Turn latency over time", SINCE_START, "latency (ms)")
     pts = [b for b in series.buckets if b.turns]
     if not pts:
         _no_data(ax, "turn latency measured")
@@ -649,10 +655,7 @@ def plot_latency_over_time(series: RunSeries, summary: dict[str, Any], slos: Seq
 
 
 def plot_latency_vs_concurrency(series: RunSeries) -> Figure:
-    fig, (ax,) = _new_figure()
-    ax.set_title("Turn latency vs concurrency", loc="left", fontweight="bold")
-    ax.set_xlabel("calls in progress when the bot replied")
-    ax.set_ylabel("latency (ms)")
+    fig, ax = _titled_plot("Turn latency vs concurrency", "calls in progress when the bot replied", "latency (ms)")
     groups = series.by_concurrency
     if not groups:
         _no_data(ax, "turn latency measured")
@@ -681,10 +684,7 @@ def plot_latency_vs_concurrency(series: RunSeries) -> Figure:
 
 
 def plot_completion(series: RunSeries) -> Figure:
-    fig, (ax,) = _new_figure()
-    ax.set_title("Completion over time", loc="left", fontweight="bold")
-    ax.set_xlabel("seconds since the first INVITE")
-    ax.set_ylabel("calls ended per second")
+    fig, ax = _titled_plot("Completion over time", SINCE_START, "calls ended per second")
     if not series.buckets:
         _no_data(ax, "calls")
         return fig

@@ -52,6 +52,7 @@ HEARTBEAT_PERIOD_S = 1.0
 MEDIA_WAIT_S = 2.0
 SPOOL_DRAIN_S = 120.0  # how long a finished agent waits for the collector to acknowledge its records
 SESSION_HEADER = "X-Voiceload-Session"
+DEFAULT_REPLY_WAIT_MS = 3000  # a turn without a `reply` still needs the bot to say something by then
 
 
 def default_tape_dir() -> Path:
@@ -79,11 +80,16 @@ class ScenarioAudio:
             sa.greeting = Reference.of(audio.load_wav(scenario.greeting.path))
         return sa
 
+    @property
+    def reply_waits_ms(self) -> list[int]:
+        """Per turn, how long the bot may take to start its reply (the scenario's default without one)."""
+        return [t.reply.max_wait_ms if t.reply else DEFAULT_REPLY_WAIT_MS for t in self.scenario.turns]
+
     def new_flow(self) -> CallerFlow:
         sc = self.scenario
         return CallerFlow(
             utterance_ms=[samples_to_ms(len(u.samples)) for u in self.utterances],
-            max_waits_ms=[t.reply.max_wait_ms if t.reply else DEFAULT_REPLY_WAIT_MS for t in sc.turns],
+            max_waits_ms=self.reply_waits_ms,
             has_greeting=sc.greeting is not None,
             greeting_max_wait_ms=sc.greeting.max_wait_ms if sc.greeting else 0,
             silence_gap_ms=sc.silence_gap_ms,
@@ -91,8 +97,6 @@ class ScenarioAudio:
             hangup_after_ms=sc.hangup_after_ms,
         )
 
-
-DEFAULT_REPLY_WAIT_MS = 3000
 
 
 @dataclass
@@ -461,7 +465,7 @@ class Agent:
             greeting_max_wait_ms=sc.greeting.max_wait_ms if sc.greeting else 0,
             utterances=job.played,
             replies=self.audio.replies[:n],
-            max_waits_ms=[t.reply.max_wait_ms if t.reply else DEFAULT_REPLY_WAIT_MS for t in sc.turns[:n]],
+            max_waits_ms=self.audio.reply_waits_ms[:n],
         )
         rec.greeting = result.greeting
         rec.clock_slip_ms = result.clock_slip_ms

@@ -69,9 +69,9 @@ def estimate_call_s(scenario: Scenario, sa: ScenarioAudio) -> float:
     total = float(scenario.answer_timeout_ms)
     if scenario.greeting is not None and sa.greeting is not None:
         total += scenario.greeting.max_wait_ms + len(sa.greeting.samples) / 8
-    for turn, utt, reply in zip(scenario.turns, sa.utterances, sa.replies, strict=True):
+    for wait, utt, reply in zip(sa.reply_waits_ms, sa.utterances, sa.replies, strict=True):
         total += len(utt.samples) / 8 + scenario.silence_gap_ms
-        total += (turn.reply.max_wait_ms if turn.reply else 3000) + (len(reply.samples) / 8 if reply else 3000)
+        total += wait + (len(reply.samples) / 8 if reply else 3000)
     total += scenario.hangup_after_ms + 5000
     return min(total, scenario.max_call_ms + scenario.answer_timeout_ms) / 1000
 

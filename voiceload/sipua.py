@@ -60,21 +60,6 @@ def _lib() -> ctypes.CDLL:
     return ctypes.CDLL(pj._pjsua2.__file__)
 
 
-def pjsua2_version() -> str:
-    ep = pj.Endpoint.instance() if _endpoint_exists() else None
-    if ep is not None:
-        return str(ep.libVersion().full)
-    return str(getattr(pj, "__version__", "unknown"))
-
-
-def _endpoint_exists() -> bool:
-    try:
-        pj.Endpoint.instance()
-    except Exception:
-        return False
-    return True
-
-
 @dataclass
 class CallTimes:
     """Monotonic timestamps (s) of a call's signalling milestones, taken on the pump thread."""
@@ -213,14 +198,11 @@ class SipCall(pj.Call):
         self.players.append(player)
         return time.monotonic()
 
-    def close_media(self) -> Path | None:
+    def close_media(self) -> None:
         """Release players and the tape recorder (flushes the WAV). Pump-loop only, never a callback."""
         self.players.clear()
-        path = None
         if self.tape is not None:
-            path = self.tape.path
-            self.tape.recorder = None  # destroys the recorder and writes the WAV header
-        return path
+            self.tape.recorder = None  # destroys the recorder; pjmedia then writes the WAV header
 
 
 @dataclass

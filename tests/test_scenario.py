@@ -175,7 +175,7 @@ def test_unknown_keys_suggest_the_closest_valid_one(folder: Path) -> None:
         "F:6: greeting.max_wiat_ms: unknown key 'max_wiat_ms' (did you mean 'max_wait_ms'?)",
         "F:9: turns[0].replay: unknown key 'replay' (did you mean 'reply'?)",
         "F:10: colour: unknown key 'colour' (valid keys: version, name, description, silence_gap_ms, "
-        "answer_timeout_ms, max_call_ms, greeting, turns, hangup, slo)",
+        "answer_timeout_ms, max_call_ms, greeting, turns, hangup, slo, load)",
     ]
 
 
@@ -422,3 +422,77 @@ def test_slo_turn_numbers_are_not_judged_when_the_turns_are_broken(folder: Path)
           - caller: nope.wav
         slo: [turn5_p95_latency_ms<=400]
     """) == [f"F:4: turns[0].caller: nope.wav: no such file ({folder.resolve() / 'nope.wav'})"]
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+
+def test_load_section_is_parsed(folder: Path) -> None:
+    s = load_scenario(write(folder, MINIMAL + """
+    load:
+      shape: "ramp:0-100/2m, constant:100/5m"
+      max_rate: 5
+    """))
+    assert s.load_shape is not None
+    assert s.load_shape.text == "ramp:0-100/2m, constant:100/5m"
+    assert (s.load_shape.duration_s, s.load_shape.peak) == (420.0, 100)
+    assert s.max_rate == 5.0 and isinstance(s.max_rate, float)
+
+
+def test_load_is_optional_and_its_keys_too(folder: Path) -> None:
+    s = load_scenario(write(folder, MINIMAL))
+    assert (s.load_shape, s.max_rate) == (None, None)
+    s = load_scenario(write(folder, MINIMAL + "    load:\n"))
+    assert (s.load_shape, s.max_rate) == (None, None)
+    s = load_scenario(write(folder, MINIMAL + "    load: {max_rate: 0.5}\n"))
+    assert (s.load_shape, s.max_rate) == (None, 0.5)
+    s = load_scenario(write(folder, MINIMAL + "    load: {shape: 'constant:3/1m'}\n"))
+    assert s.load_shape is not None and s.load_shape.peak == 3 and s.max_rate is None
+
+
+def test_load_bad_shape_names_line_field_and_part(folder: Path) -> None:
+    assert problems(folder, MINIMAL + """
+    load:
+      shape: "ramp:0-100/2m,constnt:100/5m"
+    """) == [
+        "F:7: load.shape: shape 'ramp:0-100/2m,constnt:100/5m': 'constnt:100/5m': unknown kind 'constnt' "
+        "(did you mean 'constant'?); write one of constant:N/DUR, ramp:A-B/DUR, steps:A-B+S/DUR, "
+        "spike:BASE-PEAK/DUR@AT+LEN"
+    ]
+    assert problems(folder, MINIMAL + "    load: {shape: 100}\n") == [
+        "F:5: load.shape: must be a string, got an integer (100); put it in quotes to make it text"
+    ]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "fast", "true", ".inf", "[5]"])
+def test_load_bad_max_rate(folder: Path, value: str) -> None:
+    (found,) = problems(folder, MINIMAL + f"    load:\n      max_rate: {value}\n")
+    assert found.startswith("F:6: load.max_rate: must be a number of new calls per second above 0 (e.g. 5 or 0.5), "
+                            "got ")
+
+
+def test_load_unknown_key_and_wrong_type(folder: Path) -> None:
+    assert problems(folder, MINIMAL + """
+    load:
+      shape: "constant:5/1m"
+      max_rte: 5
+    """) == ["F:8: load.max_rte: unknown key 'max_rte' (did you mean 'max_rate'?)"]
+    assert problems(folder, MINIMAL + "    load: constant:5/1m\n") == [
+        "F:5: load: must be a mapping with keys (shape, max_rate), got a string ('constant:5/1m')"
+    ]
+
+
+def test_load_problems_come_with_the_others(folder: Path) -> None:
+    assert problems(folder, """
+        version: 1
+        name: x
+        silence_gap_ms: 1
+        turns:
+          - caller: ok.wav
+        load: {shape: "constant:0/1m", max_rate: 0}
+    """) == [
+        "F:3: silence_gap_ms: must be between 100 and 5000, got 1",
+        "F:6: load.shape: shape 'constant:0/1m': never asks for a call (every count is 0); "
+        "the peak must be at least 1",
+        "F:6: load.max_rate: must be a number of new calls per second above 0 (e.g. 5 or 0.5), got an integer (0)",
+    ]

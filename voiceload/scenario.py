@@ -6,6 +6,7 @@ Pure: reads the YAML and probes the referenced WAV headers, nothing else. See do
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ import yaml
 from voiceload import audio
 from voiceload import slo as slomod
 from voiceload.errors import ScenarioError, UserError
+from voiceload.shape import LoadShape, parse_shape
 
 SCHEMA_VERSION = 1
 
@@ -50,6 +52,8 @@ class Scenario:
     answer_timeout_ms: int  # no 200 OK within this: outcome `timeout`
     max_call_ms: int  # hard cap on a call's duration once answered
     slos: tuple[str, ...] = ()  # SLO expressions (`slo:`), each valid for voiceload.slo.parse_slo
+    load_shape: LoadShape | None = None  # `load.shape`: the run follows it; `--shape` replaces it
+    max_rate: float | None = None  # `load.max_rate`: new calls per second at most, over the whole run
 
 
 # --- loading and validation --------------------------------------------------------------------
@@ -79,12 +83,13 @@ RANGES: dict[str, tuple[int, int]] = {
 
 TOP_KEYS = (
     "version", "name", "description", "silence_gap_ms", "answer_timeout_ms", "max_call_ms",
-    "greeting", "turns", "hangup", "slo",
+    "greeting", "turns", "hangup", "slo", "load",
 )
 PROMPT_KEYS = ("prompt", "max_wait_ms")
 TURN_KEYS = ("caller", "transcript", "reply")
 HANGUP_KEYS = ("by", "after_ms")
 HANGUP_BY = ("caller", "bot")
+LOAD_KEYS = ("shape", "max_rate")
 
 _TAG = "tag:yaml.org,2002:"
 _KIND = {  # how a wrongly typed value is described to the user
@@ -197,6 +202,7 @@ class _Validator:
         has_greeting = "greeting" in top and _tag(top["greeting"]) != "null"
         n_turns = len(turns) if turns is not None else None
         slos = self.slos(top["slo"], n_turns, has_greeting) if "slo" in top else ()
+        load_shape, max_rate = self.load(top["load"]) if "load" in top else (None, None)
 
         if (
             self.problems or name is None or turns is None or silence_gap_ms is None
@@ -208,6 +214,7 @@ class _Validator:
             path=abspath, name=name, description=description, greeting=greeting, turns=turns,
             silence_gap_ms=silence_gap_ms, hangup_by=hangup_by, hangup_after_ms=hangup_after_ms,
             answer_timeout_ms=answer_timeout_ms, max_call_ms=max_call_ms, slos=slos,
+            load_shape=load_shape, max_rate=max_rate,
         )
 
     # -- sections ---------------------------------------------------------------------------
@@ -329,6 +336,32 @@ class _Validator:
                 continue
             out.append(parsed.expr)
         return tuple(out)
+
+    def load(self, node: yaml.Node) -> tuple[LoadShape | None, float | None]:
+        """`load:`: the run's shape and rate cap, parsed now so a typo fails before any call is placed."""
+        if _tag(node) == "null":
+            return None, None
+        keys = self.mapping(node, "load", LOAD_KEYS)
+        if keys is None:
+            return None, None
+        shape: LoadShape | None = None
+        if "shape" in keys and _tag(keys["shape"]) != "null":
+            text = self.string(keys["shape"], "load.shape", allow_empty=False)
+            if text is not None:
+                try:
+                    shape = parse_shape(text)
+                except ValueError as exc:
+                    self.add(keys["shape"], "load.shape", str(exc))
+        max_rate: float | None = None
+        if "max_rate" in keys and _tag(keys["max_rate"]) != "null":
+            rate_node = keys["max_rate"]
+            value = _construct(rate_node) if _tag(rate_node) in ("int", "float") else None
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                self.add(rate_node, "load.max_rate", "must be a number of new calls per second above 0 "
+                         f"(e.g. 5 or 0.5), got {_kind(rate_node)}")
+            else:
+                max_rate = float(value)
+        return shape, max_rate
 
     # -- values -----------------------------------------------------------------------------
 

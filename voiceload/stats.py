@@ -36,6 +36,12 @@ class LatencyHistogram:
         if us < LOWEST_US or us > HIGHEST_US or not self._h.record_value(us):
             self.out_of_range += 1
 
+    def value_at(self, percentile: float) -> float:
+        """One percentile in ms (0-100); nan when empty."""
+        if self.count == 0:
+            return math.nan
+        return _ms(self._h.get_value_at_percentile(percentile))
+
     @property
     def count(self) -> int:
         return int(self._h.get_total_count())

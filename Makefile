@@ -1,5 +1,5 @@
 # The two entry points of the README. Both install what is missing first (idempotent).
-.PHONY: demo test lint setup setup-test
+.PHONY: demo test lint setup setup-test rasa-example
 
 setup:
 	@bash scripts/setup.sh
@@ -18,3 +18,7 @@ test: setup-test
 lint: setup-test
 	.venv/bin/ruff check voiceload tests bench
 	.venv/bin/mypy
+
+# The Rasa example (docs/rasa.md): Rasa in a cached Python 3.10 venv, the voice gateway, voice and text runs.
+rasa-example: setup
+	.venv/bin/python examples/rasa-moodbot/run.py

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,11 @@ class RefBot:
 
 
 def start_bot(tmp: Path, *, scenario: Path = DEMO, think_ms: str = "400", max_calls: int = 8,
-              seed: int = 7) -> RefBot:
+              seed: int = 7, extra: Sequence[str] = ()) -> RefBot:
     """`voiceload bot` on a free port; returns once it printed READY (bounded)."""
     truth = tmp / "bot-truth.jsonl"
     cmd = [sys.executable, "-m", "voiceload", "bot", "--listen", "127.0.0.1:0", "--scenario", str(scenario),
-           "--think-ms", think_ms, "--truth", str(truth), "--max-calls", str(max_calls), "--seed", str(seed)]
+           "--think-ms", think_ms, "--truth", str(truth), "--max-calls", str(max_calls), "--seed", str(seed), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60

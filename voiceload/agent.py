@@ -4,10 +4,14 @@ The agent keeps the coordinator's assigned number of calls in flight, walks each
 the scenario (`CallerFlow`), records a tape per call, measures every turn from the tape once the
 call ends (`analyse_caller_tape`) and publishes exactly one `CallRecord` per placed call.
 Everything pjsua2 touches runs on the asyncio thread, which is also the pump.
+
+`AgentBase` is the channel-independent half (assignments, spool, records, heartbeats, the Rasa
+tracker check); `Agent` is the SIP channel and `restagent.RestAgent` the Rasa REST text channel.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -24,6 +28,7 @@ from voiceload import audio, bus
 from voiceload.analysis import Played, Reference, analyse_caller_tape
 from voiceload.calibration import AGENT_RX_DELAY_MS
 from voiceload.callflow import CallerFlow, CallerState, Hangup, Play
+from voiceload.errors import UserError
 from voiceload.messages import (
     OUTCOME_COMPLETED,
     OUTCOME_ERROR,
@@ -40,9 +45,10 @@ from voiceload.messages import (
 )
 from voiceload.scenario import Scenario, load_scenario
 from voiceload.siplite import local_address_for, parse_sip_uri
-from voiceload.sipua import CLOCK_RATE, SipCall, SipStack, read_tape
+from voiceload.sipua import CLOCK_RATE, SLOT_RETRY_S, SipCall, SipStack, SlotsBusy, read_tape
 from voiceload.spool import Spool
 from voiceload.stats import LatencyHistogram
+from voiceload.tracker import TrackerCheck
 from voiceload.vad import samples_to_ms
 
 log = logging.getLogger("voiceload.agent")
@@ -53,6 +59,9 @@ MEDIA_WAIT_S = 2.0
 SPOOL_DRAIN_S = 120.0  # how long a finished agent waits for the collector to acknowledge its records
 SESSION_HEADER = "X-Voiceload-Session"
 DEFAULT_REPLY_WAIT_MS = 3000  # a turn without a `reply` still needs the bot to say something by then
+CHANNEL_SIP = "sip"
+CHANNEL_REST = "rest"
+CHANNELS = (CHANNEL_SIP, CHANNEL_REST)
 
 
 def default_tape_dir() -> Path:
@@ -134,48 +143,73 @@ class AgentSettings:
     max_calls: int | None = None  # None: the pjsua2 build's per-process limit
     bind: str | None = None  # local IP for SIP and RTP; None: the address that routes to the target
     max_starts_per_s: float = 20.0
+    channel: str = CHANNEL_SIP  # sip: calls through pjsua2; rest: the same turns as text to Rasa's REST channel
+    rasa_url: str | None = None  # check each completed call's Rasa tracker here (and the REST channel's server)
+    rasa_token: str | None = None
 
 
-class Agent:
+def session_id(run_id: str, agent_id: str, seq: int) -> str:
+    """A call's conversation name: sent as SESSION_HEADER, a gateway's Rasa sender, the REST channel's sender."""
+    return f"{run_id}-{agent_id}-{seq}"
+
+
+class AgentBase(abc.ABC):
+    """The part of an agent that does not depend on how calls are made.
+
+    It takes assignments, spools each record until the collector acknowledges it, sends heartbeats
+    and, with a Rasa URL, holds a completed call's record back until its tracker is checked. A
+    channel brings itself up (`_open`), places calls from its `_pump` and hands every call's
+    record to `_emit`, so every channel keeps the no-lost-results guarantee of protocol.md.
+    """
+
     def __init__(self, settings: AgentSettings) -> None:
         self.s = settings
         self.scenario = load_scenario(settings.scenario_path)
-        self.audio = ScenarioAudio.load(self.scenario)
-        target = parse_sip_uri(settings.target)
-        host = settings.bind or local_address_for(target.host, target.port)
-        self.stack = SipStack(host=host, max_calls=settings.max_calls or 1024, user=f"agent-{settings.agent_id}")
+        self.capacity = 0  # calls in flight at most; the channel sets it in `_open`
         self.concurrency = 0
         self.quota = 0
         self.placed = 0
         self.finished = 0
         self.stopping = False
-        self.tape_dir = settings.tape_dir / f"{settings.run_id}-{settings.agent_id}"
         self.spool = Spool(Path(tempfile.gettempdir()) / "voiceload-spool" / f"{settings.run_id}-{settings.agent_id}")
         self._spool_changed = asyncio.Event()
         self.notices: asyncio.Queue[CallStarted] = asyncio.Queue()
         self._lag_max_ms = 0.0
         self._next_start = 0.0
+        self.starts_per_s = settings.max_starts_per_s
         self._analysing = 0
         self._interval: dict[int, LatencyHistogram] = {}  # turn latencies since the last heartbeat
-        # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape")
+        self.tracker = TrackerCheck.for_scenario(self.scenario, settings.rasa_url, settings.rasa_token)
+        self._verifying = 0  # completed calls whose tracker is being fetched: their records are not spooled yet
+        self._checks: set[asyncio.Task[None]] = set()
+        self._beat_clock = (time.process_time(), time.monotonic())  # CPU and wall time of the last heartbeat
+        self._beats = 0
 
     @property
+    @abc.abstractmethod
     def active(self) -> int:
-        return len(self.stack.calls)
+        """Calls in flight now."""
+
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Bring the channel up and set `capacity`."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Release the channel (every call has ended)."""
+
+    @abc.abstractmethod
+    async def _pump(self) -> None:
+        """Place and run calls as assigned until `_done()`."""
 
     async def run(self) -> None:
-        self.tape_dir.mkdir(parents=True, exist_ok=True)
-        self.stack.tape_dir = self.tape_dir
-        self.stack.start()
-        cap = self.stack.max_calls if self.s.max_calls is None else min(self.s.max_calls, self.stack.max_calls)
-        self.capacity = cap
-        log.info("agent %s up: pjsua2 call limit %d, SIP %s", self.s.agent_id, cap, self.stack.address)
+        await self._open()
         run_id, agent_id = self.s.run_id, self.s.agent_id
         async with bus.Bus(self.s.broker, client_id=f"vl-agent-{run_id}-{agent_id}") as b:
             await b.subscribe(bus.topic_control(run_id, agent_id))
             await b.subscribe(bus.topic_ack(run_id, agent_id))
             await self._state(b, "ready")
+            self._beat_clock = (time.process_time(), time.monotonic())
             tasks = [
                 asyncio.create_task(self._inbox(b)),
                 asyncio.create_task(self._publisher(b)),
@@ -192,12 +226,10 @@ class Agent:
                 for t in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await t
-                self.stack.shutdown()
-                self._pool.shutdown(wait=True)
+                await self._close()
+                if self.tracker is not None:
+                    await self.tracker.close()
                 self.spool.remove_dir_if_empty()
-                if not self.s.keep_tapes:
-                    with contextlib.suppress(OSError):
-                        self.tape_dir.rmdir()
 
     async def _state(self, b: bus.Bus, state: str, detail: str | None = None) -> None:
         msg = AgentState(self.s.run_id, self.s.agent_id, state, self.placed, self.finished, detail)
@@ -221,13 +253,19 @@ class Agent:
             self.concurrency = min(cmd.concurrency, self.capacity)
             self.quota = cmd.calls
             self.stopping = self.stopping or cmd.stop
+            self.starts_per_s = cmd.max_starts_per_s or self.s.max_starts_per_s
             log.info("assigned concurrency %d, calls %d, stop %s", self.concurrency, self.quota, cmd.stop)
 
     async def _publisher(self, b: bus.Bus) -> None:
         """Send spooled records; re-send the ones the collector has not acknowledged in a while."""
         topic = bus.topic_calls(self.s.run_id, self.s.agent_id)
         while True:
-            for seq, payload in self.spool.due():
+            due = self.spool.due()
+            if due and (self._beats == 0 or self._done()):
+                # the collector may end the run on the last record: the health of calls shorter than a
+                # heartbeat period (text calls) must reach it first, or the run is judged unknown
+                await self._beat(b, qos=1)
+            for seq, payload in due:
                 try:
                     await b.publish_raw(topic, payload, qos=1)
                 except bus.BusError as exc:
@@ -258,29 +296,100 @@ class Agent:
                       len(self.spool), self.spool.directory)
 
     async def _heartbeat(self, b: bus.Bus) -> None:
-        topic = bus.topic_heartbeat(self.s.run_id, self.s.agent_id)
-        cpu0, wall0 = time.process_time(), time.monotonic()
         while True:
             await asyncio.sleep(HEARTBEAT_PERIOD_S)
-            cpu1, wall1 = time.process_time(), time.monotonic()
-            cpu = 100.0 * (cpu1 - cpu0) / max(wall1 - wall0, 1e-6)
-            cpu0, wall0 = cpu1, wall1
-            hb = Heartbeat(
-                run_id=self.s.run_id, agent_id=self.s.agent_id, at=time.time(), active_calls=self.active,
-                placed=self.placed, finished=self.finished, cpu_percent=round(cpu, 1),
-                pump_lag_ms_max=round(self._lag_max_ms, 1), max_calls=self.capacity,
-                latency_hdr={str(i): h.encode() for i, h in sorted(self._interval.items())},
-            )
-            self._lag_max_ms = 0.0
-            self._interval = {}
-            with contextlib.suppress(bus.BusError):
-                await b.publish(topic, hb, qos=0, timeout_s=HEARTBEAT_PERIOD_S)
+            await self._beat(b)
 
-    # --- the pump ---------------------------------------------------------------------------
+    async def _beat(self, b: bus.Bus, qos: int = 0) -> None:
+        """One heartbeat covering the time since the previous one (CPU, pump lag, turn latencies)."""
+        cpu1, wall1 = time.process_time(), time.monotonic()
+        cpu0, wall0 = self._beat_clock
+        # an early beat (see `_publisher`) covers less than a period: a few ms of work must not read as a busy core
+        cpu = 100.0 * (cpu1 - cpu0) / max(wall1 - wall0, HEARTBEAT_PERIOD_S)
+        self._beat_clock = (cpu1, wall1)
+        hb = Heartbeat(
+            run_id=self.s.run_id, agent_id=self.s.agent_id, at=time.time(), active_calls=self.active,
+            placed=self.placed, finished=self.finished, cpu_percent=round(cpu, 1),
+            pump_lag_ms_max=round(self._lag_max_ms, 1), max_calls=self.capacity,
+            latency_hdr={str(i): h.encode() for i, h in sorted(self._interval.items())},
+        )
+        self._lag_max_ms = 0.0
+        self._interval = {}
+        with contextlib.suppress(bus.BusError):
+            await b.publish(bus.topic_heartbeat(self.s.run_id, self.s.agent_id), hb, qos=qos,
+                            timeout_s=HEARTBEAT_PERIOD_S)
+            self._beats += 1
+
     def _done(self) -> bool:
         no_more = self.stopping or (self.quota > 0 and self.placed >= self.quota)
-        return no_more and self.active == 0 and self._analysing == 0
+        return no_more and self.active == 0 and self._analysing == 0 and self._verifying == 0
 
+    def _emit(self, rec: CallRecord) -> None:
+        """Hand a finished call's record to the spool; a completed call goes through the tracker check first."""
+        if self.tracker is not None and rec.outcome == OUTCOME_COMPLETED:
+            self._verifying += 1
+            task = asyncio.get_running_loop().create_task(self._verify(rec))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+            return
+        self._spool_record(rec)
+
+    async def _verify(self, rec: CallRecord) -> None:
+        """Off the pump: fetch the call's tracker; a mismatch or a fetch error makes the call failed.
+
+        The record is spooled whatever happens here (even if the agent is torn down mid-fetch).
+        """
+        assert self.tracker is not None
+        reason: str | None = "tracker: check interrupted"
+        try:
+            reason = await self.tracker.reason(session_id(self.s.run_id, self.s.agent_id, rec.seq))
+        except Exception as exc:  # a bug in the check must cost one call, not the agent
+            log.exception("tracker check of call %s failed", rec.call_id)
+            reason = f"tracker: {type(exc).__name__}: {exc}"
+        finally:
+            if reason is not None:
+                rec.outcome, rec.reason = OUTCOME_FAILED, reason
+            self._verifying -= 1
+            self._spool_record(rec)
+
+    def _spool_record(self, rec: CallRecord) -> None:
+        self.spool.put(rec.seq, rec.to_json())
+        self._spool_changed.set()
+
+
+class Agent(AgentBase):
+    """The SIP channel: one pjsua2 endpoint, up to the build's call limit of concurrent calls."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        super().__init__(settings)
+        self.audio = ScenarioAudio.load(self.scenario)
+        target = parse_sip_uri(settings.target)
+        host = settings.bind or local_address_for(target.host, target.port)
+        self.stack = SipStack(host=host, max_calls=settings.max_calls or 1024, user=f"agent-{settings.agent_id}")
+        self.tape_dir = settings.tape_dir / f"{settings.run_id}-{settings.agent_id}"
+        # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape")
+
+    @property
+    def active(self) -> int:
+        return len(self.stack.calls)
+
+    async def _open(self) -> None:
+        self.tape_dir.mkdir(parents=True, exist_ok=True)
+        self.stack.tape_dir = self.tape_dir
+        self.stack.start()
+        cap = self.stack.max_calls if self.s.max_calls is None else min(self.s.max_calls, self.stack.max_calls)
+        self.capacity = cap
+        log.info("agent %s up: pjsua2 call limit %d, SIP %s", self.s.agent_id, cap, self.stack.address)
+
+    async def _close(self) -> None:
+        self.stack.shutdown()
+        self._pool.shutdown(wait=True)
+        if not self.s.keep_tapes:
+            with contextlib.suppress(OSError):
+                self.tape_dir.rmdir()
+
+    # --- the pump ---------------------------------------------------------------------------
     async def _pump(self) -> None:
         next_tick = time.monotonic()
         while not self._done():
@@ -303,17 +412,22 @@ class Agent:
         if self.stopping or now < self._next_start:
             return
         if self.active < self.concurrency and self.placed < self.quota and not self.spool.full:
-            self._next_start = now + 1.0 / self.s.max_starts_per_s
+            self._next_start = now + 1.0 / self.starts_per_s
             self._place_call()
 
     def _place_call(self) -> None:
-        self.placed += 1
-        seq = self.placed
-        session = f"{self.s.run_id}-{self.s.agent_id}-{seq}"
+        seq = self.placed + 1
+        session = session_id(self.s.run_id, self.s.agent_id, seq)
         started_at = time.time()
         try:
             call = self.stack.make_call(self.s.target, {SESSION_HEADER: session})
+        except SlotsBusy:
+            # an ended call's slot is still held (its BYE/CANCEL is unanswered): nothing was placed,
+            # so nothing is counted or reported, and the start is tried again shortly
+            self._next_start = min(self._next_start, time.monotonic() + SLOT_RETRY_S)
+            return
         except pj.Error as exc:
+            self.placed = seq
             self._emit(
                 CallRecord(
                     run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=f"unplaced-{session}", seq=seq,
@@ -323,6 +437,7 @@ class Agent:
             )
             self.finished += 1
             return
+        self.placed = seq
         call.app = CallerCall(seq=seq, flow=self.audio.new_flow(), started_at=started_at)
         self.notices.put_nowait(CallStarted(self.s.run_id, self.s.agent_id, seq, call.sip_call_id, started_at))
 
@@ -331,7 +446,7 @@ class Agent:
         while events:
             call, kind = events.popleft()
             cc: CallerCall | None = call.app
-            if cc is None:
+            if cc is None or call.closed:  # a call's earlier events may all read DISCONNECTED
                 continue
             if kind == "state" and call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 if call.remote_hangup:
@@ -482,23 +597,34 @@ class Agent:
             rec.outcome = OUTCOME_COMPLETED
         return rec
 
-    def _emit(self, rec: CallRecord) -> None:
-        self.spool.put(rec.seq, rec.to_json())
-        self._spool_changed.set()
 
 
 def run(
-    *, run_id: str, agent_id: str, scenario: Path, target: str, broker_url: str, tape_dir: Path | None = None,
+    *, run_id: str, agent_id: str, scenario: Path, target: str | None, broker_url: str, tape_dir: Path | None = None,
     keep_tapes: bool = False, max_calls: int | None = None, rx_delay_ms: float | None = None,
-    bind: str | None = None,
+    bind: str | None = None, channel: str = CHANNEL_SIP, rasa_url: str | None = None, rasa_token: str | None = None,
 ) -> None:
     """Entry point of `voiceload agent` (the coordinator spawns these, containers run them directly)."""
+    from voiceload.restagent import RestAgent, parse_rasa_url  # it builds on this module
+
+    if channel not in CHANNELS:
+        raise UserError(f"--channel {channel!r}: must be one of {', '.join(CHANNELS)}")
+    if rasa_url is not None:
+        rasa_url = parse_rasa_url(rasa_url)
+    if channel == CHANNEL_REST:
+        if rasa_url is None:
+            raise UserError("--channel rest needs --rasa-url")
+        target = target or rasa_url
+    elif target is None:
+        raise UserError("--target is required with --channel sip")
     settings = AgentSettings(
         run_id=run_id, agent_id=agent_id, scenario_path=scenario, target=target,
         broker=bus.parse_broker_url(broker_url), keep_tapes=keep_tapes, max_calls=max_calls, bind=bind,
+        channel=channel, rasa_url=rasa_url, rasa_token=rasa_token,
     )
     if tape_dir is not None:
         settings.tape_dir = tape_dir
     if rx_delay_ms is not None:
         settings.rx_delay_ms = rx_delay_ms
-    asyncio.run(Agent(settings).run())
+    agent: AgentBase = RestAgent(settings) if channel == CHANNEL_REST else Agent(settings)
+    asyncio.run(agent.run())

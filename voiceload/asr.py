@@ -171,6 +171,9 @@ def _decoder() -> Any:
     return Decoder(lm=None, fsgusefiller=False, bestpath=False, dither=True, seed=1, loglevel="FATAL")
 
 
+_primed: list[bool] = []  # non-empty once the process's decoder has heard one utterance
+
+
 class Recogniser:
     """Recognises 8 kHz call audio as one of a fixed set of phrases, on the process's shared decoder."""
 
@@ -212,10 +215,14 @@ class Recogniser:
         with _lock:
             dec = _decoder()
             self._activate(dec)
-            dec.start_utt()
-            for i in range(0, len(wide), CHUNK_SAMPLES):
-                dec.process_raw(wide[i : i + CHUNK_SAMPLES].tobytes())
-            dec.end_utt()
+            # a fresh decoder's cepstral mean normalisation starts from a default mean: its first
+            # utterance comes out empty (measured on every worker's first call), so prime it once
+            for _ in range(1 if _primed else 2):
+                dec.start_utt()
+                for i in range(0, len(wide), CHUNK_SAMPLES):
+                    dec.process_raw(wide[i : i + CHUNK_SAMPLES].tobytes())
+                dec.end_utt()
+            _primed.append(True)
             hyp = dec.hyp()
         text = " ".join(normalise(hyp.hypstr)) if hyp is not None else ""
         return Recognition(text, round((time.perf_counter() - t0) * 1000, 1), len(speech) * 1000 / IN_RATE)

@@ -9,11 +9,21 @@ measurements are checked against.
 
 When the pjsua2 build caps calls per process below `--max-calls`, the bot runs worker
 processes and a stateless 302 front on the public port (`siplite.RedirectFront`).
+
+With `--capacity C` every utterance waits for one of C workers (`botmodel.WorkerPool`); behind a
+front the front owns the one pool and serves it to the workers over loopback UDP (docs/bot-model.md).
+
+With `--brain rasa` the bot is a reference voice gateway in front of a real Rasa server instead
+(`gateway.RasaGateway`): the greeting is still the scenario's, but each reply is what Rasa answers
+to the recognised utterance, synthesised in the bot's voice. The caller's audio is read off the
+growing call tape at the end of speech; recognition, the HTTP request and synthesis run as an
+asyncio task (CPU work in thread pools), so the pump never waits for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -21,22 +31,25 @@ import math
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import pjsua2 as pj
 
 from voiceload import audio
-from voiceload.agent import default_tape_dir
+from voiceload.agent import SESSION_HEADER, default_tape_dir
 from voiceload.analysis import Played, Reference, analyse_bot_tape
+from voiceload.botmodel import DEFAULT_ENDPOINT_MS, WorkerPool
 from voiceload.calibration import BOT_RX_DELAY_MS
-from voiceload.callflow import BotFlow, Hangup, Play, ThinkTime
+from voiceload.callflow import Ask, BotAction, BotFlow, Hangup, Play, PlayFile, Scheduler, ThinkTime
+from voiceload.gateway import BrainReply, RasaGateway, session_id
 from voiceload.scenario import load_scenario
 from voiceload.siplite import RedirectFront
 from voiceload.sipua import CLOCK_RATE, SipCall, SipStack, read_tape
@@ -45,7 +58,11 @@ from voiceload.vad import samples_to_ms
 log = logging.getLogger("voiceload.bot")
 
 PUMP_PERIOD_S = 0.005
-DEFAULT_ENDPOINT_MS = 350  # silence that ends a caller utterance; pauses inside one are shorter
+LISTEN_GUARD_S = 0.1  # the caller's audio is read from this long after listening began: past our own prompt's tail
+SPEECH_END_MARGIN_S = 0.06  # the level meter's last loud frame vs the tape: a few frames either way
+RASA_TOKEN_ENV = "VOICELOAD_RASA_TOKEN"  # how a front hands the token to its workers (not on their command line)
+PENDING_TTL_S = 2.0  # a 302-redirected INVITE reaches its worker within milliseconds on loopback
+QUEUE_TIMEOUT_S = 0.1  # a loopback round trip is ~0.1 ms; this only bounds a stuck or gone front
 
 
 @dataclass
@@ -61,6 +78,11 @@ class BotSettings:
     rx_delay_ms: float = BOT_RX_DELAY_MS
     tape_dir: Path = field(default_factory=default_tape_dir)
     keep_tapes: bool = False
+    capacity: int | None = None  # workers serving utterances; None: unbounded
+    queue: tuple[str, int] | None = None  # a front's WorkerPool (worker processes only)
+    brain: str = "scripted"  # "scripted": the scenario's prompts; "rasa": a voice gateway to `rasa_url`
+    rasa_url: str | None = None
+    rasa_token: str | None = None
 
 
 def beep(ms: int = 400) -> np.ndarray:
@@ -74,6 +96,10 @@ class BotCall:
     flow: BotFlow
     played: list[Played] = field(default_factory=list)
     answered: bool = False
+    sender: str = ""  # the brain's conversation id for this call
+    brain: dict[int, BrainReply] = field(default_factory=dict)  # per turn: what the brain did
+    reply_turns: list[int] = field(default_factory=list)  # per played reply, the turn it answers
+    ready: BrainReply | None = None  # a finished brain reply, handed to the flow on the next pump turn
 
 
 class BotWorker:
@@ -101,6 +127,17 @@ class BotWorker:
         self._load = -1
         self._analysing = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape")
+        self.gateway: RasaGateway | None = None
+        if settings.brain == "rasa":
+            assert settings.rasa_url is not None
+            self.gateway = RasaGateway(self.scenario, settings.rasa_url, token=settings.rasa_token,
+                                       cache_dir=settings.tape_dir / "tts-cache")
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.scheduler: Scheduler | None = None
+        if settings.queue is not None:
+            self.scheduler = QueueClient(*settings.queue)
+        elif settings.capacity is not None:
+            self.scheduler = WorkerPool(settings.capacity).due
 
     def _prompts(self) -> list[Reference]:
         return [Reference.of(audio.load_wav(p)) for p in self.prompt_paths]
@@ -117,14 +154,22 @@ class BotWorker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
+        if self.gateway is not None:
+            await self.gateway.start()
         self._say(f"READY {self.stack.address} {self.stack.max_calls}")
-        log.info("bot worker on %s (call limit %d)", self.stack.address, self.stack.max_calls)
+        log.info("bot worker on %s (call limit %d, brain %s)", self.stack.address, self.stack.max_calls, self.s.brain)
         try:
             await self._pump()
             await self._drain()
         finally:
+            for task in self._tasks:
+                task.cancel()
             self.stack.shutdown()
             self._pool.shutdown(wait=True)
+            if self.gateway is not None:
+                await self.gateway.close()
+                log.info("rasa brain: %d utterances, %d without a reply", self.gateway.utterances,
+                         self.gateway.errors)
             if self.truth is not None:
                 self.truth.close()
             if not self.s.keep_tapes:
@@ -166,14 +211,21 @@ class BotWorker:
                     bc.answered = True
                     bc.flow.on_answer(now * 1000)
                 continue
+            if bc.ready is not None:
+                reply, bc.ready = bc.ready, None
+                if reply.speech is not None:
+                    bc.flow.on_reply(now * 1000, reply.speech, reply.duration_ms)
+                else:
+                    bc.flow.on_no_reply(now * 1000)
             try:
                 self._act(call, bc, bc.flow.step(now * 1000, call.level()))
             except pj.Error as exc:  # one call's media failure ends that call, not the bot
                 log.error("call %s: %s; hanging up", call.sip_call_id, exc.info().strip())
                 call.hangup_now(500)
         self.stack.collect()
-        # pjsua frees a call slot at DISCONNECTED, before our tape is measured
-        load = sum(1 for c in self.stack.calls if c.state != pj.PJSIP_INV_STATE_DISCONNECTED)
+        # our live calls, or the slots pjsua still holds for calls whose BYE is unanswered, if more
+        live = sum(1 for c in self.stack.calls if c.state != pj.PJSIP_INV_STATE_DISCONNECTED)
+        load = max(live, self.stack.slots_in_use())
         if load != self._load:
             self._load = load
             self._say(f"LOAD {load}")
@@ -189,6 +241,8 @@ class BotWorker:
             hangup_by=sc.hangup_by,
             hangup_after_ms=sc.hangup_after_ms,
             rng=self.rng,
+            scheduler=self.scheduler,
+            brain=self.gateway is not None,
         )
 
     def _dispatch(self, now: float) -> None:
@@ -196,7 +250,7 @@ class BotWorker:
         while events:
             call, kind = events.popleft()
             if kind == "incoming":
-                call.app = BotCall(self._new_flow())
+                call.app = BotCall(self._new_flow(), sender=session_id(call.header(SESSION_HEADER), call.sip_call_id))
                 self.stack.answer(call, 200)
                 continue
             bc: BotCall | None = call.app
@@ -205,13 +259,49 @@ class BotWorker:
             if kind == "state" and call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self.stack.close(call, self._closed)
 
-    def _act(self, call: SipCall, bc: BotCall, action: Play | Hangup | None) -> None:
+    def _act(self, call: SipCall, bc: BotCall, action: BotAction | None) -> None:
         if isinstance(action, Play):
             started = call.play(self.prompt_paths[action.index])
             assert call.tape is not None
-            bc.played.append(Played(self.refs[action.index], round((started - call.tape.started) * CLOCK_RATE)))
+            bc.played.append(Played(self.refs[action.index], call.tape.index_at(started)))
+            if action.index >= bc.flow.first_reply:
+                bc.reply_turns.append(action.index - bc.flow.first_reply)
+        elif isinstance(action, PlayFile):
+            reply = bc.brain[action.turn]
+            assert call.tape is not None and reply.ref is not None
+            started = call.play(action.path)
+            bc.played.append(Played(reply.ref, call.tape.index_at(started)))
+            bc.reply_turns.append(action.turn)
+        elif isinstance(action, Ask):
+            self._ask(call, bc, action)
         elif isinstance(action, Hangup):
             call.hangup_now()
+
+    def _ask(self, call: SipCall, bc: BotCall, ask: Ask) -> None:
+        """Hand the utterance to the brain as a task; its reply reaches the flow through `bc.ready`."""
+        assert self.gateway is not None and call.tape is not None
+        tape = call.tape
+        # skip the tail of our own last prompt; before the first reply of a call without a greeting
+        # there is none, and the caller starts speaking at answer: a guard would cut its first word
+        spoke_before = ask.turn > 0 or bc.flow.has_greeting
+        start = tape.index_at(ask.since_ms / 1000 + (LISTEN_GUARD_S if spoke_before else 0.0))
+        stop = tape.index_at(time.monotonic())
+        needed = tape.index_at(ask.speech_end_ms / 1000 + SPEECH_END_MARGIN_S)
+        gateway = self.gateway
+
+        async def work() -> None:
+            try:
+                reply = await gateway.respond(turn=ask.turn, sender=bc.sender, tape=tape.path, start=start,
+                                              stop=stop, needed=needed)
+            except Exception as exc:  # a bug here must cost one turn, not leave the call waiting forever
+                log.exception("call %s turn %d: the brain failed", bc.sender, ask.turn)
+                reply = BrainReply(turn=ask.turn, sender=bc.sender, error=f"{type(exc).__name__}: {exc}")
+            bc.brain[ask.turn] = reply
+            bc.ready = reply  # bc outlives its SipCall: a call that ended meanwhile just never reads it
+
+        task = asyncio.get_running_loop().create_task(work())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _closed(self, call: SipCall) -> None:
         """Snapshot the finished call, recycle its SipCall, and measure its tape off the pump."""
@@ -220,7 +310,8 @@ class BotWorker:
         tape = call.tape
         if tape is not None and answered is not None:
             job = (tape.path, (tape.started - answered) * 1000, list(bc.played), bc.flow.first_reply,
-                   list(bc.flow.think_ms), call.sip_call_id)
+                   list(bc.flow.think_ms), list(bc.flow.queued_ms), call.sip_call_id, list(bc.reply_turns),
+                   {turn: r.truth() for turn, r in bc.brain.items()})
             self._analysing += 1
             fut = asyncio.get_running_loop().run_in_executor(self._pool, self._truth, *job)
             fut.add_done_callback(self._write_truth)
@@ -229,19 +320,31 @@ class BotWorker:
         self.stack.release(call)
 
     def _truth(self, path: Path, offset_ms: float, played: list[Played], first_reply: int,
-               think_ms: list[float], call_id: str) -> list[dict[str, Any]]:
-        """Worker thread: this call's ground truth per turn, as truth-file lines."""
+               think_ms: list[float], queued_ms: list[float], call_id: str, reply_turns: list[int],
+               brain: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Worker thread: this call's ground truth per turn, as truth-file lines.
+
+        With a brain, each line also carries what the brain did for its turn; a turn the brain
+        left without a reply gets a line of its own, with no timing.
+        """
         samples = read_tape(path)
         if not self.s.keep_tapes:
             path.unlink(missing_ok=True)
         truth = analyse_bot_tape(samples, tape_offset_ms=offset_ms, rx_delay_ms=self.s.rx_delay_ms,
                                  prompts=played, first_reply=first_reply)
-        return [
-            {"call_id": call_id, "turn": t.index, "caller_end_ms": t.caller_end_ms,
-             "response_start_ms": t.response_start_ms, "latency_ms": t.latency_ms,
-             "think_ms": think_ms[t.index] if t.index < len(think_ms) else None}
-            for t in truth
-        ]
+        lines: list[dict[str, Any]] = []
+        for t in truth:
+            turn = reply_turns[t.index] if t.index < len(reply_turns) else t.index
+            lines.append({"call_id": call_id, "turn": turn, "caller_end_ms": t.caller_end_ms,
+                          "response_start_ms": t.response_start_ms, "latency_ms": t.latency_ms,
+                          "think_ms": think_ms[turn] if turn < len(think_ms) else None,
+                          "queued_ms": queued_ms[turn] if turn < len(queued_ms) else None,
+                          **brain.get(turn, {})})
+        timed = {line["turn"] for line in lines}
+        for turn in sorted(set(brain) - timed):
+            lines.append({"call_id": call_id, "turn": turn, "caller_end_ms": None, "response_start_ms": None,
+                          "latency_ms": None, "think_ms": None, "queued_ms": None, **brain[turn]})
+        return sorted(lines, key=lambda line: int(line["turn"]))
 
     def _write_truth(self, fut: asyncio.Future[list[dict[str, Any]]]) -> None:
         self._analysing -= 1
@@ -255,7 +358,55 @@ class BotWorker:
                 self.truth.write(json.dumps(line) + "\n")
 
 
-def _worker_cmd(s: BotSettings, port: int) -> list[str]:
+class QueueClient:
+    """A worker's scheduler: asks the front's WorkerPool, one datagram per job, on the pump thread.
+
+    Blocking is fine: a loopback round trip is ~0.1 ms. Without an answer in time the utterance
+    goes unqueued (a warning), so a lost front degrades the model, never the calls.
+    """
+
+    def __init__(self, host: str, port: int, timeout_s: float = QUEUE_TIMEOUT_S) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.connect((host, port))
+        self.sock.settimeout(timeout_s)
+        self.seq = 0
+
+    def __call__(self, arrival_ms: float, think_ms: float, speak_ms: float) -> float:
+        self.seq += 1
+        try:
+            self.sock.send(f"J {self.seq} {arrival_ms!r} {think_ms!r} {speak_ms!r}".encode())
+            while True:  # an answer to an earlier, timed-out job may still be in the buffer
+                parts = self.sock.recv(256).split()
+                if len(parts) == 3 and parts[0] == b"S" and parts[1] == str(self.seq).encode():
+                    return float(parts[2]) + think_ms
+        except (OSError, ValueError) as exc:  # socket.timeout is an OSError
+            log.warning("work queue did not answer (%r); utterance not queued", exc)
+            return arrival_ms + think_ms
+
+
+class QueueServer(asyncio.DatagramProtocol):
+    """The front's side: one WorkerPool for all worker processes (they share `time.monotonic()`)."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        parts = data.split()
+        if len(parts) != 5 or parts[0] != b"J" or self.transport is None:
+            return
+        try:
+            arrival, think, speak = (float(p) for p in parts[2:])
+        except ValueError:
+            return
+        start = self.pool.schedule(arrival, think, speak)
+        self.transport.sendto(b"S " + parts[1] + f" {start!r}".encode(), addr)
+
+
+def _worker_cmd(s: BotSettings, port: int, queue: str | None = None) -> list[str]:
     cmd = [
         sys.executable, "-m", "voiceload", "bot", "--worker", "--listen", f"{s.host}:{port}",
         "--scenario", str(s.scenario_path), "--think-ms", f"{s.think.mean_ms:g}:{s.think.jitter_ms:g}",
@@ -267,7 +418,19 @@ def _worker_cmd(s: BotSettings, port: int) -> list[str]:
         cmd += ["--seed", str(s.seed)]
     if s.keep_tapes:
         cmd += ["--keep-tapes"]
+    if queue is not None:
+        cmd += ["--queue", queue]
+    if s.brain != "scripted":
+        cmd += ["--brain", s.brain]
+    if s.rasa_url is not None:
+        cmd += ["--rasa-url", s.rasa_url]  # the token goes by environment (RASA_TOKEN_ENV): not in `ps`
     return cmd
+
+
+def _worker_env(s: BotSettings) -> dict[str, str] | None:
+    if s.rasa_token is None:
+        return None
+    return {**os.environ, RASA_TOKEN_ENV: s.rasa_token}
 
 
 async def _read_ready(stream: asyncio.StreamReader) -> list[str]:
@@ -285,16 +448,30 @@ class _Worker:
     address: str = ""
     limit: int = 0
     load: int = 0
-    pending: int = 0  # redirected but not yet reported as load
+    # monotonic times of redirects to this worker not yet seen in its LOAD. They expire: a call whose
+    # load rise and fall land in one pump turn is never reported, and a caller may not follow the 302.
+    pending: collections.deque[float] = field(default_factory=collections.deque)
+
+    def expected_load(self, now: float) -> int:
+        while self.pending and now - self.pending[0] > PENDING_TTL_S:
+            self.pending.popleft()
+        return self.load + len(self.pending)
 
 
 async def _serve_front(s: BotSettings, limit: int) -> None:
     # one spare worker absorbs calls that start while finished ones are still being torn down
     n = math.ceil(s.max_calls / limit) + 1
+    loop = asyncio.get_running_loop()
+    queue: asyncio.DatagramTransport | None = None
+    queue_addr: str | None = None
+    if s.capacity is not None:  # the one pool of all workers; they reach it on loopback
+        pool = WorkerPool(s.capacity)
+        queue, _ = await loop.create_datagram_endpoint(lambda: QueueServer(pool), local_addr=("127.0.0.1", 0))
+        queue_addr = f"127.0.0.1:{queue.get_extra_info('sockname')[1]}"
     workers: list[_Worker] = []
     for i in range(n):
         proc = await asyncio.create_subprocess_exec(
-            *_worker_cmd(s, 0), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            *_worker_cmd(s, 0, queue_addr), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_worker_env(s),
         )
         w = _Worker(proc)
         workers.append(w)
@@ -310,30 +487,34 @@ async def _serve_front(s: BotSettings, limit: int) -> None:
             parts = raw.decode().split()
             if len(parts) == 2 and parts[0] == "LOAD":
                 new = int(parts[1])
-                w.pending = max(0, w.pending - max(0, new - w.load))
+                for _ in range(max(0, new - w.load)):
+                    if w.pending:
+                        w.pending.popleft()
                 w.load = new
 
     def pick() -> str | None:
-        free = [w for w in workers if w.load + w.pending < w.limit and w.proc.returncode is None]
+        now = time.monotonic()
+        free = [w for w in workers if w.expected_load(now) < w.limit and w.proc.returncode is None]
         if not free:
             return None
-        best = min(free, key=lambda w: w.load + w.pending)
-        best.pending += 1
+        best = min(free, key=lambda w: w.expected_load(now))
+        best.pending.append(now)
         return best.address
 
     followers = [asyncio.create_task(follow(w)) for w in workers]
-    loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: RedirectFront(pick), local_addr=(s.host, s.port))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     port = transport.get_extra_info("sockname")[1]
     print(f"READY {s.host}:{port} {n * limit}", flush=True)
-    log.info("bot front on %s:%d -> %d workers x %d calls", s.host, port, n, limit)
+    log.info("bot front on %s:%d -> %d workers x %d calls (work queue %s)", s.host, port, n, limit, queue_addr)
     try:
         await stop.wait()
     finally:
         transport.close()
+        if queue is not None:
+            queue.close()
         for w in workers:
             if w.proc.returncode is None:
                 w.proc.send_signal(signal.SIGTERM)
@@ -356,6 +537,10 @@ def call_limit() -> int:
 
 def run(settings: BotSettings, *, worker: bool = False) -> None:
     """Entry point of `voiceload bot`."""
+    if settings.brain == "rasa" and not worker:  # bad transcripts are the user's to fix, before any worker starts
+        from voiceload.asr import Recogniser
+
+        Recogniser.for_scenario(load_scenario(settings.scenario_path))
     if worker:
         asyncio.run(BotWorker(settings, announce=sys.stdout).run())
         return

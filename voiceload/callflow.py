@@ -9,8 +9,10 @@ only decide *when* to act. Exact timing is measured afterwards from the call tap
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 # Bridge level meter (0..100, logarithmic like G.711): digital silence reads 0, speech 10..35.
 LEVEL_SPEECH = 5
@@ -33,6 +35,26 @@ class Hangup:
 
 
 Action = Play | Hangup
+
+
+@dataclass(frozen=True)
+class Ask:
+    """Bot with a brain: turn `turn`'s utterance ended; hand the call audio from `since_ms` on to the brain."""
+
+    turn: int
+    since_ms: float  # when the bot began listening (the caller's audio starts after it)
+    speech_end_ms: float  # the last loud level poll: the caller's end of speech, as seen in real time
+
+
+@dataclass(frozen=True)
+class PlayFile:
+    """Bot with a brain: start playing a recording made during the call (the brain's spoken reply)."""
+
+    path: Path
+    turn: int
+
+
+BotAction = Action | Ask | PlayFile
 
 
 class _Listener:
@@ -176,7 +198,12 @@ class BotState(Enum):
     SPEAKING = "speaking"
     LISTENING = "listening"
     THINKING = "thinking"
+    WAITING = "waiting"  # for the brain's reply (speech recognition, the bot's answer, synthesis)
     DONE = "done"
+
+
+# (arrival_ms, think_ms, speak_ms) -> due_ms: when a bot utterance may start (botmodel.WorkerPool.due)
+Scheduler = Callable[[float, float, float], float]
 
 
 @dataclass
@@ -187,6 +214,13 @@ class BotFlow:
     The caller's end of speech is taken as the last loud frame once `endpoint_ms` of silence
     followed it; the reply is due `think` after that end, so a think time longer than the
     endpointing delay is honoured exactly (shorter ones are late by the difference).
+    With a `scheduler` (`bot --capacity`), each utterance is a job for a bounded pool of workers
+    and is due `think` after the job's start instead (docs/bot-model.md).
+
+    With `brain` (a voice gateway in front of a real bot), the replies are not the scenario's: at
+    the end of an utterance the flow answers `Ask` and waits (no think time: the brain's own time
+    is the delay) until `on_reply` hands it a recording to play (`PlayFile`) or `on_no_reply` says
+    there is none, when it listens again and the caller's wait for a reply runs out.
     """
 
     prompt_ms: list[float]
@@ -198,30 +232,60 @@ class BotFlow:
     hangup_after_ms: int
     rng: random.Random
     greeting_delay_ms: float = 200.0
+    scheduler: Scheduler | None = None  # None: a worker is always free (infinite capacity)
+    brain: bool = False  # replies come from a brain (Ask → on_reply), not from the scenario's prompts
     state: BotState = BotState.THINKING
     replies_done: int = 0
     think_ms: list[float] = field(default_factory=list)  # the think time drawn for each reply
+    queued_ms: list[float] = field(default_factory=list)  # per reply: waited for a free worker
+    greeting_queued_ms: float = 0.0
     _listener: _Listener = field(default_factory=_Listener)
     _due: float = 0.0
     _next_prompt: int = 0
     _speak_end: float = 0.0
+    _reply: tuple[Path, float] | None = None  # the brain's reply to play next: (recording, its length in ms)
 
     @property
     def first_reply(self) -> int:
         return 1 if self.has_greeting else 0
 
+    def _schedule(self, arrival: float, think: float, prompt: int) -> tuple[float, float]:
+        """(due, queued): when the prompt may start, and how long its job waited for a worker."""
+        if self.scheduler is None:
+            return arrival + think, 0.0
+        due = self.scheduler(arrival, think, self.prompt_ms[prompt])
+        return due, round(max(0.0, due - arrival - think), 1)
+
     def on_answer(self, now: float) -> None:
         if self.has_greeting:
-            self.state, self._due, self._next_prompt = BotState.THINKING, now + self.greeting_delay_ms, 0
+            self._due, self.greeting_queued_ms = self._schedule(now, self.greeting_delay_ms, 0)
+            self.state, self._next_prompt = BotState.THINKING, 0
         else:
             self.state = BotState.LISTENING
             self._listener.reset(now)
 
-    def step(self, now: float, level: int) -> Action | None:
+    def on_reply(self, now: float, path: Path, duration_ms: float) -> None:
+        """The brain's reply to the utterance `Ask`ed about is ready: play it on the next step."""
+        if self.state is BotState.WAITING:
+            self.state, self._due = BotState.THINKING, now
+            self._reply = (path, duration_ms)
+
+    def on_no_reply(self, now: float) -> None:
+        """The brain had nothing to say (or failed): listen again; the caller gives up on its own."""
+        if self.state is BotState.WAITING:
+            self.state = BotState.LISTENING
+            self._listener.reset(now)
+
+    def step(self, now: float, level: int) -> BotAction | None:
         lis = self._listener
         lis.feed(now, level)
         if self.state is BotState.THINKING and now >= self._due:
             self.state = BotState.SPEAKING
+            if self._reply is not None:
+                path, duration = self._reply
+                self._reply = None
+                self._speak_end = now + duration
+                return PlayFile(path, self._next_prompt - self.first_reply)
             self._speak_end = now + self.prompt_ms[self._next_prompt]
             return Play(self._next_prompt)
         if self.state is BotState.SPEAKING and now >= self._speak_end:
@@ -239,10 +303,14 @@ class BotFlow:
             return None
         if self.state is BotState.LISTENING and lis.speech_since is not None:
             if lis.silent_for(now) >= self.endpoint_ms and lis.last_speech_ms is not None:
-                self.state = BotState.THINKING
                 self._next_prompt = self.replies_done + self.first_reply
+                if self.brain:
+                    self.state = BotState.WAITING
+                    return Ask(self.replies_done, lis.reset_at, lis.last_speech_ms)
+                self.state = BotState.THINKING
                 self.think_ms.append(round(self.think.sample(self.rng), 1))
-                self._due = lis.last_speech_ms + self.think_ms[-1]
+                self._due, queued = self._schedule(lis.last_speech_ms, self.think_ms[-1], self._next_prompt)
+                self.queued_ms.append(queued)
             return None
         if self.state is BotState.DONE and now >= self._due:
             self._due = float("inf")

@@ -75,25 +75,41 @@ def _guard(fn: Callable[[], T], *, crash_code: int | None = None) -> T:
 
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+Broker = Annotated[str | None, typer.Option(help="mqtt://HOST:PORT of an MQTT broker; default: embedded.",
+                                            envvar="VOICELOAD_BROKER")]
+Slos = Annotated[list[str] | None, typer.Option(
+    "--slo", help="Service level objective, repeatable, e.g. 'p95_turn_latency_ms<=1500' (docs/live-and-slo.md)."
+)]
+Channel = Annotated[str, typer.Option(
+    help="sip: voice calls to --target; rest: the turns as text to Rasa's REST channel at --rasa-url.")]
+RasaUrl = Annotated[str | None, typer.Option(
+    help="http://HOST:PORT of the Rasa server: each completed call's tracker is checked against the scenario's "
+         "intent:/action: fields; with --channel rest, the server to talk to.")]
+RasaToken = Annotated[str | None, typer.Option(help="Rasa's --auth-token.", envvar="VOICELOAD_RASA_TOKEN")]
 
 
 @app.command()
 def run(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
-    target: Annotated[str, typer.Option(help="SIP URI of the gateway/bot to call, e.g. sip:bot@127.0.0.1:5080.",
-                                        envvar="VOICELOAD_TARGET")],
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Calls kept in flight.")] = 1,
-    calls: Annotated[int, typer.Option("--calls", "-n", help="Total calls to place.")] = 1,
+    target: Annotated[str | None, typer.Option(
+        help="SIP URI of the gateway/bot to call, e.g. sip:bot@127.0.0.1:5080 (required with --channel sip).",
+        envvar="VOICELOAD_TARGET")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c",
+                                                    help="Calls kept in flight [default: 1].")] = None,
+    calls: Annotated[int | None, typer.Option("--calls", "-n", help="Total calls to place [default: 1].")] = None,
+    shape: Annotated[str | None, typer.Option(
+        help="Load shape instead of -c/-n, e.g. 'ramp:0-200/5m,constant:200/5m' (docs/shapes.md).")] = None,
+    max_rate: Annotated[float | None, typer.Option(help="New calls per second at most, over all agents.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<run id>).")] = None,
-    broker: Annotated[str | None, typer.Option(help="mqtt://HOST:PORT of an MQTT broker; default: embedded.",
-                                               envvar="VOICELOAD_BROKER")] = None,
+    broker: Broker = None,
     keep_tapes: Annotated[bool, typer.Option(help="Keep each call's tape WAV under OUT/tapes.")] = False,
-    slo: Annotated[list[str] | None, typer.Option(
-        "--slo", help="Service level objective, repeatable, e.g. 'p95_turn_latency_ms<=1500' (docs/live-and-slo.md)."
-    )] = None,
+    slo: Slos = None,
+    channel: Channel = "sip",
+    rasa_url: RasaUrl = None,
+    rasa_token: RasaToken = None,
     verbose: Verbose = False,
 ) -> None:
-    """Place CALLS calls with CONCURRENCY in flight against TARGET; write OUT/calls.jsonl + summary.json.
+    """Place CALLS calls with CONCURRENCY in flight (or follow a --shape) against TARGET; write the run dir.
 
     Exit code: 0 every SLO met, 1 an SLO failed, 2 bad input, 3 run invalid (generator or infrastructure).
     """
@@ -101,9 +117,22 @@ def run(
     from voiceload import coordinator
     from voiceload.collector import render_summary
 
+    if shape is not None and (concurrency is not None or calls is not None):
+        raise _fail("--shape replaces --concurrency/--calls: give one or the other")
+    if max_rate is not None and max_rate <= 0:
+        raise _fail(f"--max-rate {max_rate:g}: must be above 0 calls/s")
+    if channel not in ("sip", "rest"):
+        raise _fail(f"--channel {channel!r}: must be sip or rest")
+    if channel == "sip" and target is None:
+        raise _fail("--target is required with --channel sip (or set VOICELOAD_TARGET)")
+    if channel == "rest" and rasa_url is None:
+        raise _fail("--channel rest needs --rasa-url, the Rasa server to talk to")
     settings = coordinator.RunSettings(
-        scenario_path=scenario, target=target, concurrency=concurrency, calls=calls, out_dir=out or Path(),
-        broker_url=broker, keep_tapes=keep_tapes, slos=list(slo or []),
+        scenario_path=scenario, target=target if channel == "sip" and target else (rasa_url or ""),
+        concurrency=1 if concurrency is None else concurrency, calls=1 if calls is None else calls,
+        out_dir=out or Path(), broker_url=broker, keep_tapes=keep_tapes, slos=list(slo or []), shape=shape,
+        max_rate=max_rate, scenario_load=concurrency is None and calls is None,
+        channel=channel, rasa_url=rasa_url, rasa_token=rasa_token if rasa_url else None,
     )
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
@@ -129,16 +158,100 @@ def run(
 
 
 @app.command()
+def capacity(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
+    target: Annotated[str, typer.Option(help="SIP URI of the gateway/bot to call.", envvar="VOICELOAD_TARGET")],
+    slo: Slos = None,
+    start: Annotated[int, typer.Option(help="First concurrency level.")] = 10,
+    step: Annotated[int, typer.Option(help="Added to the concurrency after each level that met the SLOs.")] = 10,
+    hold: Annotated[str, typer.Option(help="How long each level is judged, e.g. 60s, 2m.")] = "60s",
+    max_concurrency: Annotated[int, typer.Option("--max", help="Highest level to try.")] = 200,
+    settle: Annotated[str | None, typer.Option(
+        help="Time at each new level before judging starts (default: one typical call).")] = None,
+    max_rate: Annotated[float | None, typer.Option(help="New calls per second at most, over all agents.")] = None,
+    max_host_cpu: Annotated[float, typer.Option(
+        help="Mean CPU of this host (% of all cores) over a level above which the generator is not trusted.")] = 90.0,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<run id>).")] = None,
+    broker: Broker = None,
+    verbose: Verbose = False,
+) -> None:
+    """Raise concurrency level by level until an SLO breaks (confirmed by a retry): the highest level that held.
+
+    Exit code: 0 a knee was found (or --max held), 1 even --start breaks the SLOs, 2 bad input,
+    3 the load generator saturated before the target broke (the answer is "at least N").
+    """
+    _setup_logging(verbose)
+    from voiceload import capacity as capacity_mod
+    from voiceload import coordinator
+    from voiceload.shape import parse_duration
+
+    def seconds(flag: str, text: str) -> float:
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise _fail(f"{flag} {text!r}: {exc}") from None
+
+    settings = coordinator.RunSettings(scenario_path=scenario, target=target, concurrency=start, calls=1,
+                                       out_dir=out or Path(), broker_url=broker, slos=list(slo or []))
+    if out is None:
+        settings.out_dir = Path("runs") / settings.run_id
+    cs = capacity_mod.CapacitySettings(
+        run=settings, start=start, step=step, hold_s=seconds("--hold", hold), max_concurrency=max_concurrency,
+        settle_s=seconds("--settle", settle) if settle is not None else None, max_rate=max_rate,
+        max_host_cpu=max_host_cpu,
+    )
+
+    def go() -> dict[str, Any]:
+        try:
+            return capacity_mod.run(cs)
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise _fail(f"capacity search failed: {exc}", EXIT_INVALID_RUN) from None
+
+    summary = _guard(go)
+    result = summary["capacity"]
+    _print_steps(result["steps"])
+    typer.echo(result["headline"])
+    typer.echo(f"run dir: {settings.out_dir} (report.html, capacity.json, calls.jsonl, summary.json)")
+    raise typer.Exit(int(result["exit_code"]))
+
+
+def _print_steps(steps: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="capacity search (latency in ms; calls judged: calls that ended in the level's window)",
+                  title_justify="left")
+    for col in ("level", "try", "judged", "ok", "calls/s", "turns", "p50", "p95", "CPU%", "verdict"):
+        table.add_column(col, justify="right" if col != "verdict" else "left", no_wrap=col != "verdict")
+    for st in steps:
+        verdict = ("generator saturated: " + "; ".join(st["invalid_reasons"]) if not st["valid"]
+                   else "met" if st["passed"] else "broke " + "; ".join(st["failed_slos"]))
+        table.add_row(str(st["concurrency"]), str(st["attempt"]), str(st["calls"]), str(st["completed"]),
+                      f"{st['calls_per_s']:.2f}", str(st["turns"]), _ms(st["p50_ms"]), _ms(st["p95_ms"]),
+                      _ms(st["host_cpu_percent"]), verdict)
+    Console().print(table)
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+@app.command()
 def agent(
     run_id: Annotated[str, typer.Option(help="Run id (topics are voiceload/v1/<run_id>/...).")],
     agent_id: Annotated[str, typer.Option(help="This agent's id, unique in the run.")],
     scenario: Annotated[Path, typer.Option(help="Scenario YAML file.")],
-    target: Annotated[str, typer.Option(help="SIP URI to call.")],
     broker: Annotated[str, typer.Option(help="mqtt://HOST:PORT.", envvar="VOICELOAD_BROKER")],
+    target: Annotated[str | None, typer.Option(help="SIP URI to call (required with --channel sip).")] = None,
     max_calls: Annotated[int | None, typer.Option(help="Calls in flight at most (default: pjsua2 limit).")] = None,
     tape_dir: Annotated[Path | None, typer.Option(help="Where call tapes are written (default: tmpfs).")] = None,
     keep_tapes: Annotated[bool, typer.Option(help="Keep tapes after measuring them.")] = False,
     bind: Annotated[str | None, typer.Option(help="Local IP for SIP/RTP (default: the one routing to TARGET).")] = None,
+    channel: Channel = "sip",
+    rasa_url: RasaUrl = None,
+    rasa_token: RasaToken = None,
     verbose: Verbose = False,
 ) -> None:
     """A call agent (spawned by `run`; run it yourself on other hosts against a shared broker)."""
@@ -148,6 +261,7 @@ def agent(
     _guard(lambda: agent_mod.run(
         run_id=run_id, agent_id=agent_id, scenario=scenario, target=target, broker_url=broker,
         tape_dir=tape_dir, keep_tapes=keep_tapes, max_calls=max_calls, bind=bind,
+        channel=channel, rasa_url=rasa_url, rasa_token=rasa_token,
     ), crash_code=EXIT_INVALID_RUN)
 
 
@@ -162,27 +276,68 @@ def bot(
     seed: Annotated[int | None, typer.Option(help="Seed for think-time draws.")] = None,
     tape_dir: Annotated[Path | None, typer.Option(help="Where call tapes are written (default: tmpfs).")] = None,
     keep_tapes: Annotated[bool, typer.Option(help="Keep tapes after measuring them.")] = False,
+    capacity: Annotated[int | None, typer.Option(
+        help="Serve utterances with this many workers, queueing the rest (docs/bot-model.md); default unbounded."
+    )] = None,
+    brain: Annotated[str, typer.Option(
+        help="Who answers the caller: 'scripted' speaks the scenario's prompts; 'rasa' makes the bot a voice "
+             "gateway (speech recognition → Rasa REST → speech synthesis) in front of --rasa-url."
+    )] = "scripted",
+    rasa_url: Annotated[str | None, typer.Option(help="http://HOST:PORT of a Rasa server (--brain rasa).")] = None,
+    rasa_token: Annotated[str | None, typer.Option(
+        help="Rasa's --auth-token, sent as ?token= (--brain rasa).", envvar="VOICELOAD_RASA_TOKEN"
+    )] = None,
     worker: Annotated[bool, typer.Option(hidden=True)] = False,
+    queue: Annotated[str | None, typer.Option(hidden=True, help="HOST:PORT of the front's work queue.")] = None,
     verbose: Verbose = False,
 ) -> None:
-    """The reference voice bot: answers, speaks the scenario's prompts, records its own truth per turn."""
+    """The reference voice bot: answers, speaks the scenario's prompts, records its own truth per turn.
+
+    With --brain rasa it is a reference voice gateway in front of Rasa: the scenario's greeting, then per utterance
+    speech recognition (grammar: the caller transcripts) → Rasa → the reply spoken in the bot's voice.
+    """
     _setup_logging(verbose)
     from voiceload import bot as bot_mod
+    from voiceload.asr import scenario_phrases
     from voiceload.callflow import ThinkTime
+    from voiceload.gateway import BRAINS, parse_rasa_url
     from voiceload.scenario import load_scenario
 
-    def go() -> None:
-        host, _, port_s = listen.rpartition(":")
+    def host_port(option: str, value: str) -> tuple[str, int]:
+        host, _, port_s = value.rpartition(":")
         if not host or not port_s.isdigit() or int(port_s) > 65535:
-            raise UserError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:5080")
+            raise UserError(f"{option} {value!r}: expected HOST:PORT, e.g. 127.0.0.1:5080")
+        return host, int(port_s)
+
+    def go() -> None:
+        host, port = host_port("--listen", listen)
         try:
             think = ThinkTime.parse(think_ms)
         except ValueError as exc:
             raise UserError(f"--think-ms: {exc}") from None
-        load_scenario(scenario)
+        if capacity is not None and capacity < 1:
+            raise UserError(f"--capacity {capacity}: expected a number of workers of at least 1")
+        url: str | None = None
+        if brain == "rasa":
+            if rasa_url is None:
+                raise UserError("--brain rasa needs --rasa-url http://HOST:PORT of the Rasa server")
+            url = parse_rasa_url(rasa_url)
+            if capacity is not None:
+                raise UserError("--capacity models a scripted bot's workers; with --brain rasa, Rasa's own "
+                                "capacity is what a run measures")
+        elif brain == "scripted":
+            if rasa_url is not None:
+                raise UserError("--rasa-url needs --brain rasa (the scripted brain speaks the scenario's prompts)")
+        else:
+            raise UserError(f"--brain {brain!r}: expected one of {', '.join(BRAINS)}")
+        sc = load_scenario(scenario)
+        if brain == "rasa":
+            scenario_phrases(sc)  # every turn needs a transcript: the recogniser's grammar is built from them
         settings = bot_mod.BotSettings(
-            host=host, port=int(port_s), scenario_path=scenario, think=think, truth_path=truth,
-            max_calls=max_calls, endpoint_ms=endpoint_ms, seed=seed, keep_tapes=keep_tapes,
+            host=host, port=port, scenario_path=scenario, think=think, truth_path=truth,
+            max_calls=max_calls, endpoint_ms=endpoint_ms, seed=seed, keep_tapes=keep_tapes, capacity=capacity,
+            queue=None if queue is None else host_port("--queue", queue),
+            brain=brain, rasa_url=url, rasa_token=rasa_token if brain == "rasa" else None,
         )
         if tape_dir is not None:
             settings.tape_dir = tape_dir

@@ -69,8 +69,10 @@ class Collector:
     """Collects one run: `await Collector().run(bus, ...)` returns the summary dict it also wrote."""
 
     def __init__(self, *, on_record: Callable[[CallRecord], None] | None = None,
+                 on_heartbeat: Callable[[Heartbeat], None] | None = None,
                  thresholds: HealthThresholds = DEFAULT_THRESHOLDS) -> None:
         self.on_record = on_record
+        self.on_heartbeat = on_heartbeat
         self.thresholds = thresholds
         self.health = GeneratorHealth()
         self.agent_states: dict[str, AgentState] = {}
@@ -175,7 +177,7 @@ class Collector:
         missing = self.expected_calls - self.received
         summary = summarize(
             self.records, run_id=run_id, scenario_name=scenario_name, target=target, concurrency=concurrency,
-            calls_planned=expected_calls, started_at=started, ended_at=time.time(), health=self.health,
+            calls_planned=self.expected_calls, started_at=started, ended_at=time.time(), health=self.health,
             thresholds=self.thresholds,
             extra_invalid_reasons=([f"{missing} calls missing"] if missing > 0 else [])
             + [f"agent {a} lost during the run (its unfinished calls are recorded as agent_lost)"
@@ -260,6 +262,8 @@ class Collector:
                 _check_sender(hb.run_id, hb.agent_id, self.run_id, parts.agent_id)
                 self.health.observe(hb)
                 self.latest_heartbeats[hb.agent_id] = hb
+                if self.on_heartbeat is not None:
+                    self.on_heartbeat(hb)
                 for index, blob in hb.latency_hdr.items():  # interval histograms: decode and add
                     self._turn_hist.setdefault(int(index), LatencyHistogram()).merge(LatencyHistogram.decode(blob))
             elif parts.kind == busmod.KIND_STATE:

@@ -12,24 +12,28 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from voiceload import bus
-from voiceload.agent import ScenarioAudio
+from voiceload.agent import CHANNEL_REST, CHANNEL_SIP, CHANNELS, ScenarioAudio
 from voiceload.bot import call_limit
 from voiceload.broker import EmbeddedBroker
 from voiceload.collector import SUMMARY_FILE, Collector, write_summary
 from voiceload.errors import UserError
 from voiceload.live import AgentHealth, LiveSnapshot, LiveView, RateMeter
-from voiceload.messages import AgentState, Assign
+from voiceload.messages import Assign, Heartbeat
 from voiceload.report import write_reports
+from voiceload.restagent import REST_CALL_LIMIT, parse_rasa_url, probe_rasa, rest_problems
 from voiceload.scenario import Scenario, load_scenario
+from voiceload.shape import LoadShape, parse_shape
 from voiceload.siplite import parse_sip_uri, probe_target
 from voiceload.slo import Slo, evaluate, exit_code, parse_slos
 
@@ -37,6 +41,8 @@ log = logging.getLogger("voiceload.coordinator")
 
 AGENT_READY_TIMEOUT_S = 30.0
 LIVE_PERIOD_S = 0.5
+SHAPE_PERIOD_S = 0.5  # how often a shape's target is re-read
+UNBOUNDED_CALLS = 1_000_000_000  # an agent's call quota in open-ended runs (shapes, capacity search)
 
 
 @dataclass
@@ -52,6 +58,12 @@ class RunSettings:
     agent_limit: int | None = None  # calls per agent; None: the pjsua2 build's limit
     progress: bool = True
     slos: list[str] = field(default_factory=list)  # --slo expressions, added to the scenario's
+    shape: str | None = None  # --shape: a load shape (voiceload/shape.py) instead of -c/-n
+    max_rate: float | None = None  # --max-rate: new calls per second at most, over all agents
+    scenario_load: bool = True  # follow the scenario's `load:` shape when there is no --shape (-c/-n turn it off)
+    channel: str = CHANNEL_SIP  # rest: the turns as text to Rasa's REST channel (target: the Rasa URL)
+    rasa_url: str | None = None  # --rasa-url: check each completed call's tracker; the server of --channel rest
+    rasa_token: str | None = None  # --rasa-token; reaches agents through their environment, not their argv
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -86,7 +98,18 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
     sa = ScenarioAudio.load(scenario)
     if settings.broker_url is not None:
         bus.parse_broker_url(settings.broker_url)
-    parse_sip_uri(settings.target)
+    if settings.channel not in CHANNELS:
+        raise UserError(f"--channel {settings.channel!r}: must be one of {', '.join(CHANNELS)}")
+    if settings.rasa_url is not None:
+        settings.rasa_url = parse_rasa_url(settings.rasa_url)
+    if settings.channel == CHANNEL_REST:
+        if settings.rasa_url is None:
+            raise UserError("--channel rest needs --rasa-url (the Rasa server to talk to)")
+        problems = rest_problems(scenario)
+        if problems:
+            raise UserError(problems[0])
+    else:
+        parse_sip_uri(settings.target)
     if (settings.out_dir / "calls.jsonl").exists():
         raise UserError(f"--out {settings.out_dir}: holds an earlier run's calls.jsonl; use a fresh directory")
     slos = parse_slos([*scenario.slos, *settings.slos])
@@ -100,20 +123,22 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
 async def run_async(settings: RunSettings) -> dict[str, Any]:
     """The whole run; returns summary.json's content, SLO verdicts included under `slo`."""
     scenario, sa, slos = validate(settings)
-    await probe_target(settings.target)
-    broker: EmbeddedBroker | None = None
-    if settings.broker_url is None:
-        broker = EmbeddedBroker()
-        broker.start()
-        address = broker.address
-    else:
-        address = bus.parse_broker_url(settings.broker_url)
-        await bus.check_broker(address)
-    try:
-        summary = await _orchestrate(settings, scenario, sa, address)
-    finally:
-        if broker is not None:
-            broker.stop()
+    shape = effective_shape(settings, scenario)
+    max_rate = settings.max_rate if settings.max_rate is not None else scenario.max_rate
+    async with run_infrastructure(settings) as address:
+        if shape is None:
+            rounds = math.ceil(settings.calls / settings.concurrency)
+            plan = RunPlan(
+                expected_calls=settings.calls, deadline_s=rounds * estimate_call_s(scenario, sa) * 1.5 + 60,
+                concurrency=settings.concurrency, drive=fixed_driver(settings.concurrency, settings.calls, max_rate),
+            )
+        else:
+            plan = RunPlan(
+                expected_calls=UNBOUNDED_CALLS, deadline_s=shape.duration_s + 3 * estimate_call_s(scenario, sa) + 120,
+                concurrency=shape.peak, drive=shape_driver(shape, max_rate, drain_s=2 * estimate_call_s(scenario, sa)),
+                shape=shape.text,
+            )
+        summary = await orchestrate(settings, scenario, address, plan)
     results = evaluate(slos, summary)
     summary["slo"] = [asdict(r) for r in results]
     summary["exit_code"] = exit_code(summary, results)
@@ -122,71 +147,209 @@ async def run_async(settings: RunSettings) -> dict[str, Any]:
     return summary
 
 
-async def _orchestrate(
-    settings: RunSettings, scenario: Scenario, sa: ScenarioAudio, address: bus.BrokerAddress
-) -> dict[str, Any]:
-    limit = settings.agent_limit or call_limit()
-    n_agents = max(1, math.ceil(settings.concurrency / limit))
-    n_agents = min(n_agents, settings.calls)
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    rounds = math.ceil(settings.calls / settings.concurrency)
-    deadline_s = rounds * estimate_call_s(scenario, sa) * 1.5 + 60
-    run_id = settings.run_id
-    log.info("run %s: %d agents x <=%d calls, deadline %.0f s", run_id, n_agents, limit, deadline_s)
+def effective_shape(settings: RunSettings, scenario: Scenario) -> LoadShape | None:
+    """--shape wins over the scenario's `load.shape`; None: the classic -c/-n run."""
+    if settings.shape is not None:
+        try:
+            return parse_shape(settings.shape)
+        except ValueError as exc:
+            raise UserError(f"--shape: {exc}") from None
+    return scenario.load_shape if settings.scenario_load else None
 
-    collector = Collector()
+
+@contextlib.asynccontextmanager
+async def run_infrastructure(settings: RunSettings) -> AsyncIterator[bus.BrokerAddress]:
+    """Probe the target (and Rasa), then give the run a broker: the user's (checked) or an embedded one."""
+    if settings.channel != CHANNEL_REST:
+        await probe_target(settings.target)
+    if settings.rasa_url is not None:
+        await probe_rasa(settings.rasa_url, settings.rasa_token)
+    if settings.broker_url is not None:
+        address = bus.parse_broker_url(settings.broker_url)
+        await bus.check_broker(address)
+        yield address
+        return
+    broker = EmbeddedBroker()
+    broker.start()
+    try:
+        yield broker.address
+    finally:
+        broker.stop()
+
+
+Driver = Callable[["Fleet"], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class RunPlan:
+    """How a run places its load: the driver sets the fleet's target over time."""
+
+    expected_calls: int  # UNBOUNDED_CALLS: open-ended, the driver says when it is over
+    deadline_s: float
+    concurrency: int  # for the summary and the live view's header: the (peak) target
+    drive: Driver
+    shape: str | None = None
+
+
+def fixed_driver(concurrency: int, calls: int, max_rate: float | None) -> Driver:
+    """The classic run: CALLS calls, CONCURRENCY in flight, split over the agents once."""
+
+    async def drive(fleet: Fleet) -> None:
+        await fleet.set_target(concurrency, calls=calls, max_rate=max_rate)
+
+    return drive
+
+
+def shape_driver(shape: LoadShape, max_rate: float | None, *, drain_s: float) -> Driver:
+    """Follow the shape's target twice a second; at its end stop placing calls and let calls in flight end."""
+
+    async def drive(fleet: Fleet) -> None:
+        await fleet.grow(fleet.agents_for(shape.peak))
+        began = time.monotonic()
+        while (t := time.monotonic() - began) < shape.duration_s:
+            await fleet.set_target(shape.concurrency_at(t), max_rate=max_rate)
+            await asyncio.sleep(SHAPE_PERIOD_S)
+        await fleet.finish(timeout_s=drain_s + 60)
+
+    return drive
+
+
+async def orchestrate(
+    settings: RunSettings, scenario: Scenario, address: bus.BrokerAddress, plan: RunPlan,
+    *, on_heartbeat: Callable[[Heartbeat], None] | None = None,
+) -> dict[str, Any]:
+    """Collector up, agents spawned as the driver needs them, load driven, everything stopped."""
+    limit = settings.agent_limit or (REST_CALL_LIMIT if settings.channel == CHANNEL_REST else call_limit())
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = settings.run_id
+    log.info("run %s: agents of <=%d calls, deadline %.0f s", run_id, limit, plan.deadline_s)
+
+    collector = Collector(on_heartbeat=on_heartbeat)
     async with bus.Bus(address, client_id=f"vl-coord-{run_id}") as b:
-        await b.subscribe(bus.topic_agent_state(run_id))
         # given the address, the collector keeps a persistent session: it survives reconnects
         collect_task = asyncio.create_task(
             collector.run(
-                address, run_id=run_id, out_dir=settings.out_dir, expected_calls=settings.calls,
-                deadline_s=deadline_s, scenario_name=scenario.name, target=settings.target,
-                concurrency=settings.concurrency,
+                address, run_id=run_id, out_dir=settings.out_dir, expected_calls=plan.expected_calls,
+                deadline_s=plan.deadline_s, scenario_name=scenario.name, target=settings.target,
+                concurrency=plan.concurrency,
             )
         )
         await asyncio.wait_for(collector.ready.wait(), 10)  # subscribed before any agent can publish
-        agent_ids = [f"a{i}" for i in range(n_agents)]
-        procs = {aid: _spawn_agent(settings, aid, address, limit) for aid in agent_ids}
-        fleet = Fleet(run_id, limit, procs, collector, b)
-        progress = asyncio.create_task(_live(collector, fleet, settings, scenario)) if settings.progress else None
-        watcher: asyncio.Task[None] | None = None
+        fleet = Fleet(settings, address, limit, collector, b)
+        progress = (asyncio.create_task(_live(collector, fleet, settings, scenario, plan))
+                    if settings.progress else None)
+        watcher = asyncio.create_task(fleet.watch())
+        driving = asyncio.create_task(plan.drive(fleet))
         try:
-            await _await_ready(b, run_id, agent_ids, list(procs.values()))
-            for aid, conc, calls in zip(
-                agent_ids, split(settings.concurrency, n_agents), split(settings.calls, n_agents), strict=True
-            ):
-                fleet.assigned[aid] = [conc, calls]
-                await fleet.send(aid)
-            watcher = asyncio.create_task(fleet.watch())
+            done, _ = await asyncio.wait({driving, collect_task}, return_when=asyncio.FIRST_COMPLETED)
+            if driving in done:
+                driving.result()  # a driver's failure is the run's failure
             summary = await collect_task
         finally:
-            for task in (progress, watcher):
+            for task in (progress, watcher, driving):
                 if task is not None:
                     task.cancel()
-            for aid in agent_ids:
-                with contextlib.suppress(Exception):
-                    await b.publish(bus.topic_control(run_id, aid), Assign(run_id, aid, 0, 0, stop=True), qos=1,
-                                    timeout_s=5)
-            await _reap(list(procs.values()))
+            await fleet.stop_all()
+            await _reap(list(fleet.procs.values()))
             if not collect_task.done():
                 collect_task.cancel()
     return summary
 
 
 class Fleet:
-    """The run's agent processes: who has which share, and what happens when one dies."""
+    """The run's agent processes: who has which share, and what happens when one dies.
 
-    def __init__(self, run_id: str, limit: int, procs: dict[str, subprocess.Popen[bytes]], collector: Collector,
+    Open-ended drivers (shapes, the capacity search) give agents an unbounded call quota and
+    move the target; the classic run gives each agent a fixed number of calls.
+    """
+
+    def __init__(self, settings: RunSettings, address: bus.BrokerAddress, limit: int, collector: Collector,
                  b: bus.Bus) -> None:
-        self.run_id, self.limit, self.procs, self.collector, self.bus = run_id, limit, procs, collector, b
+        self.settings, self.address, self.limit, self.collector, self.bus = settings, address, limit, collector, b
+        self.run_id = settings.run_id
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.assigned: dict[str, list[int]] = {}  # agent -> [concurrency, calls]
-        self.alive = set(procs)  # still running
+        self.alive: set[str] = set()  # spawned and still running
         self.lost: set[str] = set()  # exited with an error or killed
+        self.target = 0
+        self.calls: int | None = None  # None: open-ended
+        self.max_rate: float | None = None
+        self._rates: dict[str, float | None] = {}
+
+    def agents_for(self, concurrency: int) -> int:
+        return max(1, math.ceil(concurrency / self.limit))
+
+    async def grow(self, n: int) -> None:
+        """Have at least `n` live agents: spawn the missing ones and wait until they are ready."""
+        new = []
+        while len(self.alive) < n:
+            aid = f"a{len(self.procs)}"
+            self.procs[aid] = _spawn_agent(self.settings, aid, self.address, self.limit)
+            self.alive.add(aid)
+            self.assigned[aid] = [0, 0]
+            new.append(aid)
+        if new:
+            await _await_ready(self.collector, new, [self.procs[a] for a in new])
+
+    async def set_target(self, concurrency: int, *, calls: int | None = None, max_rate: float | None = None) -> None:
+        """Spread `concurrency` (and `calls`, when bounded) over live agents, spawning more if needed."""
+        if concurrency == self.target and calls == self.calls and max_rate == self.max_rate and self.assigned:
+            return
+        self.target, self.calls, self.max_rate = concurrency, calls, max_rate
+        want = self.agents_for(concurrency)
+        if calls is not None:
+            want = min(want, calls)
+        await self.grow(want)
+        await self._spread()
+
+    async def _spread(self) -> None:
+        live = sorted(self.alive, key=_agent_number)
+        if not live:
+            return
+        # fill agents in order: the others keep no calls (and cost no CPU) until the target grows
+        n_users = min(len(live), self.agents_for(self.target))
+        if self.calls is not None:
+            n_users = max(1, min(n_users, self.calls))
+        users = live[:n_users]
+        conc = dict(zip(users, split(self.target, n_users), strict=True))
+        quota = dict(zip(users, split(self.calls, n_users), strict=True)) if self.calls is not None else {}
+        for aid in live:
+            c = conc.get(aid, 0)
+            n = quota.get(aid, 0) if self.calls is not None else UNBOUNDED_CALLS
+            rate = self.max_rate / n_users if self.max_rate and c else None
+            if [c, n] != self.assigned[aid] or rate != self._rates.get(aid):
+                self.assigned[aid] = [c, n]
+                self._rates[aid] = rate
+                await self.send(aid)
 
     async def send(self, aid: str) -> None:
         conc, calls = self.assigned[aid]
-        await self.bus.publish(bus.topic_control(self.run_id, aid), Assign(self.run_id, aid, conc, calls), qos=1)
+        await self.bus.publish(bus.topic_control(self.run_id, aid),
+                               Assign(self.run_id, aid, conc, calls, max_starts_per_s=self._rates.get(aid)), qos=1)
+
+    async def finish(self, *, timeout_s: float) -> None:
+        """Open-ended runs: stop placing calls, wait (bounded) for every agent to report its last record."""
+        await self.stop_all()
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            pending = [a for a in self.alive if not self._done(a)]
+            if not pending:
+                break
+            await asyncio.sleep(0.2)
+        placed = sum(st.placed for st in self.collector.agent_states.values())
+        # lost agents' calls were already recorded as agent_lost by `_lost`
+        self.collector.expected_calls = max(placed, self.collector.received)
+        self.collector.finish()
+
+    def _done(self, aid: str) -> bool:
+        st = self.collector.agent_states.get(aid)
+        return (st is not None and st.state == "done") or self.procs[aid].poll() is not None
+
+    async def stop_all(self) -> None:
+        for aid in sorted(self.alive):
+            with contextlib.suppress(Exception):
+                await self.bus.publish(bus.topic_control(self.run_id, aid), Assign(self.run_id, aid, 0, 0, stop=True),
+                                       qos=1, timeout_s=5)
 
     async def watch(self) -> None:
         """An agent process that exits with an error (or is killed) is lost: record and replace its share."""
@@ -204,27 +367,35 @@ class Fleet:
     async def _lost(self, aid: str, code: int) -> None:
         state = self.collector.agent_states.get(aid)
         added, placed = self.collector.mark_agent_lost(aid, state.placed if state else 0)
-        conc, calls = self.assigned.get(aid, [0, 0])
-        remaining = max(0, calls - placed)
+        _, calls = self.assigned.get(aid, [0, 0])
+        remaining = max(0, calls - placed) if self.calls is not None else 0
         self.assigned[aid] = [0, placed]
         survivors = sorted(self.alive)
+        moved = f"{remaining} unplaced calls" if self.calls is not None else "its share of the target"
         print(f"[voiceload] agent {aid} lost (exit code {code}): {added} calls recorded as agent_lost; "
-              f"{remaining} unplaced calls move to {', '.join(survivors) or 'no agent'}", file=sys.stderr, flush=True)
+              f"{moved} move to {', '.join(survivors) or 'no agent'}", file=sys.stderr, flush=True)
         if not survivors:
-            self.collector.expected_calls -= remaining
-            if self.collector.received >= self.collector.expected_calls:
-                self.collector.finish()
+            if self.calls is not None:
+                self.collector.expected_calls -= remaining
+                if self.collector.received >= self.collector.expected_calls:
+                    self.collector.finish()
             return
-        for sid, extra_conc, extra_calls in zip(
-            survivors, split(conc, len(survivors)), split(remaining, len(survivors)), strict=True
-        ):
-            share = self.assigned[sid]
-            share[0] = min(self.limit, share[0] + extra_conc)
-            share[1] += extra_calls
-            try:
-                await self.send(sid)
-            except bus.BusError as exc:
-                log.error("could not reassign to agent %s: %s", sid, exc)
+        if self.calls is not None:
+            # the lost agent's unplaced calls go to the survivors, on top of what each was given
+            for sid, extra in zip(survivors, split(remaining, len(survivors)), strict=True):
+                self.assigned[sid][1] += extra
+            self.calls = sum(self.assigned[s][1] for s in survivors)
+        try:
+            await self._respread()
+        except bus.BusError as exc:
+            log.error("could not reassign agent %s's share: %s", aid, exc)
+
+    async def _respread(self) -> None:
+        """After a loss: the same target over the survivors (each capped at its call limit)."""
+        live = sorted(self.alive, key=_agent_number)
+        for aid, conc in zip(live, split(self.target, len(live)), strict=True):
+            self.assigned[aid][0] = min(self.limit, conc)
+            await self.send(aid)
 
 
 def _spawn_agent(
@@ -232,45 +403,47 @@ def _spawn_agent(
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable, "-m", "voiceload", "agent", "--run-id", settings.run_id, "--agent-id", agent_id,
-        "--scenario", str(settings.scenario_path), "--target", settings.target, "--broker", address.url,
-        "--max-calls", str(limit),
+        "--scenario", str(settings.scenario_path), "--broker", address.url, "--max-calls", str(limit),
+        "--channel", settings.channel,
     ]
+    if settings.channel != CHANNEL_REST:
+        cmd += ["--target", settings.target]
+    if settings.rasa_url is not None:
+        cmd += ["--rasa-url", settings.rasa_url]
+    env = dict(os.environ)
+    env.pop("VOICELOAD_RASA_TOKEN", None)
+    if settings.rasa_token:  # not in argv, where any local user could read it
+        env["VOICELOAD_RASA_TOKEN"] = settings.rasa_token
     if settings.keep_tapes:
         cmd += ["--keep-tapes", "--tape-dir", str(settings.out_dir / "tapes")]
     # agents' own messages go to the run dir: the terminal belongs to the live view
     logs = settings.out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"agent-{agent_id}.log", "ab") as log_file:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
 
 
-async def _await_ready(b: bus.Bus, run_id: str, agent_ids: list[str], procs: list[subprocess.Popen[bytes]]) -> None:
-    waiting = set(agent_ids)
+def _agent_number(agent_id: str) -> int:
+    return int(agent_id[1:])
 
-    async def listen() -> None:
-        async for _topic, payload in b.messages():
-            st = AgentState.parse_or_warn(payload, log)
-            if st is None:
-                continue
-            if st.run_id == run_id and st.state == "ready":
-                waiting.discard(st.agent_id)
-                if not waiting:
-                    return
-            elif st.state == "error":
-                raise RuntimeError(f"agent {st.agent_id} failed: {st.detail}")
 
-    task = asyncio.create_task(listen())
+async def _await_ready(collector: Collector, agent_ids: list[str], procs: list[subprocess.Popen[bytes]]) -> None:
+    """Bounded wait until each new agent announced `ready` (the collector sees every agent state)."""
     end = time.monotonic() + AGENT_READY_TIMEOUT_S
-    while not task.done():
+    while True:
+        states = [collector.agent_states.get(a) for a in agent_ids]
+        failed = [st for st in states if st is not None and st.state == "error"]
+        if failed:
+            raise RuntimeError(f"agent {failed[0].agent_id} failed: {failed[0].detail}")
+        if all(st is not None and st.state in ("ready", "done") for st in states):
+            return
         dead = [p for p in procs if p.poll() is not None]
         if dead:
-            task.cancel()
             raise RuntimeError(f"an agent process exited during start-up (exit code {dead[0].returncode})")
         if time.monotonic() > end:
-            task.cancel()
-            raise RuntimeError(f"agents not ready after {AGENT_READY_TIMEOUT_S:.0f} s: {sorted(waiting)}")
+            waiting = [a for a, st in zip(agent_ids, states, strict=True) if st is None]
+            raise RuntimeError(f"agents not ready after {AGENT_READY_TIMEOUT_S:.0f} s: {waiting}")
         await asyncio.sleep(0.05)
-    task.result()
 
 
 async def _reap(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None:
@@ -287,22 +460,24 @@ async def _reap(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -
             p.kill()
 
 
-async def _live(collector: Collector, fleet: Fleet, settings: RunSettings, scenario: Scenario) -> None:
+async def _live(collector: Collector, fleet: Fleet, settings: RunSettings, scenario: Scenario,
+                plan: RunPlan) -> None:
     """Feed the live view from the collector's records and the agents' latest heartbeats."""
     started = time.monotonic()
     rate = RateMeter()
-    with LiveView(settings.calls, settings.concurrency, scenario.name, settings.target) as view:
+    total = plan.expected_calls if plan.expected_calls != UNBOUNDED_CALLS else 0
+    with LiveView(total, plan.concurrency, scenario.name, settings.target) as view:
         while True:
             now = time.monotonic()
             latest = collector.latest_heartbeats
             agents = [
                 AgentHealth(aid, hb.active_calls if hb else 0, hb.cpu_percent if hb else None,
                             hb.pump_lag_ms_max if hb else None, alive=aid not in fleet.lost)
-                for aid in sorted(fleet.procs) for hb in [latest.get(aid)]
+                for aid in sorted(fleet.procs, key=_agent_number) for hb in [latest.get(aid)]
             ]
             turns = collector.turn_percentiles()
             view.update(LiveSnapshot(
-                elapsed_s=now - started, target_concurrency=settings.concurrency,
+                elapsed_s=now - started, target_concurrency=fleet.target,
                 active_calls=sum(a.active_calls for a in agents if a.alive),
                 started=sum(hb.placed for hb in latest.values()),
                 completed=collector.completed, failed=collector.failed,

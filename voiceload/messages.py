@@ -172,6 +172,7 @@ class Assign(Message):
     concurrency: int
     calls: int
     stop: bool = False  # stop placing new calls (in-flight calls finish)
+    max_starts_per_s: float | None = None  # this agent's share of the run's call-start cap; None: its default
 
 
 @dataclass

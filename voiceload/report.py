@@ -396,6 +396,9 @@ def render_html(run: RunData, slos: Sequence[SloResult] = ()) -> str:
                 f"<td>{_e(measured)}</td><td>{_e(x.op)} {x.threshold:g}</td><td>{res}</td></tr>")
         add("</table>")
 
+    if isinstance(s.get("capacity"), dict):
+        add(_capacity_section(s["capacity"]))
+
     add("<h2>Summary</h2>")
     add(_summary_tables(s, run.series))
 
@@ -435,6 +438,62 @@ def render_html(run: RunData, slos: Sequence[SloResult] = ()) -> str:
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{_e(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
             + "\n".join(parts) + "\n</main></body></html>\n")
+
+
+def _capacity_section(cap: dict[str, Any]) -> str:
+    """`voiceload capacity`: the answer, the per-level table and latency vs concurrency per level."""
+    steps = cap.get("steps") or []
+    out = [f"<h2>Capacity search</h2><p><b>{_e(cap.get('headline', ''))}</b></p>",
+           f"<p class='sub'>levels {_e(cap.get('start'))}, +{_e(cap.get('step'))} … ≤ {_e(cap.get('max'))}; "
+           f"each held {_e(cap.get('hold_s'))} s after {_e(cap.get('settle_s'))} s to settle; SLOs: "
+           + ", ".join(f"<code>{_e(x)}</code>" for x in cap.get("slos", [])) + "</p>",
+           "<table><tr><th>calls in flight</th><th>try</th><th>calls judged</th><th>completed</th><th>calls/s</th>"
+           "<th>turns</th><th>p50 ms</th><th>p95 ms</th><th>host CPU %</th><th class='text'>verdict</th></tr>"]
+    for st in steps:
+        if not st.get("valid", True):
+            verdict = "<span class='bad'>generator saturated</span>: " + _e("; ".join(st["invalid_reasons"]))
+        elif st.get("passed"):
+            verdict = "<span class='good'>SLOs met</span>"
+        else:
+            verdict = "<span class='bad'>broke</span> " + _e("; ".join(st["failed_slos"]))
+        cpu = st.get("host_cpu_percent")
+        out.append(f"<tr><td>{st['concurrency']}</td><td>{st['attempt']}</td><td>{st['calls']}</td>"
+                   f"<td>{st['completed']}</td><td>{st['calls_per_s']:.2f}</td><td>{st['turns']}</td>"
+                   f"<td>{fmt_ms(st['p50_ms'])}</td><td>{fmt_ms(st['p95_ms'])}</td>"
+                   f"<td>{'–' if cpu is None else f'{cpu:.0f}'}</td><td class='text'>{verdict}</td></tr>")
+    out.append("</table>")
+    out.append(_figure_html(plot_capacity(cap), "Turn latency at each level of the search, judged on the calls that "
+                                                "ended in the level's window; red: the latency SLO."))
+    return "".join(out)
+
+
+def plot_capacity(cap: dict[str, Any]) -> Figure:
+    fig, ax = _titled_plot("Latency vs concurrency (capacity search)", "calls in flight", "turn latency (ms)")
+    steps = [st for st in cap.get("steps") or [] if st.get("p95_ms") is not None]
+    if not steps:
+        _no_data(ax, "turn latency measured")
+        return fig
+    x = [st["concurrency"] for st in steps]
+    ax.plot(x, [st["p95_ms"] for st in steps], color=ORANGE, marker="o", linewidth=1.6, label="p95")
+    ax.plot(x, [st["p50_ms"] for st in steps], color=BLUE, marker="o", linewidth=1.6, label="p50")
+    for st in steps:
+        if not st.get("valid", True) or not st.get("passed"):
+            ax.plot([st["concurrency"]], [st["p95_ms"]], marker="x", color=RED, markersize=10, linestyle="none")
+    limits = [_threshold(expr) for expr in cap.get("slos", []) if "turn" in expr and "latency" in expr]
+    for lim in limits:
+        if lim is not None:
+            ax.axhline(lim, color=RED, linestyle=":", linewidth=1.5, label=f"SLO {lim:g} ms")
+    if cap.get("knee") is not None:
+        ax.axvline(cap["knee"], color=GREEN, linestyle="--", linewidth=1, label=f"knee {cap['knee']}")
+    top = max([st["p95_ms"] for st in steps] + [v for v in limits if v is not None])
+    ax.set_ylim(0, top * 1.3)
+    ax.legend(loc="upper left", frameon=False, ncols=4, fontsize=9)
+    return fig
+
+
+def _threshold(expr: str) -> float | None:
+    m = re.search(r"[<>]=?\s*([0-9.]+)\s*$", expr)
+    return float(m.group(1)) if m else None
 
 
 def _kpi(label: str, value_html: str, detail: str) -> str:

@@ -27,6 +27,7 @@ class Prompt:
 
     path: Path  # absolute
     max_wait_ms: int  # the bot must start speaking within this time (after answer / after the caller's turn)
+    transcript: str | None = None  # what the bot says: the expected reply text on text channels
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Turn:
     caller: Path  # absolute path of the caller recording (8 kHz mono WAV)
     transcript: str | None  # what the caller says (for text channels and speech recognition)
     reply: Prompt | None  # the bot prompt expected after this utterance; None: any speech will do
+    intent: str | None = None  # the Rasa intent this utterance must be classified as (checked in the tracker)
+    action: str | None = None  # a bot action that must run after this utterance (checked in the tracker)
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,8 @@ TOP_KEYS = (
     "version", "name", "description", "silence_gap_ms", "answer_timeout_ms", "max_call_ms",
     "greeting", "turns", "hangup", "slo", "load",
 )
-PROMPT_KEYS = ("prompt", "max_wait_ms")
-TURN_KEYS = ("caller", "transcript", "reply")
+PROMPT_KEYS = ("prompt", "max_wait_ms", "transcript")
+TURN_KEYS = ("caller", "transcript", "reply", "intent", "action")
 HANGUP_KEYS = ("by", "after_ms")
 HANGUP_BY = ("caller", "bot")
 LOAD_KEYS = ("shape", "max_rate")
@@ -226,9 +229,10 @@ class _Validator:
         prompt_node = self.required(node, keys, fld, "prompt")
         wav = self.wav(prompt_node, f"{fld}.prompt") if prompt_node is not None else None
         max_wait_ms = self.integer(keys, fld, "max_wait_ms", DEFAULT_MAX_WAIT_MS)
-        if wav is None or max_wait_ms is None:
+        transcript, transcript_ok = self.transcript(keys, prompt_node, f"{fld}.transcript")
+        if wav is None or max_wait_ms is None or not transcript_ok:
             return None
-        return Prompt(path=wav, max_wait_ms=max_wait_ms)
+        return Prompt(path=wav, max_wait_ms=max_wait_ms, transcript=transcript)
 
     def turns(self, root: yaml.Node, top: dict[str, yaml.Node]) -> tuple[Turn, ...] | None:
         node = self.required(root, top, "", "turns")
@@ -254,32 +258,49 @@ class _Validator:
             return None
         caller_node = self.required(node, keys, fld, "caller")
         caller = self.wav(caller_node, f"{fld}.caller") if caller_node is not None else None
-        transcript: str | None = None
-        transcript_ok = True
-        if "transcript" in keys and _tag(keys["transcript"]) != "null":
-            transcript = self.string(keys["transcript"], f"{fld}.transcript", allow_empty=False)
-            transcript_ok = transcript is not None
-            transcript = transcript.strip() if transcript is not None else None
-        elif caller_node is not None and _tag(caller_node) == "str":
-            transcript, transcript_ok = self.sidecar(caller_node, f"{fld}.transcript")
+        transcript, transcript_ok = self.transcript(keys, caller_node, f"{fld}.transcript")
         reply: Prompt | None = None
         reply_ok = True
         if "reply" in keys and _tag(keys["reply"]) != "null":
             reply = self.prompt(keys["reply"], f"{fld}.reply")
             reply_ok = reply is not None
-        if caller is None or not transcript_ok or not reply_ok:
+        intent, intent_ok = self.name(keys, fld, "intent")
+        action, action_ok = self.name(keys, fld, "action")
+        if caller is None or not transcript_ok or not reply_ok or not intent_ok or not action_ok:
             return None
-        return Turn(index=index, caller=caller, transcript=transcript, reply=reply)
+        return Turn(index=index, caller=caller, transcript=transcript, reply=reply, intent=intent, action=action)
 
-    def sidecar(self, caller_node: yaml.Node, fld: str) -> tuple[str | None, bool]:
-        """The transcript beside the caller recording (same name, .txt), if there is one."""
-        txt = (self.base / str(caller_node.value)).with_suffix(".txt")
+    def transcript(self, keys: dict[str, yaml.Node], wav_node: yaml.Node | None, fld: str) -> tuple[str | None, bool]:
+        """A `transcript:` written in the scenario, else the recording's .txt sidecar; (text, valid)."""
+        if "transcript" in keys and _tag(keys["transcript"]) != "null":
+            text = self.string(keys["transcript"], fld, allow_empty=False)
+            return (text.strip() if text is not None else None), text is not None
+        if wav_node is not None and _tag(wav_node) == "str":
+            return self.sidecar(wav_node, fld)
+        return None, True
+
+    def name(self, keys: dict[str, yaml.Node], parent: str, key: str) -> tuple[str | None, bool]:
+        """An optional Rasa intent or action name: one word, as it appears in the domain and the tracker."""
+        if key not in keys or _tag(keys[key]) == "null":
+            return None, True
+        fld = _join(parent, key)
+        value = self.string(keys[key], fld, allow_empty=False)
+        if value is None:
+            return None, False
+        if value != value.strip() or any(c.isspace() for c in value):
+            self.add(keys[key], fld, f"must be one {key} name without spaces, as in the bot's domain; got {value!r}")
+            return None, False
+        return value, True
+
+    def sidecar(self, wav_node: yaml.Node, fld: str) -> tuple[str | None, bool]:
+        """The transcript beside a recording (same name, .txt), if there is one."""
+        txt = (self.base / str(wav_node.value)).with_suffix(".txt")
         if not txt.is_file():
             return None, True
         try:
             text = txt.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            self.add(caller_node, fld, f"cannot read the transcript file {txt}: {exc}")
+            self.add(wav_node, fld, f"cannot read the transcript file {txt}: {exc}")
             return None, False
         return (text or None), True
 

@@ -6,13 +6,16 @@ Rules it enforces, learnt the hard way (ARCHITECTURE.md §3):
 - pjsua2 objects (calls, players, recorders) are never freed inside a callback: finished ones
   are parked and released by `collect()` on the next pump turn;
 - `shutdown()` hangs up, pumps, releases, and only then destroys the library;
-- the per-process call limit is read from the library (`pjsua_call_get_max_count`), never assumed.
+- the per-process call limit is read from the library (`pjsua_call_get_max_count`), never assumed;
+- a call slot is free only when pjsua says so (`slots_in_use`), not when a call looks ended: a local
+  hangup reports DISCONNECTED at once but holds the slot until the BYE/CANCEL is answered.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -38,6 +41,12 @@ WAV_HEADER_BYTES = 44
 TAPE_CLOSE_TIMEOUT_S = 1.0
 RTP_PORT_MIN, RTP_PORT_MAX = 10_000, 60_000
 PORTS_PER_CALL = 3  # conference ports: the call's stream, its tape recorder, its current player
+PJ_ETOOMANY = 70010  # pj_status_t of "no free call slot"
+SLOT_RETRY_S = 0.02  # how soon a caller refused with SlotsBusy should try again (a BYE round trip or so)
+
+
+class SlotsBusy(Exception):
+    """Every pjsua call slot is held, some maybe by calls still hanging up: nothing was placed, try again."""
 
 
 @contextlib.contextmanager
@@ -56,6 +65,7 @@ def _quiet_stdout() -> Iterator[None]:
         os.close(devnull)
 
 
+@functools.cache
 def _lib() -> ctypes.CDLL:
     return ctypes.CDLL(pj._pjsua2.__file__)
 
@@ -93,7 +103,12 @@ class SipCall(pj.Call):
         self.local_hangup = False
         self.tape: Tape | None = None
         self.players: list[pj.AudioMediaPlayer] = []
+        self.invite = ""  # an incoming call's INVITE as received (for its headers)
         self.app: Any = None  # the role's per-call state
+        # close() and release() act once per call: several state events of one call can wait in
+        # `events` and all see DISCONNECTED (a call rejected before its CALLING event was handled)
+        self.closed = False
+        self.released = False
 
     # --- callbacks: record, queue, return ---------------------------------------------------
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
@@ -166,6 +181,16 @@ class SipCall(pj.Call):
         except pj.Error:
             return 0
 
+    def header(self, name: str) -> str | None:
+        """The value of header `name` on an incoming call's INVITE (first occurrence), None if absent."""
+        want = name.lower()
+        head = self.invite.replace("\r\n", "\n").split("\n\n", 1)[0]
+        for line in head.split("\n")[1:]:
+            key, sep, value = line.partition(":")
+            if sep and key.strip().lower() == want:
+                return value.strip()
+        return None
+
     def hangup_now(self, code: int = 200) -> None:
         if self.state == pj.PJSIP_INV_STATE_DISCONNECTED or self.local_hangup:
             return
@@ -225,6 +250,10 @@ class Tape:
             return True  # nothing to wait for
         return len(head) == 8 and int.from_bytes(head[4:8], "little") == size - 8
 
+    def index_at(self, t: float) -> int:
+        """The tape sample written at monotonic time `t` (the bridge writes CLOCK_RATE samples a second)."""
+        return max(0, round((t - self.started) * CLOCK_RATE))
+
 
 
 def read_tape(path: Path) -> np.ndarray:
@@ -238,6 +267,23 @@ def read_tape(path: Path) -> np.ndarray:
     return np.asarray(data, dtype=np.int16).reshape(-1)
 
 
+def read_tape_span(path: Path, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of a tape that may still be recording, as far as they are on disk.
+
+    While recording, pjmedia's WAV header still says the file is empty and its writer buffers a
+    few hundred ms, so the header is skipped, not parsed, and the span may come back short.
+    """
+    if stop <= start:
+        return np.zeros(0, dtype=np.int16)
+    try:
+        with open(path, "rb") as f:
+            f.seek(WAV_HEADER_BYTES + 2 * start)
+            data = f.read(2 * (stop - start))
+    except OSError:
+        return np.zeros(0, dtype=np.int16)
+    return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.int16)
+
+
 class _Account(pj.Account):
     def __init__(self, stack: SipStack) -> None:
         super().__init__()
@@ -247,6 +293,7 @@ class _Account(pj.Account):
         call = self.stack.adopt(prm.callId)
         ci = call.getInfo()
         call.sip_call_id = ci.callIdString
+        call.invite = str(prm.rdata.wholeMsg)
         call.times.invite = time.monotonic()
         self.stack.calls.add(call)
         self.stack.events.append((call, "incoming"))
@@ -315,6 +362,16 @@ class SipStack:
         self.account.create(acfg)
         self.ep = ep
 
+    def slots_in_use(self) -> int:
+        """Call slots pjsua holds: live calls, and calls that already look DISCONNECTED to us.
+
+        A local hangup makes pjsua report DISCONNECTED at once (pjproject's "immediate hangup",
+        #2600) while the slot stays taken until the BYE or CANCEL transaction ends: one round trip
+        to the far end, 32 s if it never answers. `calls` drops a call on `release()`, which can be
+        earlier than that, so `len(calls)` alone undercounts what `makeCall` will find.
+        """
+        return int(_lib().pjsua_call_get_count())
+
     @property
     def closing(self) -> int:
         """Calls that ended and wait for their tape to be complete on disk."""
@@ -334,7 +391,10 @@ class SipStack:
         self.ep.libHandleEvents(timeout_ms)
 
     def make_call(self, uri: str, headers: dict[str, str] | None = None) -> SipCall:
+        """Place a call; `SlotsBusy` (nothing placed, nothing to report) while pjsua has no free slot."""
         assert self.account is not None
+        if self.slots_in_use() >= self.max_calls:
+            raise SlotsBusy(f"all {self.max_calls} pjsua call slots held ({len(self.calls)} calls live)")
         call = self._pool.pop() if self._pool else SipCall(self, self.account)
         call.reset()
         prm = pj.CallOpParam(True)
@@ -346,9 +406,11 @@ class SipStack:
         self.calls.add(call)
         try:
             call.makeCall(uri, prm)
-        except pj.Error:
+        except pj.Error as exc:
             self.calls.discard(call)
             self._pool.append(call)
+            if exc.status == PJ_ETOOMANY:  # a slot taken behind our back: the same as the check above
+                raise SlotsBusy(exc.info().strip()) from exc
             raise
         call.sip_call_id = call.getInfo().callIdString
         return call
@@ -363,8 +425,12 @@ class SipStack:
 
         Since pjproject 2.14 the bridge removes ports on its own clock thread, so a recorder's
         WAV header is written a tick or two after the recorder is dropped; `collect()` waits
-        for it (bounded) instead of reading a half-written tape.
+        for it (bounded) instead of reading a half-written tape. A second close of the same call is
+        ignored: running `then` twice would report the call twice and pool its object twice.
         """
+        if call.closed:
+            return
+        call.closed = True
         call.close_media()
         self._closing.append((time.monotonic() + TAPE_CLOSE_TIMEOUT_S, call, then))
 
@@ -393,6 +459,9 @@ class SipStack:
         mid-run can kill a live one. So finished objects are recycled, and only destroyed in
         `shutdown()` once no call is active.
         """
+        if call.released:  # pooled twice, one object would serve two live calls
+            return
+        call.released = True
         self.calls.discard(call)
         self._parked.append(call)
 
@@ -422,7 +491,8 @@ class SipStack:
         with contextlib.suppress(pj.Error):
             ep.hangupAllCalls()
         end = time.monotonic() + drain_s
-        while time.monotonic() < end and any(c.state != pj.PJSIP_INV_STATE_DISCONNECTED for c in self.calls):
+        while time.monotonic() < end and (self.slots_in_use() > 0 or any(
+                c.state != pj.PJSIP_INV_STATE_DISCONNECTED for c in self.calls)):
             ep.libHandleEvents(20)
         for _deadline, call, _then in self._closing:
             self.release(call)  # the role's measurement is skipped: the process is going away

@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,32 @@ class AgentBase(abc.ABC):
     @abc.abstractmethod
     async def _pump(self) -> None:
         """Place and run calls as assigned until `_done()`."""
+
+    @abc.abstractmethod
+    def _place_call(self) -> None:
+        """Start one call now (or leave `placed` as it is when the channel refuses it for the moment)."""
+
+    async def _paced(self, period_s: float, tick: Callable[[float], None]) -> None:
+        """Run `tick(now)` every `period_s` until `_done()`; a late tick is the pump lag heartbeats report."""
+        next_tick = time.monotonic()
+        while not self._done():
+            tick(time.monotonic())
+            next_tick += period_s
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                self._lag_max_ms = max(self._lag_max_ms, -delay * 1000)
+                next_tick = time.monotonic()
+                await asyncio.sleep(0)
+
+    def _start_calls(self, now: float) -> None:
+        """At most one new call per tick, within the assigned concurrency, quota and start rate."""
+        if self.stopping or now < self._next_start:
+            return
+        if self.active < self.concurrency and self.placed < self.quota and not self.spool.full:
+            self._next_start = now + 1.0 / self.starts_per_s
+            self._place_call()
 
     async def run(self) -> None:
         await self._open()
@@ -391,29 +418,15 @@ class Agent(AgentBase):
 
     # --- the pump ---------------------------------------------------------------------------
     async def _pump(self) -> None:
-        next_tick = time.monotonic()
-        while not self._done():
-            self.stack.pump(0)
-            now = time.monotonic()
-            self._dispatch(now)
-            self._step_calls(now)
-            self._start_calls(now)
-            self.stack.collect()
-            next_tick += PUMP_PERIOD_S
-            delay = next_tick - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                self._lag_max_ms = max(self._lag_max_ms, -delay * 1000)
-                next_tick = time.monotonic()
-                await asyncio.sleep(0)
+        await self._paced(PUMP_PERIOD_S, self._tick)
 
-    def _start_calls(self, now: float) -> None:
-        if self.stopping or now < self._next_start:
-            return
-        if self.active < self.concurrency and self.placed < self.quota and not self.spool.full:
-            self._next_start = now + 1.0 / self.starts_per_s
-            self._place_call()
+    def _tick(self, now: float) -> None:
+        self.stack.pump(0)
+        now = time.monotonic()  # events may have taken a while
+        self._dispatch(now)
+        self._step_calls(now)
+        self._start_calls(now)
+        self.stack.collect()
 
     def _place_call(self) -> None:
         seq = self.placed + 1

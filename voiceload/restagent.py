@@ -121,24 +121,7 @@ class RestAgent(AgentBase):
             self._session = None
 
     async def _pump(self) -> None:
-        next_tick = time.monotonic()
-        while not self._done():
-            self._start_calls(time.monotonic())
-            next_tick += TICK_S
-            delay = next_tick - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                self._lag_max_ms = max(self._lag_max_ms, -delay * 1000)
-                next_tick = time.monotonic()
-                await asyncio.sleep(0)
-
-    def _start_calls(self, now: float) -> None:
-        if self.stopping or now < self._next_start:
-            return
-        if self.active < self.concurrency and self.placed < self.quota and not self.spool.full:
-            self._next_start = now + 1.0 / self.starts_per_s
-            self._place_call()
+        await self._paced(TICK_S, self._start_calls)
 
     def _place_call(self) -> None:
         self.placed += 1

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_callflow import drive
 from voiceload.botmodel import (
     ScenarioTiming,
     WorkerPool,
@@ -99,17 +100,6 @@ def bot(scheduler: WorkerPool | None) -> BotFlow:
     return BotFlow(prompt_ms=[1000.0, 500.0], has_greeting=True, n_turns=1, think=ThinkTime(400), endpoint_ms=300,
                    hangup_by="caller", hangup_after_ms=200, rng=random.Random(0),
                    scheduler=None if scheduler is None else scheduler.due)
-
-
-def drive(flow: BotFlow, start: float, end: float, level: int) -> list[tuple[float, object]]:
-    out: list[tuple[float, object]] = []
-    t = start
-    while t < end:
-        act = flow.step(t, level)
-        if act is not None:
-            out.append((t, act))
-        t += 5
-    return out
 
 
 def test_bot_flow_waits_for_a_free_worker() -> None:

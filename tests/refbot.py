@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from voiceload.bot import spawn
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "scenarios" / "demo.yaml"
@@ -48,20 +48,9 @@ def start_bot(tmp: Path, *, scenario: Path = DEMO, think_ms: str = "400", max_ca
               seed: int = 7, extra: Sequence[str] = ()) -> RefBot:
     """`voiceload bot` on a free port; returns once it printed READY (bounded)."""
     truth = tmp / "bot-truth.jsonl"
-    cmd = [sys.executable, "-m", "voiceload", "bot", "--listen", "127.0.0.1:0", "--scenario", str(scenario),
-           "--think-ms", think_ms, "--truth", str(truth), "--max-calls", str(max_calls), "--seed", str(seed), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("READY"):
-            os.set_blocking(proc.stdout.fileno(), False)
-            return RefBot(proc, f"sip:bot@{line.split()[1]}", truth)
-    proc.kill()
-    raise RuntimeError("reference bot did not start")
+    proc, target = spawn(["--listen", "127.0.0.1:0", "--scenario", str(scenario), "--think-ms", think_ms,
+                          "--truth", str(truth), "--max-calls", str(max_calls), "--seed", str(seed), *extra], cwd=REPO)
+    return RefBot(proc, target, truth)
 
 
 @dataclass

@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -525,6 +526,28 @@ async def _serve_front(s: BotSettings, limit: int) -> None:
                 w.proc.kill()
         for f in followers:
             f.cancel()
+
+
+def spawn(args: Sequence[str], *, cwd: Path | None = None,
+          timeout_s: float = 60.0) -> tuple[subprocess.Popen[str], str]:
+    """`voiceload bot ARGS` as a child process; returns it and its SIP URI once it printed READY.
+
+    For scripts and tests that need a bot on a free port (`--listen 127.0.0.1:0`). The wait ends
+    at `timeout_s` or when the bot exits; its stdout is left non-blocking for LOAD lines nobody reads.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "voiceload", "bot", *args], stdout=subprocess.PIPE, text=True,
+                            cwd=cwd)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("READY"):
+            os.set_blocking(proc.stdout.fileno(), False)
+            return proc, f"sip:bot@{line.split()[1]}"
+    proc.kill()
+    raise RuntimeError(f"voiceload bot {' '.join(args)} did not start")
 
 
 def call_limit() -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from voiceload.bot import spawn  # noqa: E402
 from voiceload.errors import EXIT_BAD_INPUT, UserError  # noqa: E402
 from voiceload.rasa import RasaServer, ensure_model, find_rasa_python  # noqa: E402
 
@@ -45,21 +45,8 @@ def voiceload(*args: str) -> int:
 
 
 def start_gateway(rasa_url: str, out: Path, max_calls: int) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "voiceload", "bot", "--brain", "rasa", "--rasa-url", rasa_url,
-           "--scenario", str(SCENARIO), "--listen", "127.0.0.1:0", "--max-calls", str(max_calls),
-           "--truth", str(out / "gateway-truth.jsonl")]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("READY"):
-            os.set_blocking(proc.stdout.fileno(), False)
-            return proc, f"sip:bot@{line.split()[1]}"
-    proc.kill()
-    raise RuntimeError("the voice gateway did not start")
+    return spawn(["--brain", "rasa", "--rasa-url", rasa_url, "--scenario", str(SCENARIO), "--listen", "127.0.0.1:0",
+                  "--max-calls", str(max_calls), "--truth", str(out / "gateway-truth.jsonl")], cwd=REPO, timeout_s=120)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

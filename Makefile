@@ -1,11 +1,16 @@
 # The two entry points of the README. Both install what is missing first (idempotent).
-.PHONY: demo test lint setup setup-test rasa-example
+.PHONY: demo test lint setup setup-test rasa-example pjsua2
 
 setup:
 	@bash scripts/setup.sh
 
 setup-test:
 	@bash scripts/setup.sh --test
+
+# voiceload's dense pjsua2 (1024 calls per process; docs/density.md): built once, cached in ~/.cache/voiceload
+pjsua2: setup
+	@bash scripts/build-pjsua2.sh
+	.venv/bin/voiceload doctor
 
 demo: setup
 	.venv/bin/voiceload demo --out runs/demo

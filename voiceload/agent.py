@@ -45,7 +45,7 @@ from voiceload.messages import (
     TurnResult,
 )
 from voiceload.scenario import Scenario, load_scenario
-from voiceload.siplite import local_address_for, parse_sip_uri
+from voiceload.siplite import local_address_for, parse_sip_uri, split_targets
 from voiceload.sipua import CLOCK_RATE, SLOT_RETRY_S, SipCall, SipStack, SlotsBusy, read_tape
 from voiceload.spool import Spool
 from voiceload.stats import LatencyHistogram
@@ -54,7 +54,10 @@ from voiceload.vad import samples_to_ms
 
 log = logging.getLogger("voiceload.agent")
 
-PUMP_PERIOD_S = 0.005  # level polls every 5 ms see every 20 ms bridge frame
+PUMP_PERIOD_S = 0.005  # SIP events and call starts are handled every 5 ms
+# ...but each call's flow is stepped on every 4th tick only (one level poll per 20 ms bridge frame):
+# at hundreds of calls per agent, per-call Python work is what the pump spends its time on
+STEP_SLICES = 4
 HEARTBEAT_PERIOD_S = 1.0
 MEDIA_WAIT_S = 2.0
 SPOOL_DRAIN_S = 120.0  # how long a finished agent waits for the collector to acknowledge its records
@@ -390,10 +393,16 @@ class Agent(AgentBase):
     def __init__(self, settings: AgentSettings) -> None:
         super().__init__(settings)
         self.audio = ScenarioAudio.load(self.scenario)
-        target = parse_sip_uri(settings.target)
-        host = settings.bind or local_address_for(target.host, target.port)
-        self.stack = SipStack(host=host, max_calls=settings.max_calls or 1024, user=f"agent-{settings.agent_id}")
+        # several targets (bot instances): calls go round-robin, each agent starting at its own one
+        self.targets = split_targets(settings.target)
+        self._next_target = sum(map(ord, settings.agent_id)) % len(self.targets)
+        first = parse_sip_uri(self.targets[0])
+        host = settings.bind or local_address_for(first.host, first.port)
+        # pjsua slots beyond the assigned calls: an ended call holds its slot until its BYE is answered
+        wanted = settings.max_calls + max(1, settings.max_calls // 8) if settings.max_calls else 1024
+        self.stack = SipStack(host=host, max_calls=wanted, user=f"agent-{settings.agent_id}")
         self.tape_dir = settings.tape_dir / f"{settings.run_id}-{settings.agent_id}"
+        self._slice = 0  # which quarter of the calls `_step_calls` steps on this tick
         # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape")
 
@@ -433,7 +442,7 @@ class Agent(AgentBase):
         session = session_id(self.s.run_id, self.s.agent_id, seq)
         started_at = time.time()
         try:
-            call = self.stack.make_call(self.s.target, {SESSION_HEADER: session})
+            call = self.stack.make_call(self.targets[self._next_target], {SESSION_HEADER: session})
         except SlotsBusy:
             # an ended call's slot is still held (its BYE/CANCEL is unanswered): nothing was placed,
             # so nothing is counted or reported, and the start is tried again shortly
@@ -441,6 +450,7 @@ class Agent(AgentBase):
             return
         except pj.Error as exc:
             self.placed = seq
+            self._next_target = (self._next_target + 1) % len(self.targets)
             self._emit(
                 CallRecord(
                     run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=f"unplaced-{session}", seq=seq,
@@ -451,6 +461,7 @@ class Agent(AgentBase):
             self.finished += 1
             return
         self.placed = seq
+        self._next_target = (self._next_target + 1) % len(self.targets)
         call.app = CallerCall(seq=seq, flow=self.audio.new_flow(), started_at=started_at)
         self.notices.put_nowait(CallStarted(self.s.run_id, self.s.agent_id, seq, call.sip_call_id, started_at))
 
@@ -502,9 +513,10 @@ class Agent(AgentBase):
 
     def _step_calls(self, now: float) -> None:
         sc = self.scenario
+        self._slice = (self._slice + 1) % STEP_SLICES
         for call in list(self.stack.calls):
             cc: CallerCall | None = call.app
-            if cc is None or call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            if cc is None or cc.seq % STEP_SLICES != self._slice or call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 continue
             t = call.times
             if t.answered is None:
@@ -526,8 +538,9 @@ class Agent(AgentBase):
             if not cc.answered:
                 cc.answered = True
                 action = cc.flow.on_answer(now * 1000)
-            else:
-                action = cc.flow.step(now * 1000, call.level())
+            else:  # while the caller speaks, what it hears does not matter: skip the poll
+                speaking = cc.flow.state is CallerState.SPEAKING
+                action = cc.flow.step(now * 1000, 0 if speaking else call.level())
             try:
                 self._act(call, cc, action, now)
             except pj.Error as exc:  # one call's media failure ends that call, not the agent

@@ -62,6 +62,9 @@ PUMP_PERIOD_S = 0.005
 LISTEN_GUARD_S = 0.1  # the caller's audio is read from this long after listening began: past our own prompt's tail
 SPEECH_END_MARGIN_S = 0.06  # the level meter's last loud frame vs the tape: a few frames either way
 RASA_TOKEN_ENV = "VOICELOAD_RASA_TOKEN"  # how a front hands the token to its workers (not on their command line)
+# Calls per bot worker process: with a dense pjsua2 build one process could hold 1024, but its bridge
+# clock holds the bridge lock through each 20 ms cycle and signalling waits behind it (docs/density.md)
+WORKER_CALLS_MAX = 200
 PENDING_TTL_S = 2.0  # a 302-redirected INVITE reaches its worker within milliseconds on loopback
 QUEUE_TIMEOUT_S = 0.1  # a loopback round trip is ~0.1 ms; this only bounds a stuck or gone front
 
@@ -407,9 +410,10 @@ class QueueServer(asyncio.DatagramProtocol):
         self.transport.sendto(b"S " + parts[1] + f" {start!r}".encode(), addr)
 
 
-def _worker_cmd(s: BotSettings, port: int, queue: str | None = None) -> list[str]:
+def _worker_cmd(s: BotSettings, port: int, queue: str | None = None, max_calls: int | None = None) -> list[str]:
     cmd = [
         sys.executable, "-m", "voiceload", "bot", "--worker", "--listen", f"{s.host}:{port}",
+        "--max-calls", str(max_calls or s.max_calls),
         "--scenario", str(s.scenario_path), "--think-ms", f"{s.think.mean_ms:g}:{s.think.jitter_ms:g}",
         "--endpoint-ms", str(s.endpoint_ms), "--tape-dir", str(s.tape_dir),
     ]
@@ -472,7 +476,7 @@ async def _serve_front(s: BotSettings, limit: int) -> None:
     workers: list[_Worker] = []
     for i in range(n):
         proc = await asyncio.create_subprocess_exec(
-            *_worker_cmd(s, 0, queue_addr), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_worker_env(s),
+            *_worker_cmd(s, 0, queue_addr, limit), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_worker_env(s),
         )
         w = _Worker(proc)
         workers.append(w)
@@ -567,8 +571,8 @@ def run(settings: BotSettings, *, worker: bool = False) -> None:
     if worker:
         asyncio.run(BotWorker(settings, announce=sys.stdout).run())
         return
-    limit = call_limit()
-    if limit > settings.max_calls:  # one spare slot: a new call may arrive while an old one tears down
+    per_worker = min(call_limit(), WORKER_CALLS_MAX)
+    if per_worker > settings.max_calls:  # one spare slot: a new call may arrive while an old one tears down
         asyncio.run(BotWorker(settings, announce=sys.stdout).run())
     else:
-        asyncio.run(_serve_front(settings, limit))
+        asyncio.run(_serve_front(settings, per_worker))

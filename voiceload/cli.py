@@ -92,7 +92,8 @@ RasaToken = Annotated[str | None, typer.Option(help="Rasa's --auth-token.", envv
 def run(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
     target: Annotated[str | None, typer.Option(
-        help="SIP URI of the gateway/bot to call, e.g. sip:bot@127.0.0.1:5080 (required with --channel sip).",
+        help="SIP URI of the gateway/bot to call, e.g. sip:bot@127.0.0.1:5080 (required with --channel sip); "
+             "several, comma-separated, share the calls round-robin.",
         envvar="VOICELOAD_TARGET")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c",
                                                     help="Calls kept in flight [default: 1].")] = None,
@@ -160,7 +161,8 @@ def run(
 @app.command()
 def capacity(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
-    target: Annotated[str, typer.Option(help="SIP URI of the gateway/bot to call.", envvar="VOICELOAD_TARGET")],
+    target: Annotated[str, typer.Option(help="SIP URI of the gateway/bot to call (several: comma-separated).",
+                                        envvar="VOICELOAD_TARGET")],
     slo: Slos = None,
     start: Annotated[int, typer.Option(help="First concurrency level.")] = 10,
     step: Annotated[int, typer.Option(help="Added to the concurrency after each level that met the SLOs.")] = 10,
@@ -244,7 +246,8 @@ def agent(
     agent_id: Annotated[str, typer.Option(help="This agent's id, unique in the run.")],
     scenario: Annotated[Path, typer.Option(help="Scenario YAML file.")],
     broker: Annotated[str, typer.Option(help="mqtt://HOST:PORT.", envvar="VOICELOAD_BROKER")],
-    target: Annotated[str | None, typer.Option(help="SIP URI to call (required with --channel sip).")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="SIP URI to call (required with --channel sip); several, comma-separated: round-robin.")] = None,
     max_calls: Annotated[int | None, typer.Option(help="Calls in flight at most (default: pjsua2 limit).")] = None,
     tape_dir: Annotated[Path | None, typer.Option(help="Where call tapes are written (default: tmpfs).")] = None,
     keep_tapes: Annotated[bool, typer.Option(help="Keep tapes after measuring them.")] = False,
@@ -389,11 +392,16 @@ def doctor() -> None:
     import pjsua2
 
     from voiceload.bot import call_limit
+    from voiceload.coordinator import AGENT_CALLS_MAX
 
     typer.echo(f"voiceload {__import__('voiceload').__version__}, python {sys.version.split()[0]}")
     version = importlib.metadata.version("pjsua2-python") if _has_dist("pjsua2-python") else "unknown"
-    typer.echo(f"pjsua2: {version} at {Path(pjsua2.__file__).parent}")
-    typer.echo(f"pjsua2 per-process call limit: {call_limit()}")
+    build = ("voiceload's dense build (scripts/build-pjsua2.sh)" if "+voiceload" in version
+             else "PyPI wheel; `make pjsua2` builds the dense one")
+    typer.echo(f"pjsua2: {version}, {build}, at {Path(pjsua2.__file__).parent}")
+    limit = call_limit()
+    typer.echo(f"pjsua2 per-process call limit: {limit}; calls per agent process: "
+               f"{min(limit, AGENT_CALLS_MAX)}, {os.cpu_count()} cores")
     for tool in ("espeak-ng", "sox", "mosquitto", "sipp"):
         path = next((str(Path(d) / tool) for d in os.environ.get("PATH", "").split(":")
                      if (Path(d) / tool).exists()), None)

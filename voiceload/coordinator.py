@@ -34,13 +34,17 @@ from voiceload.report import write_reports
 from voiceload.restagent import REST_CALL_LIMIT, parse_rasa_url, probe_rasa, rest_problems
 from voiceload.scenario import Scenario, load_scenario
 from voiceload.shape import LoadShape, parse_shape
-from voiceload.siplite import parse_sip_uri, probe_target
+from voiceload.siplite import probe_target, split_targets
 from voiceload.slo import Slo, evaluate, exit_code, parse_slos
 
 log = logging.getLogger("voiceload.coordinator")
 
 AGENT_READY_TIMEOUT_S = 30.0
 LIVE_PERIOD_S = 0.5
+# A dense pjsua2 process's bridge clock holds its lock through each 20 ms cycle, so signalling waits
+# behind it: a few hundred calls per agent keeps hang-ups on time (docs/density.md).
+AGENT_CALLS_MAX = 250
+AGENT_CALLS_PER_CORE = 100  # spread over one agent per core once each would hold this many calls
 SHAPE_PERIOD_S = 0.5  # how often a shape's target is re-read
 UNBOUNDED_CALLS = 1_000_000_000  # an agent's call quota in open-ended runs (shapes, capacity search)
 
@@ -109,7 +113,7 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
         if problems:
             raise UserError(problems[0])
     else:
-        parse_sip_uri(settings.target)
+        split_targets(settings.target)
     if (settings.out_dir / "calls.jsonl").exists():
         raise UserError(f"--out {settings.out_dir}: holds an earlier run's calls.jsonl; use a fresh directory")
     slos = parse_slos([*scenario.slos, *settings.slos])
@@ -161,7 +165,8 @@ def effective_shape(settings: RunSettings, scenario: Scenario) -> LoadShape | No
 async def run_infrastructure(settings: RunSettings) -> AsyncIterator[bus.BrokerAddress]:
     """Probe the target (and Rasa), then give the run a broker: the user's (checked) or an embedded one."""
     if settings.channel != CHANNEL_REST:
-        await probe_target(settings.target)
+        for uri in split_targets(settings.target):
+            await probe_target(uri)
     if settings.rasa_url is not None:
         await probe_rasa(settings.rasa_url, settings.rasa_token)
     if settings.broker_url is not None:
@@ -219,7 +224,8 @@ async def orchestrate(
     *, on_heartbeat: Callable[[Heartbeat], None] | None = None,
 ) -> dict[str, Any]:
     """Collector up, agents spawned as the driver needs them, load driven, everything stopped."""
-    limit = settings.agent_limit or (REST_CALL_LIMIT if settings.channel == CHANNEL_REST else call_limit())
+    limit = settings.agent_limit or (
+        REST_CALL_LIMIT if settings.channel == CHANNEL_REST else min(call_limit(), AGENT_CALLS_MAX))
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     run_id = settings.run_id
     log.info("run %s: agents of <=%d calls, deadline %.0f s", run_id, limit, plan.deadline_s)
@@ -277,7 +283,10 @@ class Fleet:
         self._rates: dict[str, float | None] = {}
 
     def agents_for(self, concurrency: int) -> int:
-        return max(1, math.ceil(concurrency / self.limit))
+        """Enough agents for the build's per-process limit, and one per core once each has a fair share."""
+        by_limit = math.ceil(concurrency / self.limit)
+        by_cores = min(os.cpu_count() or 1, concurrency // AGENT_CALLS_PER_CORE)
+        return max(1, by_limit, by_cores)
 
     async def grow(self, n: int) -> None:
         """Have at least `n` live agents: spawn the missing ones and wait until they are ready."""

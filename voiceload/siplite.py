@@ -50,6 +50,18 @@ def parse_sip_uri(uri: str) -> SipUri:
     return SipUri(user, host, port)
 
 
+def split_targets(targets: str) -> list[str]:
+    """`--target` may list several SIP URIs, comma-separated (several bot instances): calls go round-robin."""
+    uris = [t.strip() for t in targets.split(",")]
+    if not any(uris):
+        raise UserError("--target: no SIP URI given")
+    for uri in uris:
+        if not uri:
+            raise UserError(f"--target {targets!r}: an empty entry in the comma-separated list")
+        parse_sip_uri(uri)
+    return uris
+
+
 def local_address_for(host: str, port: int) -> str:
     """The local IP this machine would use to reach host:port (no packet is sent)."""
     try:

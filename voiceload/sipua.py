@@ -338,6 +338,9 @@ class SipStack:
         med.noVad = True  # silence is sent as audio: no DTX gaps that would look like jitter
         med.ecTailLen = 0
         med.maxMediaPorts = PORTS_PER_CALL * self.max_calls_wanted + 8  # call + tape + player
+        jb = os.environ.get("VL_JB")
+        if jb:
+            med.jbInit, med.jbMinPre, med.jbMaxPre, med.jbMax = (int(x) for x in jb.split(","))
         with _quiet_stdout():
             ep.libInit(cfg)
         self.max_calls = int(_lib().pjsua_call_get_max_count())

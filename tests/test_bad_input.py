@@ -99,6 +99,15 @@ def test_bad_target_uri(tmp_path: Path) -> None:
     assert "expected a SIP URI" in one_line_error(err)
 
 
+def test_bad_entry_in_a_target_list(tmp_path: Path, sip_responder: str) -> None:
+    code, err = run_scenario(tmp_path, DEMO, f"{sip_responder},bot@127.0.0.1:5060")
+    assert code == 2
+    assert "--target 'bot@127.0.0.1:5060': expected a SIP URI" in one_line_error(err)
+    code, err = run_scenario(tmp_path, DEMO, f"{sip_responder},")
+    assert code == 2
+    assert "an empty entry" in one_line_error(err)
+
+
 def test_wrong_broker_url(tmp_path: Path, sip_responder: str) -> None:
     code, err = run_scenario(tmp_path, DEMO, sip_responder, "--broker", "http://127.0.0.1:1883")
     assert code == 2

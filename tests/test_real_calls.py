@@ -98,3 +98,23 @@ def test_an_unmeetable_slo_exits_1_with_a_failing_junit_case(bot: RefBot, tmp_pa
     assert (out / "report.html").exists() and (out / "turns.csv").exists()
     summary = res.summary()
     assert summary["exit_code"] == 1 and [r["passed"] for r in summary["slo"]] == [False, True]
+
+
+def test_calls_go_round_robin_over_a_list_of_targets(tmp_path: Path) -> None:
+    """`--target A,B`: two bot instances share the calls, each answering its half."""
+    homes = [tmp_path / "one", tmp_path / "two"]
+    for home in homes:
+        home.mkdir()
+    bots = [start_bot(home, think_ms="300", max_calls=4, seed=i) for i, home in enumerate(homes)]
+    try:
+        out = tmp_path / "run"
+        res = voiceload("run", str(DEMO), "--target", ",".join(b.target for b in bots), "-c", "4", "-n", "8",
+                        "--out", str(out), out=out)
+        assert res.code == 0, res.stderr
+        calls = res.calls()
+        assert [c["outcome"] for c in calls] == ["completed"] * 8
+    finally:
+        for b in bots:
+            b.stop()
+    answered = [len({t["call_id"] for t in b.truth_lines()}) for b in bots]
+    assert answered == [4, 4]

@@ -8,12 +8,17 @@ docs/accuracy.md.
 
     .venv/bin/python bench/accuracy.py --think-ms 400 -c 8 -n 40
     .venv/bin/python bench/accuracy.py --think-ms 900:300 -c 8 -n 40
+    .venv/bin/python bench/accuracy.py -c 100 -n 200 --max-rate 10 --no-capture   # truth at scale
+
+It also prints the CPU the generator (run, broker, agents) and the bot (front, workers) used,
+averaged over the run, start-up included (their rusage once they exited), as % of one core.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -45,6 +50,12 @@ def histogram(errors: list[float], width: float = 5.0) -> str:
     return "  ".join(f"{b:+.0f}:{n}" for b, n in sorted(bins.items()))
 
 
+def children_cpu_s() -> float:
+    """CPU seconds of every child process this script has waited for (and their waited-for children)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--think-ms", default="400")
@@ -52,6 +63,8 @@ def main() -> int:
     ap.add_argument("-n", "--calls", type=int, default=40)
     ap.add_argument("--scenario", type=Path, default=REPO / "scenarios" / "demo.yaml")
     ap.add_argument("--keep", type=Path, help="keep the run dir, truth and capture here")
+    ap.add_argument("--max-rate", type=float, help="new calls per second at most (voiceload run --max-rate)")
+    ap.add_argument("--no-capture", action="store_true", help="no tcpdump (it costs CPU at high concurrency)")
     args = ap.parse_args()
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="vl-accuracy-"))
@@ -59,7 +72,7 @@ def main() -> int:
     bot = start_bot(work, scenario=args.scenario, think_ms=args.think_ms, max_calls=args.concurrency)
     pcap = work / "capture.pcap"
     dump = None
-    if shutil.which("tcpdump"):
+    if shutil.which("tcpdump") and not args.no_capture:
         port = bot.target.rsplit(":", 1)[1]
         dump = subprocess.Popen(["tcpdump", "-i", "lo", "-s", "0", "-U", "-w", str(pcap), "udp"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -67,18 +80,25 @@ def main() -> int:
         print(f"capturing loopback UDP (bot front on port {port}) to {pcap}")
     out = work / "run"
     started = time.time()
+    cpu0 = children_cpu_s()
+    rate = ["--max-rate", str(args.max_rate)] if args.max_rate else []
     try:
         rc = subprocess.call([sys.executable, "-m", "voiceload", "run", str(args.scenario), "--target", bot.target,
-                              "-c", str(args.concurrency), "-n", str(args.calls), "--out", str(out)], cwd=REPO,
-                             stdout=subprocess.DEVNULL)
+                              "-c", str(args.concurrency), "-n", str(args.calls), "--out", str(out), *rate],
+                             cwd=REPO, stdout=subprocess.DEVNULL)
     finally:
+        wall = time.time() - started
+        cpu1 = children_cpu_s()
         bot.stop()
+        cpu2 = children_cpu_s()
         if dump is not None:
             time.sleep(0.5)
             dump.terminate()
             dump.wait(10)
     print(f"run exit code {rc} after {time.time() - started:.0f} s; think {args.think_ms} ms, "
           f"concurrency {args.concurrency}, {args.calls} calls")
+    print(f"CPU averaged over the run (% of one core): generator {100 * (cpu1 - cpu0) / wall:.0f}, "
+          f"bot {100 * (cpu2 - cpu1) / wall:.0f}")
     calls = [json.loads(x) for x in (out / "calls.jsonl").read_text().splitlines() if x.strip()]
     truth = bot.truth_lines()
     summary = json.loads((out / "summary.json").read_text())

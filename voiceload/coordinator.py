@@ -182,6 +182,14 @@ async def run_infrastructure(settings: RunSettings) -> AsyncIterator[bus.BrokerA
         broker.stop()
 
 
+def agents_needed(concurrency: int, per_agent: int, cores: int) -> int:
+    """Agent processes for `concurrency` calls: enough for the per-agent limit, and one per core
+    once each would hold AGENT_CALLS_PER_CORE calls (a dense agent's media threads fill a core)."""
+    by_limit = math.ceil(concurrency / per_agent)
+    by_cores = min(cores, concurrency // AGENT_CALLS_PER_CORE)
+    return max(1, by_limit, by_cores)
+
+
 Driver = Callable[["Fleet"], Coroutine[Any, Any, None]]
 
 
@@ -283,10 +291,7 @@ class Fleet:
         self._rates: dict[str, float | None] = {}
 
     def agents_for(self, concurrency: int) -> int:
-        """Enough agents for the build's per-process limit, and one per core once each has a fair share."""
-        by_limit = math.ceil(concurrency / self.limit)
-        by_cores = min(os.cpu_count() or 1, concurrency // AGENT_CALLS_PER_CORE)
-        return max(1, by_limit, by_cores)
+        return agents_needed(concurrency, self.limit, os.cpu_count() or 1)
 
     async def grow(self, n: int) -> None:
         """Have at least `n` live agents: spawn the missing ones and wait until they are ready."""

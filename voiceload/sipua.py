@@ -320,6 +320,7 @@ class SipStack:
         self.max_calls = 0
 
     def start(self) -> None:
+        threads_before = _thread_ids()
         ep = pj.Endpoint()
         with _quiet_stdout():
             ep.libCreate()
@@ -338,9 +339,6 @@ class SipStack:
         med.noVad = True  # silence is sent as audio: no DTX gaps that would look like jitter
         med.ecTailLen = 0
         med.maxMediaPorts = PORTS_PER_CALL * self.max_calls_wanted + 8  # call + tape + player
-        jb = os.environ.get("VL_JB")
-        if jb:
-            med.jbInit, med.jbMinPre, med.jbMaxPre, med.jbMax = (int(x) for x in jb.split(","))
         with _quiet_stdout():
             ep.libInit(cfg)
         self.max_calls = int(_lib().pjsua_call_get_max_count())
@@ -351,6 +349,7 @@ class SipStack:
         self.port = int(str(ep.transportGetInfo(tid).localName).rsplit(":", 1)[1])
         ep.audDevManager().setNullDev()
         ep.libStart()
+        _favour_media_threads(_thread_ids() - threads_before)
         # G.711 u-law only: what every gateway speaks, and what SIPp streams
         for codec in ep.codecEnum2():
             ep.codecSetPriority(codec.codecId, 255 if codec.codecId.startswith("PCMU/") else 0)
@@ -513,6 +512,32 @@ class SipStack:
             survivor.thisown = False
         ep.libDestroy()
         self.ep = None
+
+
+MEDIA_THREAD_NICE = -10
+
+
+def _thread_ids() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:  # not Linux
+        return set()
+
+
+def _favour_media_threads(tids: set[int]) -> None:
+    """Run pjmedia's threads (the bridge clock, the RTP receiver) at a higher priority than Python's.
+
+    A clock tick or an RTP read that waits for a core behind Python work (a pump turn, a tape
+    analysis, another process) adds a 20 ms frame to a jitter buffer for the rest of the call, and
+    that frame is a 20 ms error in every later turn. pjlib asks for a higher priority itself, but on
+    Linux its SCHED_OTHER request is a no-op. Needs CAP_SYS_NICE (root); without it, nothing changes.
+    """
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, MEDIA_THREAD_NICE)
+        except OSError as exc:
+            log.debug("media thread %d keeps its priority: %s", tid, exc)
+            return
 
 
 def probe_call_limit() -> int:

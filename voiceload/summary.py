@@ -27,6 +27,14 @@ MAX_PUMP_LAG_MS = 100.0
 # An agent's audio clock may sit one 20 ms tick (+ a poll) off wall time; 60 ms means its bridge
 # fell three frames behind, so its tape no longer times the wire to the promised +/-20 ms.
 MAX_CLOCK_SLIP_MS = 60.0
+# Received speech reaches the tape through the jitter buffer, and the receive-delay constant
+# (calibration.py) holds for a buffer one 20 ms frame deep. An agent whose media threads wait for a
+# core gets late ticks, each of which leaves its buffers a frame deeper for the rest of the call;
+# measured against the reference bot, a turn then reads late by about the extra depth. A call
+# whose buffer averaged more than 40 ms is off by 20 ms or more: the promise is broken when more
+# than 5 % of an agent's calls are like that.
+MAX_JBUF_DELAY_MS = 40.0
+MAX_DEEP_JBUF_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,8 @@ def summarize(
     setup = LatencyHistogram()
     slip = LatencyHistogram()
     slipped: Counter[str] = Counter()  # per agent: calls whose audio clock slipped past the limit
+    with_media: Counter[str] = Counter()  # per agent: calls with RTP statistics
+    deep_jbuf: Counter[str] = Counter()  # per agent: calls whose jitter buffer averaged past the limit
     turns: dict[int, _TurnStats] = {}
 
     for rec in records:
@@ -161,6 +171,10 @@ def summarize(
             slip.record(max(rec.clock_slip_ms, 0.001))
             if rec.clock_slip_ms > thresholds.max_clock_slip_ms:
                 slipped[rec.agent_id] += 1
+        jbuf_ms = (rec.rtp or {}).get("jbuf_delay_ms_mean")
+        if isinstance(jbuf_ms, int | float) and (rec.rtp or {}).get("rx_packets"):
+            with_media[rec.agent_id] += 1
+            deep_jbuf[rec.agent_id] += jbuf_ms > MAX_JBUF_DELAY_MS
         if rec.greeting is not None and rec.greeting.bot_onset_ms is not None:
             greeting.record(rec.greeting.bot_onset_ms)
         for t in rec.turns:
@@ -179,6 +193,12 @@ def summarize(
         f"agent {agent_id}: audio clock fell behind wall time by more than {thresholds.max_clock_slip_ms:g} ms "
         f"in {n} calls (generator overloaded)"
         for agent_id, n in sorted(slipped.items())
+    ]
+    invalid += [
+        f"agent {agent_id}: jitter buffers averaged more than {MAX_JBUF_DELAY_MS:g} ms in {deep_jbuf[agent_id]} of "
+        f"{n} calls (nominal 20 ms): received speech reads late by as much (media threads starved)"
+        for agent_id, n in sorted(with_media.items())
+        if deep_jbuf[agent_id] > MAX_DEEP_JBUF_SHARE * n
     ]
     return {
         "schema": SUMMARY_SCHEMA,

@@ -422,19 +422,14 @@ def demo(
     for old in ("calls.jsonl", "summary.json", "bot-truth.jsonl"):  # the demo's dir is rewritten each time
         (out / old).unlink(missing_ok=True)
     truth = out / "bot-truth.jsonl"
-    cmd = [sys.executable, "-m", "voiceload", "bot", "--listen", "127.0.0.1:0", "--scenario", str(scenario),
-           "--think-ms", think_ms, "--truth", str(truth), "--max-calls", str(concurrency)]
-    bot_proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    from voiceload.bot import spawn
+
     try:
-        assert bot_proc.stdout is not None
-        ready: list[str] = []
-        for line in bot_proc.stdout:  # pjlib may print a few lines before the bot's READY
-            if line.startswith("READY"):
-                ready = line.split()
-                break
-        if len(ready) < 2:
-            raise _fail("the reference bot did not start", EXIT_INVALID_RUN)
-        target = f"sip:bot@{ready[1]}"
+        bot_proc, target = spawn(["--listen", "127.0.0.1:0", "--scenario", str(scenario), "--think-ms", think_ms,
+                                  "--truth", str(truth), "--max-calls", str(concurrency)])
+    except RuntimeError:
+        raise _fail("the reference bot did not start", EXIT_INVALID_RUN) from None
+    try:
         typer.echo(f"reference bot on {target} (think time {think_ms} ms); "
                    f"placing {calls} calls, {concurrency} at once")
         started = time.time()

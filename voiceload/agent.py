@@ -445,8 +445,10 @@ class Agent(AgentBase):
         seq = self.placed + 1
         session = session_id(self.s.run_id, self.s.agent_id, seq)
         started_at = time.time()
+        target = self.targets[self._next_target]
+        self._next_target = (self._next_target + 1) % len(self.targets)
         try:
-            call = self.stack.make_call(self.targets[self._next_target], {SESSION_HEADER: session})
+            call = self.stack.make_call(target, {SESSION_HEADER: session})
         except SlotsBusy:
             # an ended call's slot is still held (its BYE/CANCEL is unanswered): nothing was placed,
             # so nothing is counted or reported, and the start is tried again shortly
@@ -454,7 +456,6 @@ class Agent(AgentBase):
             return
         except pj.Error as exc:
             self.placed = seq
-            self._next_target = (self._next_target + 1) % len(self.targets)
             self._emit(
                 CallRecord(
                     run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=f"unplaced-{session}", seq=seq,
@@ -465,7 +466,6 @@ class Agent(AgentBase):
             self.finished += 1
             return
         self.placed = seq
-        self._next_target = (self._next_target + 1) % len(self.targets)
         call.app = CallerCall(seq=seq, flow=self.audio.new_flow(), started_at=started_at)
         self.notices.put_nowait(CallStarted(self.s.run_id, self.s.agent_id, seq, call.sip_call_id, started_at))
 

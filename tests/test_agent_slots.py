@@ -225,7 +225,7 @@ def _agent(stack: _FakeStack) -> tuple[Agent, list[Any]]:
     emitted: list[Any] = []
     agent.s = SimpleNamespace(run_id="r", agent_id="a0", target="sip:bot@127.0.0.1:5060")  # type: ignore[assignment]
     agent.stack = stack  # type: ignore[assignment]
-    agent.targets, agent._next_target = [agent.s.target], 0
+    agent.targets, agent._first_target = [agent.s.target], 0
     agent.placed = agent.finished = 0
     agent._next_start = time.monotonic() + 1.0  # what _start_calls set: one start token spent
     agent._emit = emitted.append  # type: ignore[method-assign]

@@ -399,7 +399,7 @@ class Agent(AgentBase):
         self.audio = ScenarioAudio.load(self.scenario)
         # several targets (bot instances): calls go round-robin, each agent starting at its own one
         self.targets = split_targets(settings.target)
-        self._next_target = sum(map(ord, settings.agent_id)) % len(self.targets)
+        self._first_target = sum(map(ord, settings.agent_id)) % len(self.targets)
         first = parse_sip_uri(self.targets[0])
         host = settings.bind or local_address_for(first.host, first.port)
         # pjsua slots beyond the assigned calls: an ended call holds its slot until its BYE is answered
@@ -445,8 +445,7 @@ class Agent(AgentBase):
         seq = self.placed + 1
         session = session_id(self.s.run_id, self.s.agent_id, seq)
         started_at = time.time()
-        target = self.targets[self._next_target]
-        self._next_target = (self._next_target + 1) % len(self.targets)
+        target = self.targets[(self._first_target + seq) % len(self.targets)]  # a refused start keeps its seq
         try:
             call = self.stack.make_call(target, {SESSION_HEADER: session})
         except SlotsBusy:

@@ -108,6 +108,15 @@ def test_bad_entry_in_a_target_list(tmp_path: Path, sip_responder: str) -> None:
     assert "an empty entry" in one_line_error(err)
 
 
+def test_calls_per_agent_out_of_range(tmp_path: Path, sip_responder: str) -> None:
+    code, err = run_scenario(tmp_path, DEMO, sip_responder, "--calls-per-agent", "0")
+    assert code == 2
+    assert "--calls-per-agent 0: must be at least 1" in one_line_error(err)
+    code, err = run_scenario(tmp_path, DEMO, sip_responder, "--calls-per-agent", "100000")
+    assert code == 2
+    assert "--calls-per-agent 100000: an agent holds at most" in one_line_error(err)
+
+
 def test_wrong_broker_url(tmp_path: Path, sip_responder: str) -> None:
     code, err = run_scenario(tmp_path, DEMO, sip_responder, "--broker", "http://127.0.0.1:1883")
     assert code == 2

@@ -1,7 +1,8 @@
 """Real calls against `voiceload bot --capacity`: queueing shows in the bot's truth and in voiceload's latencies.
 
-The bot runs behind its 302 front (--max-calls 8 with the 4-call wheel), so the front's one
-work queue is asked over loopback UDP by every worker process. The scenario is the demo's
+With the 4-call PyPI wheel the bot runs behind its 302 front (--max-calls 8), so the front's one
+work queue is asked over loopback UDP by every worker process; with the dense build it is one process
+(the front and its queue are covered by test_real_calls' worker test). The scenario is the demo's
 audio cut short, so a one-worker bot serves 6 calls in about 20 s.
 """
 

@@ -118,3 +118,19 @@ def test_calls_go_round_robin_over_a_list_of_targets(tmp_path: Path) -> None:
             b.stop()
     answered = [len({t["call_id"] for t in b.truth_lines()}) for b in bots]
     assert answered == [4, 4]
+
+
+def test_a_bot_split_over_worker_processes_answers_every_call(tmp_path: Path) -> None:
+    """`--calls-per-worker 2`: the bot's 302 front spreads 4 concurrent calls over worker processes,
+    which share one work queue (`--capacity 4`) over loopback UDP, whatever the pjsua2 build."""
+    bot = start_bot(tmp_path, think_ms="300", max_calls=4, extra=["--calls-per-worker", "2", "--capacity", "4"])
+    try:
+        out = tmp_path / "run"
+        res = voiceload("run", str(DEMO), "--target", bot.target, "-c", "4", "-n", "8", "--out", str(out), out=out)
+        assert res.code == 0, res.stderr
+        assert [c["outcome"] for c in res.calls()] == ["completed"] * 8, [c["reason"] for c in res.calls()]
+    finally:
+        bot.stop()
+    truth = bot.truth_lines()
+    assert len({t["call_id"] for t in truth}) == 8
+    assert all(t["queued_ms"] is not None for t in truth)

@@ -83,6 +83,7 @@ class BotSettings:
     tape_dir: Path = field(default_factory=default_tape_dir)
     keep_tapes: bool = False
     capacity: int | None = None  # workers serving utterances; None: unbounded
+    calls_per_worker: int | None = None  # worker processes' size; None: min(build limit, WORKER_CALLS_MAX)
     queue: tuple[str, int] | None = None  # a front's WorkerPool (worker processes only)
     brain: str = "scripted"  # "scripted": the scenario's prompts; "rasa": a voice gateway to `rasa_url`
     rasa_url: str | None = None
@@ -571,7 +572,7 @@ def run(settings: BotSettings, *, worker: bool = False) -> None:
     if worker:
         asyncio.run(BotWorker(settings, announce=sys.stdout).run())
         return
-    per_worker = min(call_limit(), WORKER_CALLS_MAX)
+    per_worker = min(call_limit(), settings.calls_per_worker or WORKER_CALLS_MAX)
     if per_worker > settings.max_calls:  # one spare slot: a new call may arrive while an old one tears down
         asyncio.run(BotWorker(settings, announce=sys.stdout).run())
     else:

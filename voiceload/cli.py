@@ -104,6 +104,8 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<run id>).")] = None,
     broker: Broker = None,
     keep_tapes: Annotated[bool, typer.Option(help="Keep each call's tape WAV under OUT/tapes.")] = False,
+    calls_per_agent: Annotated[int | None, typer.Option(
+        help="Calls per agent process at most [default: the pjsua2 build's limit, at most 250].")] = None,
     slo: Slos = None,
     channel: Channel = "sip",
     rasa_url: RasaUrl = None,
@@ -124,6 +126,8 @@ def run(
         raise _fail(f"--max-rate {max_rate:g}: must be above 0 calls/s")
     if channel not in ("sip", "rest"):
         raise _fail(f"--channel {channel!r}: must be sip or rest")
+    if calls_per_agent is not None and calls_per_agent < 1:
+        raise _fail(f"--calls-per-agent {calls_per_agent}: must be at least 1")
     if channel == "sip" and target is None:
         raise _fail("--target is required with --channel sip (or set VOICELOAD_TARGET)")
     if channel == "rest" and rasa_url is None:
@@ -134,6 +138,7 @@ def run(
         out_dir=out or Path(), broker_url=broker, keep_tapes=keep_tapes, slos=list(slo or []), shape=shape,
         max_rate=max_rate, scenario_load=concurrency is None and calls is None,
         channel=channel, rasa_url=rasa_url, rasa_token=rasa_token if rasa_url else None,
+        agent_limit=calls_per_agent,
     )
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
@@ -275,6 +280,9 @@ def bot(
     think_ms: Annotated[str, typer.Option(help="Think time MEAN[:JITTER] in ms (uniform).")] = "400",
     truth: Annotated[Path | None, typer.Option(help="Append ground truth per turn to this JSONL file.")] = None,
     max_calls: Annotated[int, typer.Option(help="Concurrent calls to serve.")] = 32,
+    calls_per_worker: Annotated[int | None, typer.Option(
+        help="Calls per worker process at most: above it, worker processes behind a SIP 302 front "
+             "[default: the pjsua2 build's limit, at most 200].")] = None,
     endpoint_ms: Annotated[int, typer.Option(help="Silence that ends a caller utterance.")] = 350,
     seed: Annotated[int | None, typer.Option(help="Seed for think-time draws.")] = None,
     tape_dir: Annotated[Path | None, typer.Option(help="Where call tapes are written (default: tmpfs).")] = None,
@@ -320,6 +328,8 @@ def bot(
             raise UserError(f"--think-ms: {exc}") from None
         if capacity is not None and capacity < 1:
             raise UserError(f"--capacity {capacity}: expected a number of workers of at least 1")
+        if calls_per_worker is not None and calls_per_worker < 1:
+            raise UserError(f"--calls-per-worker {calls_per_worker}: must be at least 1")
         url: str | None = None
         if brain == "rasa":
             if rasa_url is None:
@@ -338,7 +348,8 @@ def bot(
             scenario_phrases(sc)  # every turn needs a transcript: the recogniser's grammar is built from them
         settings = bot_mod.BotSettings(
             host=host, port=port, scenario_path=scenario, think=think, truth_path=truth,
-            max_calls=max_calls, endpoint_ms=endpoint_ms, seed=seed, keep_tapes=keep_tapes, capacity=capacity,
+            max_calls=max_calls, calls_per_worker=calls_per_worker, endpoint_ms=endpoint_ms, seed=seed,
+            keep_tapes=keep_tapes, capacity=capacity,
             queue=None if queue is None else host_port("--queue", queue),
             brain=brain, rasa_url=url, rasa_token=rasa_token if brain == "rasa" else None,
         )

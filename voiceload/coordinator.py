@@ -59,7 +59,7 @@ class RunSettings:
     broker_url: str | None = None
     run_id: str = ""
     keep_tapes: bool = False
-    agent_limit: int | None = None  # calls per agent; None: the pjsua2 build's limit
+    agent_limit: int | None = None  # calls per agent (--calls-per-agent); None: the build's limit, <= AGENT_CALLS_MAX
     progress: bool = True
     slos: list[str] = field(default_factory=list)  # --slo expressions, added to the scenario's
     shape: str | None = None  # --shape: a load shape (voiceload/shape.py) instead of -c/-n
@@ -232,8 +232,11 @@ async def orchestrate(
     *, on_heartbeat: Callable[[Heartbeat], None] | None = None,
 ) -> dict[str, Any]:
     """Collector up, agents spawned as the driver needs them, load driven, everything stopped."""
-    limit = settings.agent_limit or (
-        REST_CALL_LIMIT if settings.channel == CHANNEL_REST else min(call_limit(), AGENT_CALLS_MAX))
+    build_limit = REST_CALL_LIMIT if settings.channel == CHANNEL_REST else call_limit()
+    if settings.agent_limit is not None and settings.agent_limit > build_limit:
+        raise UserError(f"--calls-per-agent {settings.agent_limit}: an agent holds at most {build_limit} calls "
+                        f"with this {'channel' if settings.channel == CHANNEL_REST else 'pjsua2 build'}")
+    limit = settings.agent_limit or min(build_limit, AGENT_CALLS_MAX)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     run_id = settings.run_id
     log.info("run %s: agents of <=%d calls, deadline %.0f s", run_id, limit, plan.deadline_s)

@@ -56,6 +56,7 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.refbot import stop_process  # noqa: E402
 from voiceload.vad import locate  # noqa: E402
 
 DATA = REPO / "bench" / "density"  # the SIPp scenarios
@@ -654,16 +655,6 @@ def read_calls(out: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def idle_agent_rss(scenario: Path, target: str, max_calls: int, work: Path, commands: list[str]) -> float | None:
     """RSS (MB) of a voiceload agent that is up but has no call: the fixed cost behind "RSS per call".
 
@@ -696,7 +687,7 @@ def idle_agent_rss(scenario: Path, target: str, max_calls: int, work: Path, comm
                     break
             return None if prev is None else round(prev / 1024, 1)
         finally:
-            stop_child(proc)
+            stop_process(proc, timeout_s=10.0)
     finally:
         broker.stop()
 

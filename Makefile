@@ -9,7 +9,7 @@ setup-test:
 
 # voiceload's dense pjsua2 (1024 calls per process; docs/density.md): built once, cached in ~/.cache/voiceload
 pjsua2: setup
-	@bash scripts/build-pjsua2.sh
+	@VOICELOAD_PJSUA2=dense bash scripts/setup.sh
 	.venv/bin/voiceload doctor
 
 demo: setup

@@ -42,16 +42,18 @@ if [ ! -f "$stamp" ]; then
     # a test install also satisfies a runtime one
     if [ "$want_test" = 1 ]; then touch "${stamp%1}0"; fi
 fi
-# pjsua2: voiceload's dense build (1024 calls per process, scripts/build-pjsua2.sh) when it is built,
-# the PyPI wheel (4 calls per process) otherwise. The test setup builds it (cached outside the repo,
-# about 3.5 min once); a failed build falls back to the PyPI wheel. VOICELOAD_PJSUA2=pypi forces the wheel.
+# pjsua2: the PyPI wheel (4 calls per process) unless voiceload's dense build (1024 calls per process,
+# scripts/build-pjsua2.sh, docs/density.md) was installed with `make pjsua2`, which later runs keep.
+# It stays opt-in until a rare call without received audio seen with it is understood (docs/density.md).
+# VOICELOAD_PJSUA2=dense builds/installs it here, VOICELOAD_PJSUA2=pypi puts the wheel back.
 dense_installed() { .venv/bin/python -c 'import importlib.metadata as m; assert "+voiceload" in m.version("pjsua2-python")' 2>/dev/null; }
-if [ "${VOICELOAD_PJSUA2:-auto}" = pypi ]; then
-    if dense_installed; then
-        echo "setup: VOICELOAD_PJSUA2=pypi: replacing the dense pjsua2 build with the PyPI wheel"
-        .venv/bin/python -m pip install -q --force-reinstall --no-deps "pjsua2-python>=2.15,<2.16"
-    fi
-elif [ "$want_test" = 1 ] || bash scripts/build-pjsua2.sh --check; then
-    bash scripts/build-pjsua2.sh || echo "setup: the dense pjsua2 build failed; using the PyPI wheel (4 calls per process)" >&2
-fi
+case "${VOICELOAD_PJSUA2:-}" in
+    pypi)
+        if dense_installed; then
+            echo "setup: VOICELOAD_PJSUA2=pypi: replacing the dense pjsua2 build with the PyPI wheel"
+            .venv/bin/python -m pip install -q --force-reinstall --no-deps "pjsua2-python>=2.15,<2.16"
+        fi ;;
+    dense)
+        bash scripts/build-pjsua2.sh ;;
+esac
 exit 0

@@ -29,6 +29,7 @@ the dense pjsua2 build (`voiceload doctor`: per-process call limit 1024).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -429,6 +430,31 @@ def voiceload_roles(run_pid: int) -> dict[str, list[int]]:
     return roles
 
 
+def udp_sockets(pids: list[int]) -> dict[str, tuple[int, int]]:
+    """{socket inode: (receive queue bytes, drops)} of the UDP sockets these processes hold.
+
+    A socket whose queue sits full and whose drops grow is one nobody reads: SIPp's UAC never reads
+    the RTP the far end sends it (the kernel discards it), while voiceload receives, decodes and
+    tapes all of it. The drops make that difference in work visible next to the CPU figures.
+    """
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+    found: dict[str, tuple[int, int]] = {}
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if len(f) > 12 and f[9] in inodes:
+                    found[f[9]] = (int(f[4].split(":")[1], 16), int(f[12]))
+    return found
+
+
 @dataclass
 class Window:
     """CPU (% of one core) and RSS (MB, at the window's end) per role over one measurement window."""
@@ -439,6 +465,10 @@ class Window:
     procs: dict[str, int]
     host_cpu_pct: float  # of the whole box (all cores), everything on it
     calls_up: tuple[int, int] = (0, 0)  # calls the UASes held when the window opened and closed
+    # per role: UDP sockets held at the end, and datagrams the kernel dropped on them per second
+    # over the window because they sat unread (full receive queue)
+    udp_sockets: dict[str, int] = field(default_factory=dict)
+    udp_drops_per_s: dict[str, float] = field(default_factory=dict)
 
 
 class Meter:
@@ -450,6 +480,7 @@ class Meter:
         self.start_roles = roles()
         self.ticks0 = {pid: st[1] for pids in self.start_roles.values() for pid in pids
                        if (st := proc_stat(pid)) is not None}
+        self.udp0 = {role: udp_sockets(pids) for role, pids in self.start_roles.items()}
 
     def finish(self) -> Window:
         ticks1 = {pid: st[1] for pid in self.ticks0 if (st := proc_stat(pid)) is not None}
@@ -465,7 +496,12 @@ class Meter:
             count[role] = len(alive)
         busy = host1[0] - self.host0[0]
         total = host1[1] - self.host0[1]
-        return Window(dt, cpu, rss, count, 100 * busy / total if total else 0.0)
+        window = Window(dt, cpu, rss, count, 100 * busy / total if total else 0.0)
+        for role, pids in self.start_roles.items():
+            udp1, udp0 = udp_sockets(pids), self.udp0[role]
+            window.udp_sockets[role] = len(udp1)
+            window.udp_drops_per_s[role] = sum(d - udp0[i][1] for i, (_, d) in udp1.items() if i in udp0) / dt
+        return window
 
 
 def measure(roles: Callable[[], dict[str, list[int]]], in_flight: Callable[[], int], done: Callable[[], bool],
@@ -850,6 +886,8 @@ def row(level: Level) -> dict[str, Any]:
         "host_cpu_vl": vw["host_cpu_pct"] if vw else None, "host_cpu_sipp": sw["host_cpu_pct"] if sw else None,
         "uas_cpu_vl": vw["cpu_pct"].get("uas") if vw else None,
         "uas_cpu_sipp": sw["cpu_pct"].get("uas") if sw else None,
+        "vl_unread_per_s": (vw.get("udp_drops_per_s") or {}).get("agents") if vw else None,
+        "sipp_unread_per_s": (sw.get("udp_drops_per_s") or {}).get("uac") if sw else None,
     }
 
 
@@ -878,6 +916,7 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("dropouts %", lambda r: fmt(r["dropout_pct"], ".3f")),
     ("host CPU % vl|SIPp", lambda r: pair(r["host_cpu_vl"], r["host_cpu_sipp"], ".0f")),
     ("UAS CPU % vl|SIPp", lambda r: pair(r["uas_cpu_vl"], r["uas_cpu_sipp"])),
+    ("RTP unread/s vl|SIPp", lambda r: pair(r["vl_unread_per_s"], r["sipp_unread_per_s"], ".0f")),
 ]
 
 
@@ -885,7 +924,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     """One row per level, columns as wide as their widest cell."""
     print("\nCPU/100: % of one core over the window per 100 concurrent calls (vl total: agents + run process + "
           "broker); host CPU: % of the whole box; UAS CPU: % of one core, all UASes together; silent %: 20 ms "
-          "frames below -50 dBFS in the greeting span of the tapes vs the source; dropouts: speech frames lost")
+          "frames below -50 dBFS in the greeting span of the tapes vs the source; dropouts: speech frames lost; "
+          "RTP unread/s: datagrams from the UASes the kernel dropped because the caller never read them")
     cells = [[fn(r) for _, fn in COLUMNS] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _) in enumerate(COLUMNS)]
     print("  ".join(h.rjust(w) for (h, _), w in zip(COLUMNS, widths, strict=True)))
@@ -897,6 +937,9 @@ def print_window(w: dict[str, Any]) -> None:
     print("    window {:.1f} s, calls up {}: CPU % of a core {}; RSS MB {}; processes {}; host {:.0f} %".format(
         w["seconds"], "->".join(map(str, w["calls_up"])), {k: round(v, 1) for k, v in w["cpu_pct"].items()},
         {k: round(v, 1) for k, v in w["rss_mb"].items()}, w["procs"], w["host_cpu_pct"]))
+    if w.get("udp_sockets"):
+        print("    UDP sockets {}; datagrams dropped unread per s {}".format(
+            w["udp_sockets"], {k: round(v) for k, v in w["udp_drops_per_s"].items()}))
 
 
 def print_details(level: Level) -> None:

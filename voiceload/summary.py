@@ -198,7 +198,8 @@ def summarize(
     ]
     invalid += [
         f"agent {agent_id}: jitter buffers averaged more than {MAX_JBUF_DELAY_MS:g} ms in {deep_jbuf[agent_id]} of "
-        f"{n} calls (nominal 20 ms): received speech reads late by as much (media threads starved)"
+        f"{n} calls (nominal 20 ms): received speech reaches the tape late by as much (media threads starved, "
+        f"or jitter from the far end)"
         for agent_id, n in sorted(with_media.items())
         if deep_jbuf[agent_id] > MAX_DEEP_JBUF_SHARE * n
     ]

@@ -44,6 +44,8 @@ class HealthThresholds:
     max_cpu_percent: float = MAX_AGENT_CPU_PERCENT
     max_pump_lag_ms: float = MAX_PUMP_LAG_MS
     max_clock_slip_ms: float = MAX_CLOCK_SLIP_MS
+    max_jbuf_delay_ms: float = MAX_JBUF_DELAY_MS
+    max_deep_jbuf_share: float = MAX_DEEP_JBUF_SHARE
 
 
 DEFAULT_THRESHOLDS = HealthThresholds()
@@ -176,7 +178,7 @@ def summarize(
         jbuf_ms = (rec.rtp or {}).get("jbuf_delay_ms_mean")
         if isinstance(jbuf_ms, int | float) and (rec.rtp or {}).get("rx_packets"):
             with_media[rec.agent_id] += 1
-            deep_jbuf[rec.agent_id] += jbuf_ms > MAX_JBUF_DELAY_MS
+            deep_jbuf[rec.agent_id] += jbuf_ms > thresholds.max_jbuf_delay_ms
         if rec.greeting is not None and rec.greeting.bot_onset_ms is not None:
             greeting.record(rec.greeting.bot_onset_ms)
         for t in rec.turns:
@@ -197,11 +199,12 @@ def summarize(
         for agent_id, n in sorted(slipped.items())
     ]
     invalid += [
-        f"agent {agent_id}: jitter buffers averaged more than {MAX_JBUF_DELAY_MS:g} ms in {deep_jbuf[agent_id]} of "
+        f"agent {agent_id}: jitter buffers averaged more than {thresholds.max_jbuf_delay_ms:g} ms in "
+        f"{deep_jbuf[agent_id]} of "
         f"{n} calls (nominal 20 ms): received speech reaches the tape late by as much (media threads starved, "
         f"or jitter from the far end)"
         for agent_id, n in sorted(with_media.items())
-        if deep_jbuf[agent_id] > MAX_DEEP_JBUF_SHARE * n
+        if deep_jbuf[agent_id] > thresholds.max_deep_jbuf_share * n
     ]
     return {
         "schema": SUMMARY_SCHEMA,

@@ -25,18 +25,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The venv lives in .venv/; re-install only when pyproject.toml changed (stamp keyed by its hash).
+# The venv lives in .venv/; re-install only when pyproject.toml or the C engine changed (stamp keyed
+# by their hash: the editable install compiles voiceload/_rtpengine.c).
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($PY --version)"
     "$PY" -m venv .venv
 fi
 extra=""; [ "$want_test" = 1 ] && extra="[test]"
-stamp=".venv/.voiceload-$(sha256sum pyproject.toml | cut -c1-16)${want_test}"
+stamp=".venv/.voiceload-$(cat pyproject.toml voiceload/_rtpengine.c | sha256sum | cut -c1-16)${want_test}"
 if [ ! -f "$stamp" ]; then
     echo "setup: installing python dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
     .venv/bin/python -m pip install -q -e ".${extra}" 2>&1 | grep -v -i -E "warning|deprecat" || true
-    .venv/bin/python -c "import voiceload, pjsua2" || { echo "setup: install failed" >&2; exit 1; }
+    .venv/bin/python -c "import voiceload, voiceload._rtpengine, pjsua2" || { echo "setup: install failed" >&2; exit 1; }
     rm -f .venv/.voiceload-*
     touch "$stamp"
     # a test install also satisfies a runtime one

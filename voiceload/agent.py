@@ -1,5 +1,7 @@
 """Call agent: one process, one pjsua2 endpoint, up to the build's call limit of concurrent calls.
 
+pjsua2 does the calls' SIP; their audio goes through the C media engine (`voiceload.media`),
+which sends the caller's recordings, receives the bot's audio and writes each call's tape.
 The agent keeps the coordinator's assigned number of calls in flight, walks each call through
 the scenario (`CallerFlow`), records a tape per call, measures every turn from the tape once the
 call ends (`analyse_caller_tape`) and publishes exactly one `CallRecord` per placed call.
@@ -30,6 +32,7 @@ from voiceload.analysis import Played, Reference, analyse_caller_tape
 from voiceload.calibration import AGENT_RX_DELAY_MS
 from voiceload.callflow import CallerFlow, CallerState, Hangup, Play
 from voiceload.errors import UserError
+from voiceload.media import MediaEngine
 from voiceload.messages import (
     OUTCOME_COMPLETED,
     OUTCOME_ERROR,
@@ -347,6 +350,7 @@ class AgentBase(abc.ABC):
             run_id=self.s.run_id, agent_id=self.s.agent_id, at=time.time(), active_calls=self.active,
             placed=self.placed, finished=self.finished, cpu_percent=round(cpu, 1),
             pump_lag_ms_max=round(self._lag_max_ms, 1), max_calls=self.capacity,
+            media_lag_ms_max=round(self._media_lag_ms(), 1),
             latency_hdr={str(i): h.encode() for i, h in sorted(self._interval.items())},
         )
         self._lag_max_ms = 0.0
@@ -355,6 +359,10 @@ class AgentBase(abc.ABC):
             await b.publish(bus.topic_heartbeat(self.s.run_id, self.s.agent_id), hb, qos=qos,
                             timeout_s=HEARTBEAT_PERIOD_S)
             self._beats += 1
+
+    def _media_lag_ms(self) -> float:
+        """Worst media-clock lateness since the last heartbeat (0 for a channel without media)."""
+        return 0.0
 
     def _done(self) -> bool:
         no_more = self.stopping or (self.quota > 0 and self.placed >= self.quota)
@@ -406,7 +414,8 @@ class Agent(AgentBase):
         host = settings.bind or local_address_for(first.host, first.port)
         # pjsua slots beyond the assigned calls: an ended call holds its slot until its BYE is answered
         wanted = settings.max_calls + max(1, settings.max_calls // 8) if settings.max_calls else 1024
-        self.stack = SipStack(host=host, max_calls=wanted, user=f"agent-{settings.agent_id}")
+        self.media = MediaEngine(host, wanted)
+        self.stack = SipStack(host=host, max_calls=wanted, user=f"agent-{settings.agent_id}", media=self.media)
         self.tape_dir = settings.tape_dir / f"{settings.run_id}-{settings.agent_id}"
         self._slice = 0  # which share of the calls (seq % STEP_SLICES) `_step_calls` steps on this tick
         # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
@@ -426,10 +435,14 @@ class Agent(AgentBase):
 
     async def _close(self) -> None:
         self.stack.shutdown()
+        self.media.shutdown()
         self._pool.shutdown(wait=True)
         if not self.s.keep_tapes:
             with contextlib.suppress(OSError):
                 self.tape_dir.rmdir()
+
+    def _media_lag_ms(self) -> float:
+        return self.media.health().late_max_ms
 
     # --- the pump ---------------------------------------------------------------------------
     async def _pump(self) -> None:

@@ -1,16 +1,21 @@
 """Measured constants that refer tape positions to the wire (see docs/accuracy.md for how).
 
-Received audio reaches a tape after the jitter buffer and the wait for the next bridge tick;
-that delay is subtracted from received-speech positions. Sent audio needs no correction: a
-player's frame is sent by the same bridge tick that writes it to the tape.
+The agent's tapes come from its RTP engine (voiceload/media.py), which puts every received
+packet on the tape at its kernel arrival time and every sent frame at its send time: nothing lies
+between the wire and the tape, so the agent's constant is 0.
+
+The reference bot tapes on pjmedia's conference bridge: received audio reaches its tape after the
+jitter buffer and the wait for the next bridge tick; that delay is subtracted from
+received-speech positions. Sent audio needs no correction: a player's frame is sent by the same
+bridge tick that writes it to the tape.
 
 Measured against a loopback packet capture (bench/referee.py) with the pjsua2 2.15 wheel,
-20 ms frames, PCMU: the agent's received speech reached its tape 15 ms (mean) after the packet
-reached the socket, the bot's 16 ms. The part that varies is the phase between the sender's
+20 ms frames, PCMU: a pjmedia tape (the bot's) received speech 15-16 ms (mean) after the packet
+reached the socket. The part that varies is the phase between the sender's
 and the receiver's 20 ms bridge ticks (0..20 ms, fixed per pair of processes), so a single
 side is exact to about +/-10 ms, while agent-minus-bot differences cancel the phase.
 """
 
 # mean delay from a packet's arrival on the socket to its samples on the tape (ms)
-AGENT_RX_DELAY_MS = 15.0
+AGENT_RX_DELAY_MS = 0.0
 BOT_RX_DELAY_MS = 15.0

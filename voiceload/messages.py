@@ -156,6 +156,9 @@ class Heartbeat(Message):
     cpu_percent: float  # this agent process, share of one core, over the last interval
     pump_lag_ms_max: float  # worst lateness of the event pump over the last interval
     max_calls: int  # this agent's call capacity
+    # worst lateness of the agent's media clock (the RTP engine's 20 ms tick) over the last interval:
+    # a late tick sends its frames late, which the tape shows but a turn's latency then carries
+    media_lag_ms_max: float = 0.0
     # turn index -> encoded HDR histogram (integer µs) of the turn latencies measured in this
     # interval; the live view merges these. calls.jsonl records stay the summary's source of truth.
     latency_hdr: dict[str, str] = field(default_factory=dict)

@@ -1,5 +1,10 @@
 """The one adapter around pjsua2: endpoint lifecycle, calls, players and tapes, pumped from one thread.
 
+Media comes in two kinds. The reference bot uses pjmedia (players and a tape recorder on the
+conference bridge). A call agent gives its stack a `media.MediaEngine`: pjsua2 then does only
+the SIP; each call's offer carries the engine's RTP port and the engine plays, listens and tapes
+(docs/density.md).
+
 Rules it enforces, learnt the hard way (ARCHITECTURE.md §3):
 - one Endpoint per process, pumped by the caller (`threadCnt = 0` + `libHandleEvents`), so every
   SIP callback runs on the pump thread and the callbacks only record facts and queue events;
@@ -32,6 +37,8 @@ from typing import Any
 import numpy as np
 import pjsua2 as pj
 import soundfile as sf
+
+from voiceload.media import MediaEngine, RtpChannel, offer_with_port
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,7 @@ class SipCall(pj.Call):
         self.local_hangup = False
         self.tape: Tape | None = None
         self.players: list[pj.AudioMediaPlayer] = []
+        self.channel: RtpChannel | None = None  # the engine's RTP channel, when the stack has an engine
         self.invite = ""  # an incoming call's INVITE as received (for its headers)
         self.app: Any = None  # the role's per-call state
         # close() and release() act once per call: several state events of one call can wait in
@@ -133,25 +141,54 @@ class SipCall(pj.Call):
                 self.remote_hangup = True
         self.stack.events.append((self, "state"))
 
+    def onCallSdpCreated(self, prm: pj.OnCallSdpCreatedParam) -> None:
+        # the far end is to send its RTP to the engine's socket, not to pjsua's idle stream
+        if self.channel is not None:
+            prm.sdp.wholeSdp = offer_with_port(prm.sdp.wholeSdp, self.channel.port)
+
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         ci = self.getInfo()
         for i, mi in enumerate(ci.media):
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 self.media = self.getAudioMedia(i)
-                if self.tape is None and self.stack.tape_dir is not None:
+                if self.channel is not None:
+                    if self.channel.started is None:  # a re-INVITE keeps the channel where it is
+                        path = self.stack.next_tape_path() if self.stack.tape_dir is not None else None
+                        remote = str(self.getStreamInfo(i).remoteRtpAddress)
+                        started = self.channel.start(remote, path, ssrc=ci.id * 7919 + self.stack.ssrc_base)
+                        if path is not None:
+                            self.tape = Tape(path, started)
+                        self._silence_pjsua_stream(ci.id)
+                elif self.tape is None and self.stack.tape_dir is not None:
                     # start the tape right here, not on a later pump turn: nothing the far end
                     # sends may precede it (creating and connecting ports in callbacks is safe)
                     self.start_tape(self.stack.next_tape_path())
                 self.stack.events.append((self, "media"))
                 return
 
+    @staticmethod
+    def _silence_pjsua_stream(call_id: int) -> None:
+        """Take pjsua's own stream of the call off the bridge: it must send nothing.
+
+        Left on, the bridge feeds it silence every 20 ms and it sends that from pjsua's socket: the
+        far end then gets two streams, and its symmetric-RTP latching (pjmedia's, for one) may send
+        its audio to pjsua's socket instead of the engine's (seen: the first second of every
+        greeting lost). pjsua removes the slot again when the call ends, which finds it empty
+        (PJ_EINVAL, ignored); no other port can take the slot meanwhile, since an agent's bridge
+        holds no players or recorders.
+        """
+        slot = int(_lib().pjsua_call_get_conf_port(ctypes.c_int(call_id)))
+        if slot >= 0:
+            _lib().pjsua_conf_remove_port(ctypes.c_int(slot))
+
     def onCallRedirected(self, prm: pj.OnCallRedirectedParam) -> int:
         # follow 3xx: the reference bot spreads calls over worker processes this way
         return int(pj.PJSIP_REDIRECT_ACCEPT)
 
     def onStreamDestroyed(self, prm: pj.OnStreamDestroyedParam) -> None:
-        # the last moment the stream's RTP counters exist
-        self.rtp = self.read_rtp_stats() or self.rtp
+        # the last moment the stream's RTP counters exist (with an engine, pjsua's stream carried none)
+        if self.channel is None:
+            self.rtp = self.read_rtp_stats() or self.rtp
 
     # --- operations, called from the pump loop ----------------------------------------------
     def read_rtp_stats(self) -> dict[str, Any] | None:
@@ -173,7 +210,9 @@ class SipCall(pj.Call):
         }
 
     def level(self) -> int:
-        """Level (0..100) of the audio the remote sends us, last bridge frame (cheap C call)."""
+        """Level (0..127) of the audio the remote sends us, last frame (cheap C call)."""
+        if self.channel is not None:
+            return self.channel.level() if self.channel.started is not None else 0
         if self.media is None:
             return 0
         try:
@@ -205,12 +244,14 @@ class SipCall(pj.Call):
     def start_tape(self, path: Path) -> None:
         """Record everything the call carries (remote audio + our players) on the bridge clock."""
         assert self.media is not None
-        self.tape = Tape(path)
+        self.tape = Tape.on_bridge(path)
         self.media.startTransmit(self.tape.recorder)
         self.tape.started = time.monotonic()
 
     def play(self, path: Path) -> float:
         """Play a recording into the call (and onto the tape); returns the monotonic start time."""
+        if self.channel is not None:
+            return self.channel.play(path)
         assert self.media is not None
         # one player per call at a time: the previous one has played out (turns don't overlap),
         # and every live player holds a conference port
@@ -225,6 +266,11 @@ class SipCall(pj.Call):
 
     def close_media(self) -> None:
         """Release players and the tape recorder (flushes the WAV). Pump-loop only, never a callback."""
+        if self.channel is not None:  # the engine completes the tape at once
+            stats = self.channel.close()
+            if self.channel.started is not None:
+                self.rtp = stats
+            self.channel = None
         self.players.clear()
         if self.tape is not None:
             self.tape.recorder = None  # destroys the recorder; pjmedia then writes the WAV header
@@ -232,13 +278,17 @@ class SipCall(pj.Call):
 
 @dataclass
 class Tape:
+    """A call's tape: written by the media engine, or by a pjmedia recorder on the bridge (`on_bridge`)."""
+
     path: Path
-    started: float = 0.0  # monotonic time the recorder was connected; bridge frames follow
+    started: float = 0.0  # monotonic time of sample 0
     recorder: Any = field(default=None)
 
-    def __post_init__(self) -> None:
-        self.recorder = pj.AudioMediaRecorder()
-        self.recorder.createRecorder(str(self.path))
+    @classmethod
+    def on_bridge(cls, path: Path) -> Tape:
+        recorder = pj.AudioMediaRecorder()
+        recorder.createRecorder(str(path))
+        return cls(path, recorder=recorder)
 
     def finalized(self) -> bool:
         """True once the WAV header states the file's real length (pjmedia writes it on destroy)."""
@@ -303,7 +353,7 @@ class SipStack:
     """The process's single pjsua2 endpoint with one UDP transport and one local account."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, max_calls: int = 1024,
-                 log_level: int | None = None, user: str = "voiceload") -> None:
+                 log_level: int | None = None, user: str = "voiceload", media: MediaEngine | None = None) -> None:
         self.host, self.port, self.max_calls_wanted = host, port, max_calls
         self.log_level = log_level if log_level is not None else int(os.environ.get("VOICELOAD_PJSIP_LOG", "0"))
         self.user = user
@@ -313,6 +363,8 @@ class SipStack:
         self._closing: list[tuple[float, SipCall, Callable[[SipCall], None]]] = []
         self._pool: list[SipCall] = []  # finished SipCall objects, reused for the next calls
         self.tape_dir: Path | None = None  # when set, every call is taped from its first media frame
+        self.media = media  # outgoing calls' RTP goes through this engine instead of pjmedia
+        self.ssrc_base = random.getrandbits(32)
         self.every_call: weakref.WeakSet[SipCall] = weakref.WeakSet()
         self._tapes = 0
         self.ep: pj.Endpoint | None = None
@@ -399,6 +451,8 @@ class SipStack:
             raise SlotsBusy(f"all {self.max_calls} pjsua call slots held ({len(self.calls)} calls live)")
         call = self._pool.pop() if self._pool else SipCall(self, self.account)
         call.reset()
+        if self.media is not None:
+            call.channel = self.media.open()
         prm = pj.CallOpParam(True)
         for name, value in (headers or {}).items():
             hdr = pj.SipHeader()
@@ -410,6 +464,7 @@ class SipStack:
             call.makeCall(uri, prm)
         except pj.Error as exc:
             self.calls.discard(call)
+            call.close_media()
             self._pool.append(call)
             if exc.status == PJ_ETOOMANY:  # a slot taken behind our back: the same as the check above
                 raise SlotsBusy(exc.info().strip()) from exc

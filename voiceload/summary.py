@@ -27,6 +27,10 @@ MAX_PUMP_LAG_MS = 100.0
 # An agent's audio clock may sit one 20 ms tick (+ a poll) off wall time; 60 ms means its bridge
 # fell three frames behind, so its tape no longer times the wire to the promised +/-20 ms.
 MAX_CLOCK_SLIP_MS = 60.0
+# The RTP engine's clock sends every call's frame each 20 ms. A tick that wakes two frames late has
+# held back a frame of every call by that much (and the engine skips the lost ticks): the caller's
+# send times, one side of every turn, are no longer the schedule's.
+MAX_MEDIA_LAG_MS = 40.0
 # Received speech reaches the tape through the jitter buffer, and the receive-delay constant
 # (calibration.py) holds for a buffer one 20 ms frame deep. An agent whose media threads wait for a
 # core gets late ticks, each of which leaves its buffers a frame deeper for the rest of the call;
@@ -42,6 +46,7 @@ MAX_DEEP_JBUF_SHARE = 0.05
 class HealthThresholds:
     max_cpu_percent: float = MAX_AGENT_CPU_PERCENT
     max_pump_lag_ms: float = MAX_PUMP_LAG_MS
+    max_media_lag_ms: float = MAX_MEDIA_LAG_MS
     max_clock_slip_ms: float = MAX_CLOCK_SLIP_MS
     max_jbuf_delay_ms: float = MAX_JBUF_DELAY_MS
     max_deep_jbuf_share: float = MAX_DEEP_JBUF_SHARE
@@ -55,6 +60,7 @@ class _AgentHealth:
     heartbeats: int = 0
     cpu_percent_max: float = 0.0
     pump_lag_ms_max: float = 0.0
+    media_lag_ms_max: float = 0.0
     placed: int = 0  # the agent's own count, from its latest heartbeat
     last_seen: float = 0.0  # unix time of its latest heartbeat
 
@@ -70,6 +76,7 @@ class GeneratorHealth:
         a.heartbeats += 1
         a.cpu_percent_max = max(a.cpu_percent_max, float(hb.cpu_percent))
         a.pump_lag_ms_max = max(a.pump_lag_ms_max, float(hb.pump_lag_ms_max))
+        a.media_lag_ms_max = max(a.media_lag_ms_max, float(hb.media_lag_ms_max))
         a.placed = max(a.placed, int(hb.placed))
         a.last_seen = max(a.last_seen, float(hb.at))
 
@@ -101,6 +108,9 @@ class GeneratorHealth:
             if a.pump_lag_ms_max > thresholds.max_pump_lag_ms:
                 reasons.append(f"agent {agent_id}: event pump {a.pump_lag_ms_max:.0f} ms late "
                                f"(limit {thresholds.max_pump_lag_ms:g} ms)")
+            if a.media_lag_ms_max > thresholds.max_media_lag_ms:
+                reasons.append(f"agent {agent_id}: media clock {a.media_lag_ms_max:.0f} ms late "
+                               f"(limit {thresholds.max_media_lag_ms:g} ms)")
         for agent_id in sorted(set(agents_with_calls) - set(self.agents)):
             reasons.append(f"agent {agent_id}: placed calls but sent no heartbeat (health unknown)")
         return reasons
@@ -111,13 +121,15 @@ class GeneratorHealth:
             "heartbeats": self.heartbeats,
             "max_cpu_percent": _round(self.max_cpu_percent),
             "max_pump_lag_ms": _round(self.max_pump_lag_ms),
+            "max_media_lag_ms": _round(max((a.media_lag_ms_max for a in self.agents.values()), default=None)),
             "limits": {"cpu_percent": thresholds.max_cpu_percent, "pump_lag_ms": thresholds.max_pump_lag_ms,
-                       "clock_slip_ms": thresholds.max_clock_slip_ms},
+                       "media_lag_ms": thresholds.max_media_lag_ms, "clock_slip_ms": thresholds.max_clock_slip_ms},
             "per_agent": {
                 agent_id: {
                     "heartbeats": a.heartbeats,
                     "max_cpu_percent": _round(a.cpu_percent_max),
                     "max_pump_lag_ms": _round(a.pump_lag_ms_max),
+                    "max_media_lag_ms": _round(a.media_lag_ms_max),
                 }
                 for agent_id, a in sorted(self.agents.items())
             },

@@ -14,7 +14,8 @@ from voiceload.coordinator import AGENT_CALLS_MAX, agents_needed
     (100, AGENT_CALLS_MAX, 2, 1),
     (200, AGENT_CALLS_MAX, 2, 2),  # ...one per core once each holds 100 calls...
     (300, AGENT_CALLS_MAX, 2, 2),
-    (1000, AGENT_CALLS_MAX, 2, 4),  # ...and never more than the cap per agent
+    (1000, AGENT_CALLS_MAX, 2, 2),  # ...and never more than the cap per agent
+    (1500, AGENT_CALLS_MAX, 2, 3),
     (1000, AGENT_CALLS_MAX, 16, 10),
 ])
 def test_agents_needed(concurrency: int, per_agent: int, cores: int, agents: int) -> None:

@@ -9,9 +9,12 @@
  *   - drains the call's socket with recvmmsg(), taking each packet's kernel arrival time
  *     (SO_TIMESTAMPNS), so a late tick never makes a packet look late;
  *   - sends one PCMU frame: the current utterance, or silence (no DTX: a continuous stream);
- *   - keeps the call's tape: a mono 8 kHz 16-bit WAV on which received audio sits at its
- *     arrival time and sent audio at its send time, i.e. the wire's own timeline. The tape is
- *     flushed in 0.5 s blocks and its header written on close, so it is bounded in memory.
+ *   - keeps the call's tape: a mono 8 kHz 16-bit WAV on the wire's own timeline. Sent audio
+ *     sits at its send time. Received audio sits on the sender's timeline (its RTP timestamps)
+ *     at the smallest transit seen over the last ~2 s, i.e. where the packet would have arrived
+ *     with no jitter: contiguous like the sender's audio, never later than the packet arrived,
+ *     and earlier only by that packet's own jitter. The tape is flushed in 0.5 s blocks and its
+ *     header written on close, so it is bounded in memory.
  * SIP stays with pjsua2; this module only does media. No Python runs on the per-frame path:
  * the clock thread never touches the GIL or a Python object.
  */
@@ -40,7 +43,8 @@
 #define RING_MASK (RING - 1)
 #define FLUSH_LAG 4000            /* samples kept in memory behind "now": late-read packets still land */
 #define FLUSH_CHUNK 4000          /* write the tape in blocks of at least this many samples */
-#define SNAP 40                   /* a packet within 5 ms of where the stream's last one ended continues it */
+#define SNAP 40                   /* a sent frame within 5 ms of where the last one ended continues it */
+#define TRANSIT_EPOCH 50          /* packets per epoch of the received stream's minimum transit (~1 s) */
 #define RX_BATCH 8
 #define PKT_MAX 1500
 #define RTP_HDR 12
@@ -64,8 +68,10 @@ typedef struct {
     int tape_fd;
     int64_t t0_ns, flushed, rx_next, tx_next;
     int16_t *rx, *tx;
-    /* turn-taking: the level of the last PCMU packet, on pjmedia's bridge scale (0..127) */
+    /* turn-taking: the level of the last PCMU packet, on pjmedia's bridge scale (0..127), and when
+     * (kernel arrival, monotonic ns) the far end was last at least `loud_level` */
     int level;
+    int64_t last_loud_ns;
     /* stats */
     uint64_t rx_packets, rx_bytes, rx_other, rx_late, tx_packets, send_errors;
     int have_seq;
@@ -74,6 +80,9 @@ typedef struct {
     int64_t last_at;              /* arrival (samples) and RTP timestamp of the last PCMU packet, for jitter */
     uint32_t last_ts;
     int have_transit;
+    int64_t ts_ext;               /* the last packet's RTP timestamp, unwrapped */
+    int64_t transit_min, transit_prev_min; /* arrival - timestamp: minimum this epoch and the last */
+    int transit_n;
     double jitter, jitter_max, jitter_sum;
     uint64_t jitter_n;
 } chan_t;
@@ -85,6 +94,7 @@ typedef struct {
     int thread_started;
     volatile int stop;
     int capacity;
+    int loud_level;
     chan_t *ch;
     int64_t ticks;                /* ticks run since the engine started */
     /* health since the last health() call */
@@ -159,13 +169,13 @@ static void place(chan_t *c, int16_t *track, int64_t at, const uint8_t *pcmu, in
     }
 }
 
-/* Where a frame of a continuous stream goes: right after the last one when it arrived about then,
- * else at its own time (a gap: silence suppression, loss, or a sender that was late). */
+/* Where a sent frame goes: right after the last one when it left about then, else at its own
+ * time (the clock thread was late, or the channel was idle). */
 static int64_t continue_or_jump(int64_t next, int64_t at) {
     return (next > 0 && at >= next - SNAP && at <= next + SNAP) ? next : at;
 }
 
-static void rx_packet(chan_t *c, const uint8_t *p, ssize_t len, int64_t arrival_mono) {
+static void rx_packet(chan_t *c, const uint8_t *p, ssize_t len, int64_t arrival_mono, int loud_level) {
     if (len < RTP_HDR || (p[0] >> 6) != 2) return;
     if (p[1] >= 192 && p[1] <= 223) return;  /* RTCP (RFC 5761): a far end's reports sent to our port */
     int cc = p[0] & 0x0F, has_ext = p[0] & 0x10, has_pad = p[0] & 0x20;
@@ -196,6 +206,15 @@ static void rx_packet(chan_t *c, const uint8_t *p, ssize_t len, int64_t arrival_
     }
     if (pt != PT_PCMU) { c->rx_other++; return; }
     int64_t at = sample_at(c, arrival_mono);
+    c->ts_ext = c->have_transit ? c->ts_ext + (int32_t)(ts - c->last_ts) : (int64_t)ts;
+    int64_t transit = at - c->ts_ext;
+    if (!c->have_transit || transit < c->transit_min) c->transit_min = transit;
+    if (!c->have_transit) c->transit_prev_min = transit;
+    if (++c->transit_n >= TRANSIT_EPOCH) {  /* forget older epochs: a sender's clock may drift or jump */
+        c->transit_prev_min = c->transit_min;
+        c->transit_min = transit;
+        c->transit_n = 0;
+    }
     if (c->have_transit) {  /* difference of transit times; the signed 32-bit step survives a timestamp wrap */
         int64_t d = (at - c->last_at) - (int64_t)(int32_t)(ts - c->last_ts);
         if (d < 0) d = -d;
@@ -210,15 +229,17 @@ static void rx_packet(chan_t *c, const uint8_t *p, ssize_t len, int64_t arrival_
     int n = (int)(end - off);
     if (n <= 0) return;
     if (n > RING / 2) n = RING / 2;
-    int64_t pos = continue_or_jump(c->rx_next, at);
+    int64_t anchor = c->transit_min < c->transit_prev_min ? c->transit_min : c->transit_prev_min;
+    int64_t pos = c->ts_ext + anchor;
     place(c, c->rx, pos, p + off, n, &c->rx_late);
     if (pos + n > c->rx_next) c->rx_next = pos + n;
     long sum = 0;
     for (int i = 0; i < n; i++) { int v = ulaw_to_lin[p[off + i]]; sum += v < 0 ? -v : v; }
     c->level = lin_to_ulaw((int)(sum / n)) ^ 0xFF;
+    if (c->level >= loud_level) c->last_loud_ns = arrival_mono;
 }
 
-static void rx_drain(chan_t *c, int64_t mono_minus_real) {
+static void rx_drain(chan_t *c, int64_t mono_minus_real, int loud_level) {
     uint8_t bufs[RX_BATCH][PKT_MAX];
     char ctl[RX_BATCH][CMSG_SPACE(sizeof(struct timespec))];
     struct iovec iov[RX_BATCH];
@@ -245,7 +266,7 @@ static void rx_drain(chan_t *c, int64_t mono_minus_real) {
                     arrival = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec + mono_minus_real;
                 }
             }
-            rx_packet(c, bufs[i], (ssize_t)msgs[i].msg_len, arrival);
+            rx_packet(c, bufs[i], (ssize_t)msgs[i].msg_len, arrival, loud_level);
         }
         if (n < RX_BATCH) return;
     }
@@ -283,7 +304,7 @@ static void tx_frame(Engine *e, chan_t *c) {
 }
 
 static void service(Engine *e, chan_t *c, int64_t mono_now, int64_t mono_minus_real) {
-    rx_drain(c, mono_minus_real);
+    rx_drain(c, mono_minus_real, e->loud_level);
     tx_frame(e, c);
     int64_t safe = sample_at(c, mono_now) - FLUSH_LAG;
     if (safe - c->flushed >= FLUSH_CHUNK) flush_to(c, safe);
@@ -364,14 +385,15 @@ static void write_wav_header(int fd, uint32_t samples) {
 }
 
 static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"capacity", NULL};
-    int capacity = 1024;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i", kwlist, &capacity)) return -1;
+    static char *kwlist[] = {"capacity", "loud_level", NULL};
+    int capacity = 1024, loud_level = 5;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ii", kwlist, &capacity, &loud_level)) return -1;
     if (capacity < 1 || capacity > 65536) {
         PyErr_SetString(PyExc_ValueError, "capacity must be 1..65536");
         return -1;
     }
     self->capacity = capacity;
+    self->loud_level = loud_level;
     self->ch = calloc((size_t)capacity, sizeof(chan_t));
     if (!self->ch) { PyErr_NoMemory(); return -1; }
     for (int i = 0; i < capacity; i++) { self->ch[i].fd = -1; self->ch[i].tape_fd = -1; }
@@ -545,6 +567,14 @@ static PyObject *Engine_level(Engine *self, PyObject *arg) {
     return PyLong_FromLong(self->ch[i].level);  /* an int read: no lock needed */
 }
 
+/* last_loud(channel) -> monotonic time (s) the far end was last loud; 0.0 if never */
+static PyObject *Engine_last_loud(Engine *self, PyObject *arg) {
+    long i = PyLong_AsLong(arg);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    if (i < 0 || i >= self->capacity) return PyErr_Format(PyExc_ValueError, "no media channel %ld", i);
+    return PyFloat_FromDouble((double)self->ch[i].last_loud_ns / 1e9);  /* a 64-bit aligned read */
+}
+
 /* close(channel) -> RTP stats; flushes the tape and writes its WAV header */
 static PyObject *Engine_close(Engine *self, PyObject *args) {
     int i;
@@ -589,6 +619,8 @@ static PyMethodDef Engine_methods[] = {
      "start(channel, remote_host, remote_port, tape_path, ssrc) -> tape start, monotonic seconds"},
     {"play", (PyCFunction)Engine_play, METH_VARARGS, "play(channel, pcmu) -> monotonic time the first frame goes out"},
     {"level", (PyCFunction)Engine_level, METH_O, "level(channel) -> level of the last received frame (0..127)"},
+    {"last_loud", (PyCFunction)Engine_last_loud, METH_O,
+     "last_loud(channel) -> monotonic time (s) the far end was last at least loud_level; 0.0 if never"},
     {"close", (PyCFunction)Engine_close, METH_VARARGS, "close(channel) -> RTP stats; completes the tape"},
     {"health", (PyCFunction)Engine_health, METH_NOARGS, "health() -> clock lateness and load since the last call"},
     {"shutdown", (PyCFunction)Engine_shutdown, METH_NOARGS, "stop the clock thread and close every channel"},

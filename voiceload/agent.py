@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import tempfile
@@ -30,7 +31,7 @@ import pjsua2 as pj
 from voiceload import audio, bus
 from voiceload.analysis import Played, Reference, analyse_caller_tape
 from voiceload.calibration import AGENT_RX_DELAY_MS
-from voiceload.callflow import CallerFlow, CallerState, Hangup, Play
+from voiceload.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Hangup, Play
 from voiceload.errors import UserError
 from voiceload.media import MediaEngine
 from voiceload.messages import (
@@ -57,12 +58,12 @@ from voiceload.vad import samples_to_ms
 
 log = logging.getLogger("voiceload.agent")
 
-PUMP_PERIOD_S = 0.010  # SIP events and call starts are handled every 10 ms...
-# ...and each call's flow is stepped on every 4th tick (a level poll every 40 ms, every other 20 ms
-# bridge frame). Stepping is most of the pump's own CPU at hundreds of calls per agent (about 6 µs
-# a step); turn-taking only needs to notice a bot's speech and its silence gap, and latency is
-# measured from the tapes, not from these polls.
-STEP_SLICES = 4
+# SIP events, call starts and due calls are handled every 20 ms. A call is stepped only when it is
+# due: a SIP event, the end of its utterance, the silence gap after the bot's last loud packet (the
+# media engine keeps that time), or a deadline. Polling every call every 40 ms was most of an
+# agent's Python CPU at hundreds of calls; latency is measured from the tapes, not from these steps.
+PUMP_PERIOD_S = 0.020
+MAX_STARTS_PER_TICK = 4  # call starts a tick may catch up on, so the start rate can exceed 1/PUMP_PERIOD_S
 HEARTBEAT_PERIOD_S = 1.0
 MEDIA_WAIT_S = 2.0
 SPOOL_DRAIN_S = 120.0  # how long a finished agent waits for the collector to acknowledge its records
@@ -127,6 +128,7 @@ class CallerCall:
     played: list[Played] = field(default_factory=list)
     reason: str | None = None  # why the agent ended the call early, if it did
     answered: bool = False
+    due: float = float("inf")  # monotonic time of the call's next step (see Agent._step_due); inf: none
 
 
 @dataclass(frozen=True)
@@ -231,12 +233,19 @@ class AgentBase(abc.ABC):
                 await asyncio.sleep(0)
 
     def _start_calls(self, now: float) -> None:
-        """At most one new call per tick, within the assigned concurrency, quota and start rate."""
-        if self.stopping or now < self._next_start:
-            return
-        if self.active < self.concurrency and self.placed < self.quota and not self.spool.full:
-            self._next_start = now + 1.0 / self.starts_per_s
+        """The calls due by the start rate (a few per tick at most), within the assigned concurrency and quota."""
+        for _ in range(MAX_STARTS_PER_TICK):
+            if self.stopping or now < self._next_start:
+                return
+            if not (self.active < self.concurrency and self.placed < self.quota and not self.spool.full):
+                return
+            # the schedule, not the tick, sets the rate; a start skipped for long does not bring a burst
+            self._next_start = max(self._next_start, now - MAX_STARTS_PER_TICK / self.starts_per_s) \
+                + 1.0 / self.starts_per_s
+            before = self.placed
             self._place_call()
+            if self.placed == before:  # refused for the moment (no free slot): try on a later tick
+                return
 
     async def run(self) -> None:
         await self._open()
@@ -414,10 +423,10 @@ class Agent(AgentBase):
         host = settings.bind or local_address_for(first.host, first.port)
         # pjsua slots beyond the assigned calls: an ended call holds its slot until its BYE is answered
         wanted = settings.max_calls + max(1, settings.max_calls // 8) if settings.max_calls else 1024
-        self.media = MediaEngine(host, wanted)
+        self.media = MediaEngine(host, wanted, loud_level=LEVEL_SPEECH)
         self.stack = SipStack(host=host, max_calls=wanted, user=f"agent-{settings.agent_id}", media=self.media)
         self.tape_dir = settings.tape_dir / f"{settings.run_id}-{settings.agent_id}"
-        self._slice = 0  # which share of the calls (seq % STEP_SLICES) `_step_calls` steps on this tick
+        self._due: list[tuple[float, int, SipCall]] = []  # (when, seq, call): a heap of calls to step
         # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape")
 
@@ -452,7 +461,7 @@ class Agent(AgentBase):
         self.stack.pump(0)
         now = time.monotonic()  # events may have taken a while
         self._dispatch(now)
-        self._step_calls(now)
+        self._step_due(now)
         self._start_calls(now)
         self.stack.collect()
 
@@ -481,6 +490,7 @@ class Agent(AgentBase):
             return
         self.placed = seq
         call.app = CallerCall(seq=seq, flow=self.audio.new_flow(), started_at=started_at)
+        self._schedule(call, call.app, time.monotonic())
         self.notices.put_nowait(CallStarted(self.s.run_id, self.s.agent_id, seq, call.sip_call_id, started_at))
 
     def _dispatch(self, now: float) -> None:
@@ -494,6 +504,8 @@ class Agent(AgentBase):
                 if call.remote_hangup:
                     cc.flow.on_remote_hangup()
                 self.stack.close(call, self._closed)
+            else:  # answered, confirmed, media up: step it now
+                self._schedule(call, cc, now)
 
     def _closed(self, call: SipCall) -> None:
         """The call's tape is complete: snapshot what the SIP stack knows, measure the tape off the pump."""
@@ -529,41 +541,61 @@ class Agent(AgentBase):
             rec.outcome, rec.reason = OUTCOME_ERROR, f"agent error while measuring: {exc}"
             self._emit(rec)
 
-    def _step_calls(self, now: float) -> None:
-        sc = self.scenario
-        self._slice = (self._slice + 1) % STEP_SLICES
-        for call in list(self.stack.calls):
+    def _schedule(self, call: SipCall, cc: CallerCall, when: float) -> None:
+        """Step `call` at `when` (monotonic s), unless it is due sooner already; later heap entries go stale."""
+        if when < cc.due:
+            cc.due = when
+            heapq.heappush(self._due, (when, cc.seq, call))
+
+    def _step_due(self, now: float) -> None:
+        """Step the calls whose time has come; each says when it is next due."""
+        due = self._due
+        while due and due[0][0] <= now:
+            when, seq, call = heapq.heappop(due)
             cc: CallerCall | None = call.app
-            if cc is None or cc.seq % STEP_SLICES != self._slice or call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            if cc is None or cc.seq != seq or cc.due != when or call.closed:
+                continue  # the call ended, its object was reused, or it was rescheduled
+            if call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 continue
-            t = call.times
-            if t.answered is None:
-                if t.invite is not None and now - t.invite > sc.answer_timeout_ms / 1000:
-                    cc.reason = f"no answer within {sc.answer_timeout_ms} ms"
-                    call.hangup_now(487)
-                continue
-            if now - t.answered > sc.max_call_ms / 1000:
-                cc.reason = f"call exceeded max_call_ms {sc.max_call_ms}"
-                call.hangup_now()
-                continue
-            if t.confirmed is None or cc.flow.state is CallerState.DONE:
-                continue
-            if call.tape is None:  # media and CONFIRMED arrive in either order
-                if now - t.confirmed > MEDIA_WAIT_S:
-                    cc.reason = "call confirmed but no audio stream became active"
-                    call.hangup_now()
-                continue
-            if not cc.answered:
-                cc.answered = True
-                action = cc.flow.on_answer(now * 1000)
-            else:  # while the caller speaks, what it hears does not matter: skip the poll
-                speaking = cc.flow.state is CallerState.SPEAKING
-                action = cc.flow.step(now * 1000, 0 if speaking else call.level())
             try:
-                self._act(call, cc, action, now)
+                nxt = self._step_call(call, cc, now)
             except pj.Error as exc:  # one call's media failure ends that call, not the agent
                 cc.reason = f"agent media error: {exc.info().strip()}"
                 call.hangup_now()
+                continue
+            cc.due = float("inf")
+            self._schedule(call, cc, max(nxt, now + PUMP_PERIOD_S / 2))
+
+    def _step_call(self, call: SipCall, cc: CallerCall, now: float) -> float:
+        """One step of a call's signalling timers and its flow; returns when it is next due (monotonic s)."""
+        sc = self.scenario
+        t = call.times
+        if t.answered is None:
+            if t.invite is not None and now - t.invite > sc.answer_timeout_ms / 1000:
+                cc.reason = f"no answer within {sc.answer_timeout_ms} ms"
+                call.hangup_now(487)
+                return float("inf")
+            return (t.invite or now) + sc.answer_timeout_ms / 1000 + PUMP_PERIOD_S  # or a SIP event, sooner
+        give_up_at = t.answered + sc.max_call_ms / 1000
+        if now > give_up_at:
+            cc.reason = f"call exceeded max_call_ms {sc.max_call_ms}"
+            call.hangup_now()
+            return float("inf")
+        if t.confirmed is None or cc.flow.state is CallerState.DONE:
+            return give_up_at
+        if call.tape is None:  # media and CONFIRMED arrive in either order
+            if now - t.confirmed > MEDIA_WAIT_S:
+                cc.reason = "call confirmed but no audio stream became active"
+                call.hangup_now()
+                return float("inf")
+            return t.confirmed + MEDIA_WAIT_S + PUMP_PERIOD_S
+        if not cc.answered:
+            cc.answered = True
+            action = cc.flow.on_answer(now * 1000)
+        else:
+            action = cc.flow.step_heard(now * 1000, call.last_loud_ms())
+        self._act(call, cc, action, now)
+        return min(give_up_at, cc.flow.next_check_ms(now * 1000) / 1000)
 
     def _act(self, call: SipCall, cc: CallerCall, action: Play | Hangup | None, now: float) -> None:
         if isinstance(action, Play):

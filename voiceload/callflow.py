@@ -1,9 +1,12 @@
 """Real-time turn-taking of one call, as pure state machines driven by time and the remote's level.
 
-The pump polls each call's received signal level (a C-side meter of the conference bridge, one
-value per 20 ms frame) and feeds it here; the flows answer with actions (play, hang up). They
-only decide *when* to act. Exact timing is measured afterwards from the call tape
-(`voiceload.analysis`), so a late poll can delay a caller's reply but never falsify a latency.
+The reference bot polls each call's received signal level (a C-side meter of the conference
+bridge, one value per 20 ms frame) and feeds it here (`step`). A call agent's RTP engine keeps,
+per call, when the far end was last loud: the agent hands that time over (`step_heard`) only
+when `next_check_ms` says something can change, so a call costs Python nothing between events.
+The flows answer with actions (play, hang up). They only decide *when* to act. Exact timing is
+measured afterwards from the call tape (`voiceload.analysis`), so a late poll can delay a
+caller's reply but never falsify a latency.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ LEVEL_SPEECH = 5
 # slack over max_wait before giving up in real time (the tape analysis has the final word).
 DETECTION_SLACK_MS = 250
 BOT_BYE_WAIT_MS = 5000  # when the bot is to hang up, how long the caller waits for its BYE
+# While waiting for the bot, how often a caller driven by `step_heard` looks: the bot's speech is
+# noticed afterwards from its exact time, so this only bounds how late a deadline is noticed.
+CALLER_WAIT_CHECK_MS = 100.0
 
 
 @dataclass(frozen=True)
@@ -71,9 +77,15 @@ class _Listener:
 
     def feed(self, now: float, level: int) -> None:
         if level >= LEVEL_SPEECH:
-            self.last_speech_ms = now
-            if self.speech_since is None:
-                self.speech_since = now
+            self.heard(now)
+
+    def heard(self, at: float) -> None:
+        """The remote was loud at `at` (ms): evidence of speech when it is not older than the last reset."""
+        if at < self.reset_at:
+            return
+        self.last_speech_ms = at if self.last_speech_ms is None else max(self.last_speech_ms, at)
+        if self.speech_since is None:
+            self.speech_since = at
 
     def silent_for(self, now: float) -> float:
         if self.speech_since is None or self.last_speech_ms is None:
@@ -128,8 +140,33 @@ class CallerFlow:
 
     def step(self, now: float, level: int) -> Action | None:
         """Advance on one level poll; returns the action to take now, if any."""
+        self._listener.feed(now, level)
+        return self._advance(now)
+
+    def step_heard(self, now: float, last_loud_ms: float | None) -> Action | None:
+        """Advance knowing when the bot was last loud (ms, same clock as `now`; None: never)."""
+        if last_loud_ms is not None:
+            self._listener.heard(last_loud_ms)
+        return self._advance(now)
+
+    def next_check_ms(self, now: float) -> float:
+        """The earliest time (ms) a `step_heard` can act, given what was heard up to `now`."""
         lis = self._listener
-        lis.feed(now, level)
+        if self.state is CallerState.SPEAKING:
+            return self._speak_end
+        if self.state is CallerState.WAIT_BOT:
+            return min(self._deadline, now + min(CALLER_WAIT_CHECK_MS, self.silence_gap_ms))
+        if self.state is CallerState.BOT_SPEAKING:
+            last = lis.last_speech_ms if lis.last_speech_ms is not None else now
+            final_by_caller = self.turn >= len(self.utterance_ms) and self.hangup_by == "caller"
+            gap = max(self.silence_gap_ms, self.hangup_after_ms) if final_by_caller else self.silence_gap_ms
+            return max(now, last + gap)
+        if self.state is CallerState.WAIT_BYE:
+            return self._deadline
+        return float("inf")
+
+    def _advance(self, now: float) -> Action | None:
+        lis = self._listener
         if self.state is CallerState.SPEAKING:
             if now >= self._speak_end:
                 lis.reset(now)

@@ -84,6 +84,11 @@ class RtpChannel:
         """Level of the far end's last packet on pjmedia's bridge scale (silence 0, speech 10..60)."""
         return int(self.engine._engine.level(self.index))
 
+    def last_loud(self) -> float | None:
+        """When (monotonic s, the packet's arrival) the far end was last loud; None if it never was."""
+        t = float(self.engine._engine.last_loud(self.index))
+        return t if t > 0 else None
+
     def close(self) -> dict[str, Any]:
         """Stop sending, complete the tape, free the socket; the call's RTP stats. Idempotent."""
         if self.closed:
@@ -110,10 +115,10 @@ class EngineHealth:
 class MediaEngine:
     """The process's RTP engine: one clock thread, up to `capacity` channels."""
 
-    def __init__(self, host: str, capacity: int) -> None:
+    def __init__(self, host: str, capacity: int, loud_level: int) -> None:
         self.host = host
         self.capacity = capacity
-        self._engine = _rtpengine.Engine(capacity)
+        self._engine = _rtpengine.Engine(capacity, loud_level)
 
     def open(self) -> RtpChannel:
         index, port = self._engine.open(self.host)

@@ -220,6 +220,11 @@ class SipCall(pj.Call):
         except pj.Error:
             return 0
 
+    def last_loud_ms(self) -> float | None:
+        """When the remote was last loud (monotonic ms), from the media engine; None before that or without one."""
+        t = self.channel.last_loud() if self.channel is not None and self.channel.started is not None else None
+        return None if t is None else t * 1000
+
     def header(self, name: str) -> str | None:
         """The value of header `name` on an incoming call's INVITE (first occurrence), None if absent."""
         want = name.lower()

@@ -4,12 +4,13 @@
 ARG BASE=debian:bookworm-slim
 FROM ${BASE}
 
-# python3 + venv for the install; espeak-ng + sox for `voiceload recordings make`; libsndfile1 for soundfile.
+# python3 + venv for the install; gcc + python3-dev to compile the agents' RTP engine
+# (voiceload/_rtpengine.c); espeak-ng + sox for `voiceload recordings make`; libsndfile1 for soundfile.
 # Unpinned on purpose: the versions are whatever the base's Debian release ships (security updates included).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        python3 python3-venv espeak-ng sox libsndfile1 \
+        python3 python3-venv python3-dev gcc libc6-dev espeak-ng sox libsndfile1 \
     && rm -rf /var/lib/apt/lists/*
 
 # The project (scenarios/ and recordings/ included, so `--scenario scenarios/demo.yaml` works from /app).

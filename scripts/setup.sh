@@ -9,9 +9,12 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 PY="${VOICELOAD_PYTHON:-python3}"
-apt_pkgs=(espeak-ng sox libsndfile1)
-# Debian's own python3 needs python3-venv for `python3 -m venv` (ensurepip)
+# gcc + libc6-dev: the editable install compiles the agents' RTP engine (voiceload/_rtpengine.c)
+apt_pkgs=(espeak-ng sox libsndfile1 gcc libc6-dev)
+# Debian's own python3 needs python3-venv for `python3 -m venv` (ensurepip), and python3-dev for Python.h
 "$PY" -c "import ensurepip" 2>/dev/null || apt_pkgs+=(python3-venv)
+"$PY" -c "import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h'))" \
+    2>/dev/null || apt_pkgs+=(python3-dev)
 [ "$want_test" = 1 ] && apt_pkgs+=(mosquitto sip-tester tcpdump chromium)
 
 missing=()

@@ -94,3 +94,51 @@ def test_bot_replies_think_time_after_the_caller_ends() -> None:
     acts = drive(b, 3000, 4000, 0)
     assert acts == [(3095, Hangup(None))]  # reply ends 2895 + 200
     assert b.think_ms == [400.0]
+
+
+def drive_heard(
+    flow: CallerFlow, start: float, end: float, loud: list[tuple[float, float]]
+) -> list[tuple[float, object]]:
+    """Step only when `next_check_ms` says so (as the agent does), hearing the bot in the `loud` spans (ms)."""
+    out = []
+    t = start
+    while t < end:
+        heard = [min(t, b) for a, b in loud if a <= t]
+        act = flow.step_heard(t, max(heard) if heard else None)
+        if act is not None:
+            out.append((t, act))
+        t = max(t + 5, flow.next_check_ms(t))
+    return out
+
+
+def test_caller_stepped_only_when_due_walks_the_same_path() -> None:
+    f = caller()
+    assert f.on_answer(0) is None
+    greeting, reply0, reply1 = (200, 1495), (3000, 3595), (5000, 5995)
+    acts = drive_heard(f, 0, 7000, [greeting, reply0, reply1])
+    # the same actions at the same times as the level-polled walk: last loud + the 500 ms gap
+    assert acts == [(1995, Play(0)), (4095, Play(1)), (6495, Hangup(None))]
+    assert f.failure is None
+
+
+def test_caller_stepped_when_due_checks_sparsely() -> None:
+    f = caller()
+    f.on_answer(0)
+    assert f.next_check_ms(0) == 100  # waiting for the greeting: a look every 100 ms
+    f.step_heard(300, 250)  # the bot spoke at 250 ms
+    assert f.next_check_ms(300) == 750  # the gap can end at the earliest 500 ms after its last loud packet
+    assert f.step_heard(750, 700) is None  # it was still speaking at 700
+    assert f.next_check_ms(750) == 1200
+    assert f.step_heard(1200, 700) == Play(0)
+    assert f.next_check_ms(1200) == 2200  # the utterance's end
+
+
+def test_caller_stepped_when_due_ignores_what_it_heard_before_its_own_turn() -> None:
+    f = caller(utterance_ms=[1000.0], hangup_by="bot")
+    f.on_answer(0)
+    f.step_heard(100, 90)
+    assert f.step_heard(600, 90) == Play(0)
+    f.step_heard(1600, 90)  # utterance over: listening again from 1600
+    # no bot speech after 1600: the old loud packet at 90 ms must not count as a reply
+    acts = drive_heard(f, 1605, 5000, [(0, 90)])
+    assert len(acts) == 1 and isinstance(acts[0][1], Hangup) and "did not start in time" in (f.failure or "")

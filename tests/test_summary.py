@@ -36,9 +36,9 @@ def rec(n: int, outcome: str = "completed", *, agent: str = "a1", sip: int | Non
     )
 
 
-def hb(agent: str = "a1", cpu: float = 30.0, lag: float = 5.0) -> Heartbeat:
+def hb(agent: str = "a1", cpu: float = 30.0, lag: float = 5.0, media_lag: float = 0.0) -> Heartbeat:
     return Heartbeat(run_id="r1", agent_id=agent, at=0.0, active_calls=1, placed=1, finished=0,
-                     cpu_percent=cpu, pump_lag_ms_max=lag, max_calls=4)
+                     cpu_percent=cpu, pump_lag_ms_max=lag, max_calls=4, media_lag_ms_max=media_lag)
 
 
 def healthy(*agents: str) -> GeneratorHealth:
@@ -154,16 +154,16 @@ def test_thresholds_and_extra_reasons() -> None:
     assert extra["invalid_reasons"] == ["3 calls missing"] and extra["valid"] is False
 
 
-def test_deep_jitter_buffers_make_the_run_invalid() -> None:
-    """A buffer averaging 40+ ms in over 5 % of an agent's calls: its received onsets read late."""
-    calls = [rec(i) for i in range(40)]
-    for i, c in enumerate(calls):
-        c.rtp = {"rx_packets": 600, "jbuf_delay_ms_mean": 60 if i < 2 else 20}
-    assert run(calls)["valid"]  # 2 of 40: within the 5 % allowance
-    calls[2].rtp = {"rx_packets": 600, "jbuf_delay_ms_mean": 45}
-    s = run(calls)
+def test_a_late_media_clock_makes_the_run_invalid() -> None:
+    """The RTP engine's tick woke past the limit: caller frames left late, one side of every turn."""
+    health = GeneratorHealth()
+    health.observe(hb(media_lag=12.0))
+    assert run([rec(0)], health=health)["valid"]
+    health.observe(hb(media_lag=65.0))
+    s = run([rec(0)], health=health)
     assert not s["valid"]
-    assert any("jitter buffers averaged more than 40 ms in 3 of 40 calls" in r for r in s["invalid_reasons"])
+    assert any("media clock 65 ms late (limit 40 ms)" in r for r in s["invalid_reasons"])
+    assert s["generator"]["max_media_lag_ms"] == 65.0
 
 
 def test_an_audio_clock_that_slipped_makes_the_run_invalid() -> None:

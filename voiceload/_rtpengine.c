@@ -45,6 +45,7 @@
 #define FLUSH_CHUNK 4000          /* write the tape in blocks of at least this many samples */
 #define SNAP 40                   /* a sent frame within 5 ms of where the last one ended continues it */
 #define TRANSIT_EPOCH 50          /* packets per epoch of the received stream's minimum transit (~1 s) */
+#define MAX_CATCH_UP 5            /* frames a late tick sends at once to stay on schedule; beyond, ticks are skipped */
 #define RX_BATCH 8
 #define PKT_MAX 1500
 #define RTP_HDR 12
@@ -169,8 +170,8 @@ static void place(chan_t *c, int16_t *track, int64_t at, const uint8_t *pcmu, in
     }
 }
 
-/* Where a sent frame goes: right after the last one when it left about then, else at its own
- * time (the clock thread was late, or the channel was idle). */
+/* Where a sent frame goes: right after the last one when it is due about then, else at its own
+ * time (ticks were skipped). */
 static int64_t continue_or_jump(int64_t next, int64_t at) {
     return (next > 0 && at >= next - SNAP && at <= next + SNAP) ? next : at;
 }
@@ -272,7 +273,11 @@ static void rx_drain(chan_t *c, int64_t mono_minus_real, int loud_level) {
     }
 }
 
-static void tx_frame(Engine *e, chan_t *c) {
+/* Send the frame of tick `tick`, scheduled at `sched` (monotonic ns), and tape it at `sched`: an
+ * utterance stays whole on the tape and ends where the schedule put it on the wire. The real send
+ * is later by the wake-up's lateness (reported by health(), and a run is invalid past 40 ms) and
+ * by the channel's turn within the wake-up (busy_max_ms in health(): about 4 us per channel). */
+static void tx_frame(chan_t *c, int64_t tick, int64_t sched) {
     uint8_t pkt[RTP_HDR + FRAME];
     uint8_t *pay = pkt + RTP_HDR;
     int playing = c->play != NULL && c->play_pos < c->play_len;
@@ -285,7 +290,7 @@ static void tx_frame(Engine *e, chan_t *c) {
     } else {
         memset(pay, SILENCE, FRAME);
     }
-    uint32_t ts = c->ts0 + (uint32_t)((e->ticks - c->tick0) * FRAME);
+    uint32_t ts = c->ts0 + (uint32_t)((tick - c->tick0) * FRAME);
     pkt[0] = 0x80;
     pkt[1] = (uint8_t)(PT_PCMU | (c->marker ? 0x80 : 0));
     c->marker = 0;
@@ -295,18 +300,19 @@ static void tx_frame(Engine *e, chan_t *c) {
     pkt[8] = (uint8_t)(c->ssrc >> 24); pkt[9] = (uint8_t)(c->ssrc >> 16);
     pkt[10] = (uint8_t)(c->ssrc >> 8); pkt[11] = (uint8_t)c->ssrc;
     c->seq++;
-    int64_t sent_at = now_ns(CLOCK_MONOTONIC);
     if (sendto(c->fd, pkt, sizeof pkt, 0, (struct sockaddr *)&c->remote, sizeof c->remote) < 0) c->send_errors++;
     else c->tx_packets++;
-    int64_t pos = continue_or_jump(c->tx_next, sample_at(c, sent_at));
+    int64_t pos = continue_or_jump(c->tx_next, sample_at(c, sched));
     if (playing) place(c, c->tx, pos, pay, FRAME, &c->rx_late);
     c->tx_next = pos + FRAME;
 }
 
-static void service(Engine *e, chan_t *c, int64_t mono_now, int64_t mono_minus_real) {
+/* One wake-up of the clock for one channel: read what arrived, send the frames due, write the tape. */
+static void service(Engine *e, chan_t *c, int64_t tick, int64_t sched, int frames, int64_t woke,
+                    int64_t mono_minus_real) {
     rx_drain(c, mono_minus_real, e->loud_level);
-    tx_frame(e, c);
-    int64_t safe = sample_at(c, mono_now) - FLUSH_LAG;
+    for (int k = 0; k < frames; k++) tx_frame(c, tick + k, sched + k * FRAME_NS);
+    int64_t safe = sample_at(c, woke) - FLUSH_LAG;
     if (safe - c->flushed >= FLUSH_CHUNK) flush_to(c, safe);
 }
 
@@ -325,19 +331,30 @@ static void *clock_main(void *arg) {
         int64_t woke = now_ns(CLOCK_MONOTONIC);
         int64_t mono_minus_real = woke - now_ns(CLOCK_REALTIME);
         pthread_mutex_lock(&e->lock);
+        int running = 0;
+        for (int i = 0; i < e->capacity; i++) running += e->ch[i].running;
         int64_t late = woke - next;
-        if (late > e->late_max_ns) e->late_max_ns = late;
-        if (late >= 2 * FRAME_NS) {   /* starved: skip the lost ticks rather than burst them out */
-            int64_t lost = late / FRAME_NS;
-            e->skipped += lost;
-            e->ticks += lost;
-            next += lost * FRAME_NS;
+        if (running && late > e->late_max_ns) e->late_max_ns = late;  /* with no call, lateness harms nothing */
+        /* ticks due now: this one and any a late wake-up missed (sent at once, up to MAX_CATCH_UP) */
+        int64_t due = 1 + late / FRAME_NS;
+        if (due > MAX_CATCH_UP) {
+            int64_t skip = due - MAX_CATCH_UP;
+            if (running) e->skipped += skip;
+            e->ticks += skip;
+            next += skip * FRAME_NS;
+            due = MAX_CATCH_UP;
         }
+        int64_t first = e->ticks;
         for (int i = 0; i < e->capacity; i++) {
             chan_t *c = &e->ch[i];
-            if (c->running) service(e, c, woke, mono_minus_real);
+            if (!c->running) continue;
+            /* a channel started after this wake-up's first due tick sends from its own start on */
+            int64_t from = c->tick0 > first ? c->tick0 : first;
+            if (from < first + due)
+                service(e, c, from, next + (from - first) * FRAME_NS, (int)(first + due - from), woke, mono_minus_real);
         }
-        e->ticks++;
+        e->ticks += due;
+        next += (due - 1) * FRAME_NS;
         e->n_ticks++;
         int64_t busy = now_ns(CLOCK_MONOTONIC) - woke;
         e->busy_ns += busy;

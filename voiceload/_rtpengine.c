@@ -6,8 +6,9 @@
  * packet, Python polling levels), and its jitter buffer is the error of a turn when it settles
  * deep. A load generator needs none of that: it sends known, pre-encoded frames and must know
  * *when* each frame left and each packet arrived. So, per 20 ms tick and per call, this engine
- *   - drains the call's socket with recvmmsg(), taking each packet's kernel arrival time
- *     (SO_TIMESTAMPNS), so a late tick never makes a packet look late;
+ *   - drains the call's socket with recvmmsg() every other tick (two packets a read, half the
+ *     system calls), taking each packet's kernel arrival time (SO_TIMESTAMPNS), so neither a late
+ *     tick nor the wait for the next read makes a packet look late;
  *   - sends one PCMU frame: the current utterance, or silence (no DTX: a continuous stream);
  *   - keeps the call's tape: a mono 8 kHz 16-bit WAV on the wire's own timeline. Sent audio
  *     sits at its send time. Received audio sits on the sender's timeline (its RTP timestamps)
@@ -46,6 +47,7 @@
 #define SNAP 40                   /* a sent frame within 5 ms of where the last one ended continues it */
 #define TRANSIT_EPOCH 50          /* packets per epoch of the received stream's minimum transit (~1 s) */
 #define MAX_CATCH_UP 5            /* frames a late tick sends at once to stay on schedule; beyond, ticks are skipped */
+#define RX_EVERY 2                /* a channel's socket is drained every this many ticks (alternate channels alternate) */
 #define RX_BATCH 8
 #define PKT_MAX 1500
 #define RTP_HDR 12
@@ -310,7 +312,7 @@ static void tx_frame(chan_t *c, int64_t tick, int64_t sched) {
 /* One wake-up of the clock for one channel: read what arrived, send the frames due, write the tape. */
 static void service(Engine *e, chan_t *c, int64_t tick, int64_t sched, int frames, int64_t woke,
                     int64_t mono_minus_real) {
-    rx_drain(c, mono_minus_real, e->loud_level);
+    if ((tick + (c - e->ch)) % RX_EVERY == 0 || frames > 1) rx_drain(c, mono_minus_real, e->loud_level);
     for (int k = 0; k < frames; k++) tx_frame(c, tick + k, sched + k * FRAME_NS);
     int64_t safe = sample_at(c, woke) - FLUSH_LAG;
     if (safe - c->flushed >= FLUSH_CHUNK) flush_to(c, safe);
@@ -599,14 +601,15 @@ static PyObject *Engine_close(Engine *self, PyObject *args) {
     lock_engine(self);
     chan_t *c = get_chan(self, i);
     if (c == NULL) { pthread_mutex_unlock(&self->lock); return NULL; }
+    PyObject *old = c->play_obj;
+    c->play_obj = NULL;
+    c->play = NULL;
+    if (c->running) rx_drain(c, now_ns(CLOCK_MONOTONIC) - now_ns(CLOCK_REALTIME), self->loud_level);  /* the last reads */
     uint32_t expected = c->have_seq ? c->cycles + c->max_seq - c->base_seq + 1 : 0;
     long long lost = (long long)expected - (long long)c->rx_packets;
     double jmean = c->jitter_n ? c->jitter_sum / (double)c->jitter_n : 0.0, jmax = c->jitter_max;
     unsigned long long rxp = c->rx_packets, txp = c->tx_packets, other = c->rx_other, late = c->rx_late;
     unsigned long long errs = c->send_errors;
-    PyObject *old = c->play_obj;
-    c->play_obj = NULL;
-    c->play = NULL;
     close_chan(c);
     pthread_mutex_unlock(&self->lock);
     Py_XDECREF(old);
@@ -685,6 +688,7 @@ PyMODINIT_FUNC PyInit__rtpengine(void) {
     Py_INCREF(&EngineType);
     if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) { Py_DECREF(&EngineType); Py_DECREF(m); return NULL; }
     PyModule_AddIntConstant(m, "FRAME_SAMPLES", FRAME);
+    PyModule_AddIntConstant(m, "READ_LAG_MS", RX_EVERY * (FRAME_NS / 1000000));
     PyModule_AddIntConstant(m, "CLOCK_RATE", RATE);
     return m;
 }

@@ -5,6 +5,7 @@ from typing import Any
 
 FRAME_SAMPLES: int
 CLOCK_RATE: int
+READ_LAG_MS: int
 
 def encode_pcmu(samples: bytes, /) -> bytes: ...
 

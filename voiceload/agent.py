@@ -589,13 +589,17 @@ class Agent(AgentBase):
                 call.hangup_now()
                 return float("inf")
             return t.confirmed + MEDIA_WAIT_S + PUMP_PERIOD_S
+        # the flow decides as of the moment up to which the engine has read everything that arrived, so
+        # a bot still speaking in packets not read yet never looks quiet
+        lag_ms = self.media.read_lag_ms
+        known_ms = now * 1000 - lag_ms
         if not cc.answered:
             cc.answered = True
-            action = cc.flow.on_answer(now * 1000)
+            action = cc.flow.on_answer(known_ms)
         else:
-            action = cc.flow.step_heard(now * 1000, call.last_loud_ms())
+            action = cc.flow.step_heard(known_ms, call.last_loud_ms())
         self._act(call, cc, action, now)
-        return min(give_up_at, cc.flow.next_check_ms(now * 1000) / 1000)
+        return min(give_up_at, (cc.flow.next_check_ms(known_ms) + lag_ms) / 1000)
 
     def _act(self, call: SipCall, cc: CallerCall, action: Play | Hangup | None, now: float) -> None:
         if isinstance(action, Play):

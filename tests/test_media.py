@@ -71,3 +71,41 @@ def test_two_channels_on_loopback_tape_each_others_audio_at_wire_time(tmp_path: 
     assert 0 <= on_a - sent < 0.025  # the first frame leaves on the next 20 ms tick
     loud_b = np.flatnonzero(np.abs(tape_b) > 1000)
     assert 0.99 < (loud_b[-1] - loud_b[0]) / 8000 < 1.01  # contiguous: one second of tone
+
+
+@pytest.mark.real
+def test_audio_played_right_at_start_is_whole_on_the_tape(tmp_path: Path) -> None:
+    """A caller who speaks first plays at once: no frame of it may fall before the tape's sample 0.
+
+    Seen before the fix: a channel started while a due tick waited for the engine's lock got the
+    utterance's first frame at a negative tape position, and the turn's caller audio was "not found".
+    """
+    tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(4000) / 8000)).astype(np.int16)
+    audio.write_wav(tmp_path / "tone.wav", tone)
+    sink = MediaEngine("127.0.0.1", 1, loud_level=5).open()  # a socket to send to
+    eng = MediaEngine("127.0.0.1", 30, loud_level=5)
+    try:
+        chans = []
+        for i in range(30):
+            ch = eng.open()
+            ch.start(f"127.0.0.1:{sink.port}", tmp_path / f"{i}.wav", ssrc=i)
+            ch.play(tmp_path / "tone.wav")
+            chans.append(ch)
+            time.sleep(0.0137)  # walk the starts across the 20 ms tick
+        time.sleep(0.8)
+        for ch in chans:
+            ch.close()
+    finally:
+        eng.shutdown()
+        sink.engine.shutdown()
+    sent = ulaw_decode(encode_pcmu(tone))  # what went out, exactly
+    for i in range(30):
+        tape, _ = sf.read(tmp_path / f"{i}.wav", dtype="int16")
+        assert np.count_nonzero(tape) == np.count_nonzero(sent), f"tape {i}: part of the utterance is missing"
+
+
+def ulaw_decode(pcmu: bytes) -> np.ndarray:
+    """G.711 mu-law to 16-bit (the standard expansion), to compare a tape with what was sent."""
+    u = ~np.frombuffer(pcmu, dtype=np.uint8).astype(np.int32) & 0xFF
+    t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+    return np.where(u & 0x80, 0x84 - t, t - 0x84).astype(np.int16)

@@ -100,6 +100,7 @@ typedef struct {
     int loud_level;
     chan_t *ch;
     int64_t ticks;                /* ticks run since the engine started */
+    int64_t next_tick_ns;         /* when tick `ticks` is scheduled (monotonic ns) */
     /* health since the last health() call */
     int64_t late_max_ns, busy_ns, busy_max_ns, skipped, n_ticks;
 } Engine;
@@ -325,7 +326,7 @@ static void *clock_main(void *arg) {
     /* a tick that waits for a core behind Python work sends every call's frame late: run ahead of
      * Python when allowed (root or CAP_SYS_NICE; otherwise this changes nothing) */
     (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), CLOCK_NICE);
-    int64_t next = now_ns(CLOCK_MONOTONIC);
+    int64_t next = e->next_tick_ns - FRAME_NS;  /* set before the thread started: start() may come first */
     while (!e->stop) {
         next += FRAME_NS;
         struct timespec ts = {(time_t)(next / 1000000000LL), (long)(next % 1000000000LL)};
@@ -357,6 +358,7 @@ static void *clock_main(void *arg) {
         }
         e->ticks += due;
         next += (due - 1) * FRAME_NS;
+        e->next_tick_ns = next + FRAME_NS;
         e->n_ticks++;
         int64_t busy = now_ns(CLOCK_MONOTONIC) - woke;
         e->busy_ns += busy;
@@ -368,18 +370,20 @@ static void *clock_main(void *arg) {
 
 /* ---------------------------------------------------------------- Python side */
 
-static void lock_engine(Engine *e) {
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&e->lock);
-    Py_END_ALLOW_THREADS
+/* The engine's lock is only ever held without the GIL: an API call lets the GIL go, takes the lock,
+ * does C work only, drops the lock and takes the GIL back. Taking the GIL back while holding the lock
+ * would make the clock thread wait for whatever Python thread holds the GIL (seen: ticks 48 ms late
+ * while the tape worker ran numpy). Nothing between BEGIN and END may touch a Python object. */
+#define ENGINE_LOCKED_BEGIN(e) { PyThreadState *save_ = PyEval_SaveThread(); pthread_mutex_lock(&(e)->lock);
+#define ENGINE_LOCKED_END(e) pthread_mutex_unlock(&(e)->lock); PyEval_RestoreThread(save_); }
+
+/* The open channel `i`, or NULL (no Python error set: the caller raises once it has the GIL). */
+static chan_t *find_chan(Engine *e, int i) {
+    return (i >= 0 && i < e->capacity && e->ch[i].used) ? &e->ch[i] : NULL;
 }
 
-static chan_t *get_chan(Engine *e, int i) {
-    if (i < 0 || i >= e->capacity || !e->ch[i].used) {
-        PyErr_Format(PyExc_ValueError, "no open media channel %d", i);
-        return NULL;
-    }
-    return &e->ch[i];
+static PyObject *no_chan(int i) {
+    return PyErr_Format(PyExc_ValueError, "no open media channel %d", i);
 }
 
 static void write_wav_header(int fd, uint32_t samples) {
@@ -417,6 +421,7 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
     if (!self->ch) { PyErr_NoMemory(); return -1; }
     for (int i = 0; i < capacity; i++) { self->ch[i].fd = -1; self->ch[i].tape_fd = -1; }
     pthread_mutex_init(&self->lock, NULL);
+    self->next_tick_ns = now_ns(CLOCK_MONOTONIC) + FRAME_NS;
     if (pthread_create(&self->thread, NULL, clock_main, self) != 0) {
         PyErr_SetString(PyExc_OSError, "could not start the media clock thread");
         return -1;
@@ -483,24 +488,21 @@ static PyObject *Engine_open(Engine *self, PyObject *args) {
     }
     socklen_t alen = sizeof a;
     getsockname(fd, (struct sockaddr *)&a, &alen);
-    lock_engine(self);
     int slot = -1;
+    ENGINE_LOCKED_BEGIN(self)
     for (int i = 0; i < self->capacity; i++) if (!self->ch[i].used) { slot = i; break; }
     if (slot >= 0) {
         chan_t *c = &self->ch[slot];
-        PyObject *old = c->play_obj;
-        memset(c, 0, sizeof *c);
-        c->play_obj = old;  /* released below, with the GIL */
+        memset(c, 0, sizeof *c);  /* play_obj too: close() released it */
         c->used = 1;
         c->fd = fd;
         c->tape_fd = -1;
     }
-    pthread_mutex_unlock(&self->lock);
+    ENGINE_LOCKED_END(self)
     if (slot < 0) {
         close(fd);
-        return PyErr_Format(PyExc_RuntimeError, "all %d media channels in use", self->capacity);
+        return PyErr_Format(PyExc_OSError, "all %d media channels in use", self->capacity);
     }
-    Py_CLEAR(self->ch[slot].play_obj);
     return Py_BuildValue("(ii)", slot, (int)ntohs(a.sin_port));
 }
 
@@ -532,28 +534,35 @@ static PyObject *Engine_start(Engine *self, PyObject *args) {
     }
     int16_t *rx = calloc(RING, sizeof(int16_t)), *tx = calloc(RING, sizeof(int16_t));
     if (!rx || !tx) { free(rx); free(tx); if (tape_fd >= 0) close(tape_fd); return PyErr_NoMemory(); }
-    lock_engine(self);
-    chan_t *c = get_chan(self, i);
-    if (c == NULL || c->running) {
-        pthread_mutex_unlock(&self->lock);
+    int state = 0;  /* 0 started, 1 not open, 2 already started */
+    double t0 = 0.0;
+    ENGINE_LOCKED_BEGIN(self)
+    chan_t *c = find_chan(self, i);
+    if (c == NULL) state = 1;
+    else if (c->running) state = 2;
+    else {
+        c->remote = r;
+        c->ssrc = ssrc;
+        c->seq = (uint16_t)(ssrc >> 7);
+        c->ts0 = ssrc * 2654435761u;
+        c->tick0 = self->ticks;
+        c->marker = 1;
+        c->tape_fd = tape_fd;
+        c->rx = rx;
+        c->tx = tx;
+        /* sample 0 no later than the first tick's scheduled time: a tick already due (its wake-up
+         * waiting for this lock) is scheduled before now, and its frame would fall off the tape */
+        int64_t now = now_ns(CLOCK_MONOTONIC);
+        c->t0_ns = self->next_tick_ns < now ? self->next_tick_ns : now;
+        c->running = 1;
+        t0 = (double)c->t0_ns / 1e9;
+    }
+    ENGINE_LOCKED_END(self)
+    if (state != 0) {
         free(rx); free(tx);
         if (tape_fd >= 0) close(tape_fd);
-        if (c != NULL) PyErr_Format(PyExc_ValueError, "media channel %d already started", i);
-        return NULL;
+        return state == 1 ? no_chan(i) : PyErr_Format(PyExc_ValueError, "media channel %d already started", i);
     }
-    c->remote = r;
-    c->ssrc = ssrc;
-    c->seq = (uint16_t)(ssrc >> 7);
-    c->ts0 = ssrc * 2654435761u;
-    c->tick0 = self->ticks;
-    c->marker = 1;
-    c->tape_fd = tape_fd;
-    c->rx = rx;
-    c->tx = tx;
-    c->t0_ns = now_ns(CLOCK_MONOTONIC);
-    c->running = 1;
-    double t0 = (double)c->t0_ns / 1e9;
-    pthread_mutex_unlock(&self->lock);
     return PyFloat_FromDouble(t0);
 }
 
@@ -563,27 +572,24 @@ static PyObject *Engine_play(Engine *self, PyObject *args) {
     PyObject *data;
     if (!PyArg_ParseTuple(args, "iS", &i, &data)) return NULL;
     Py_INCREF(data);
-    lock_engine(self);
-    chan_t *c = get_chan(self, i);
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(data);
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
     PyObject *old = NULL;
+    int found = 0;
+    ENGINE_LOCKED_BEGIN(self)
+    chan_t *c = find_chan(self, i);
     if (c != NULL) {
+        found = 1;
         old = c->play_obj;
         c->play_obj = data;
-        c->play = (const uint8_t *)PyBytes_AS_STRING(data);
-        c->play_len = PyBytes_GET_SIZE(data);
+        c->play = buf;
+        c->play_len = len;
         c->play_pos = 0;
     }
-    pthread_mutex_unlock(&self->lock);
-    if (c == NULL) { Py_DECREF(data); return NULL; }
+    ENGINE_LOCKED_END(self)
+    if (!found) { Py_DECREF(data); return no_chan(i); }
     Py_XDECREF(old);
     return PyFloat_FromDouble((double)now_ns(CLOCK_MONOTONIC) / 1e9);
-}
-
-static PyObject *Engine_level(Engine *self, PyObject *arg) {
-    long i = PyLong_AsLong(arg);
-    if (i == -1 && PyErr_Occurred()) return NULL;
-    if (i < 0 || i >= self->capacity) return PyErr_Format(PyExc_ValueError, "no media channel %ld", i);
-    return PyLong_FromLong(self->ch[i].level);  /* an int read: no lock needed */
 }
 
 /* last_loud(channel) -> monotonic time (s) the far end was last loud; 0.0 if never */
@@ -598,20 +604,28 @@ static PyObject *Engine_last_loud(Engine *self, PyObject *arg) {
 static PyObject *Engine_close(Engine *self, PyObject *args) {
     int i;
     if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
-    lock_engine(self);
-    chan_t *c = get_chan(self, i);
-    if (c == NULL) { pthread_mutex_unlock(&self->lock); return NULL; }
-    PyObject *old = c->play_obj;
-    c->play_obj = NULL;
-    c->play = NULL;
-    if (c->running) rx_drain(c, now_ns(CLOCK_MONOTONIC) - now_ns(CLOCK_REALTIME), self->loud_level);  /* the last reads */
-    uint32_t expected = c->have_seq ? c->cycles + c->max_seq - c->base_seq + 1 : 0;
-    long long lost = (long long)expected - (long long)c->rx_packets;
-    double jmean = c->jitter_n ? c->jitter_sum / (double)c->jitter_n : 0.0, jmax = c->jitter_max;
-    unsigned long long rxp = c->rx_packets, txp = c->tx_packets, other = c->rx_other, late = c->rx_late;
-    unsigned long long errs = c->send_errors;
-    close_chan(c);
-    pthread_mutex_unlock(&self->lock);
+    PyObject *old = NULL;
+    int found = 0;
+    long long lost = 0;
+    double jmean = 0.0, jmax = 0.0;
+    unsigned long long rxp = 0, txp = 0, other = 0, late = 0, errs = 0;
+    ENGINE_LOCKED_BEGIN(self)
+    chan_t *c = find_chan(self, i);
+    if (c != NULL) {
+        found = 1;
+        old = c->play_obj;
+        c->play_obj = NULL;
+        c->play = NULL;
+        if (c->running) rx_drain(c, now_ns(CLOCK_MONOTONIC) - now_ns(CLOCK_REALTIME), self->loud_level);  /* the last reads */
+        uint32_t expected = c->have_seq ? c->cycles + c->max_seq - c->base_seq + 1 : 0;
+        lost = (long long)expected - (long long)c->rx_packets;
+        jmean = c->jitter_n ? c->jitter_sum / (double)c->jitter_n : 0.0;
+        jmax = c->jitter_max;
+        rxp = c->rx_packets; txp = c->tx_packets; other = c->rx_other; late = c->rx_late; errs = c->send_errors;
+        close_chan(c);
+    }
+    ENGINE_LOCKED_END(self)
+    if (!found) return no_chan(i);
     Py_XDECREF(old);
     return Py_BuildValue("{s:K,s:L,s:K,s:d,s:d,s:K,s:K,s:K}",
                          "rx_packets", rxp, "rx_lost", lost < 0 ? 0LL : lost, "rx_other_pt", other,
@@ -621,13 +635,14 @@ static PyObject *Engine_close(Engine *self, PyObject *args) {
 
 /* health() -> the clock's lateness and load since the previous call */
 static PyObject *Engine_health(Engine *self, PyObject *unused) {
-    lock_engine(self);
-    int64_t late = self->late_max_ns, busy = self->busy_ns, busy_max = self->busy_max_ns;
-    int64_t skipped = self->skipped, n = self->n_ticks;
+    int64_t late, busy, busy_max, skipped, n;
     int running = 0;
+    ENGINE_LOCKED_BEGIN(self)
+    late = self->late_max_ns; busy = self->busy_ns; busy_max = self->busy_max_ns;
+    skipped = self->skipped; n = self->n_ticks;
     for (int i = 0; i < self->capacity; i++) running += self->ch[i].running;
     self->late_max_ns = self->busy_ns = self->busy_max_ns = self->skipped = self->n_ticks = 0;
-    pthread_mutex_unlock(&self->lock);
+    ENGINE_LOCKED_END(self)
     return Py_BuildValue("{s:d,s:d,s:d,s:L,s:L,s:i}", "late_max_ms", (double)late / 1e6,
                          "busy_mean_ms", n ? (double)busy / (double)n / 1e6 : 0.0, "busy_max_ms", (double)busy_max / 1e6,
                          "skipped_ticks", (long long)skipped, "ticks", (long long)n, "running", running);
@@ -638,7 +653,6 @@ static PyMethodDef Engine_methods[] = {
     {"start", (PyCFunction)Engine_start, METH_VARARGS,
      "start(channel, remote_host, remote_port, tape_path, ssrc) -> tape start, monotonic seconds"},
     {"play", (PyCFunction)Engine_play, METH_VARARGS, "play(channel, pcmu) -> monotonic time the first frame goes out"},
-    {"level", (PyCFunction)Engine_level, METH_O, "level(channel) -> level of the last received frame (0..127)"},
     {"last_loud", (PyCFunction)Engine_last_loud, METH_O,
      "last_loud(channel) -> monotonic time (s) the far end was last at least loud_level; 0.0 if never"},
     {"close", (PyCFunction)Engine_close, METH_VARARGS, "close(channel) -> RTP stats; completes the tape"},

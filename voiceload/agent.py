@@ -477,13 +477,13 @@ class Agent(AgentBase):
             # so nothing is counted or reported, and the start is tried again shortly
             self._next_start = min(self._next_start, time.monotonic() + SLOT_RETRY_S)
             return
-        except pj.Error as exc:
+        except (pj.Error, OSError) as exc:
             self.placed = seq
+            why = f"makeCall failed: {exc.info().strip()}" if isinstance(exc, pj.Error) else f"no RTP socket: {exc}"
             self._emit(
                 CallRecord(
                     run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=f"unplaced-{session}", seq=seq,
-                    outcome=OUTCOME_ERROR, reason=f"makeCall failed: {exc.info().strip()}",
-                    started_at=started_at,
+                    outcome=OUTCOME_ERROR, reason=why, started_at=started_at,
                 )
             )
             self.finished += 1

@@ -9,7 +9,7 @@ How a call uses it:
 2. `offer_with_port()` puts that socket's port in pjsua's SDP offer (`Call.onCallSdpCreated`), so
    the far end sends its RTP to the engine, never to pjsua's own (idle) stream;
 3. once the call's media is up, `RtpChannel.start()` aims the channel at the far end's RTP address
-   and starts the tape; `play()` queues a recording; `level()` is the real-time turn-taking meter;
+   and starts the tape; `play()` queues a recording; `last_loud()` feeds real-time turn-taking;
 4. `close()` stops the channel, completes the tape (WAV header included) and returns RTP stats.
 
 On the tape, received audio sits at the packet's kernel arrival time and sent audio at its send
@@ -79,10 +79,6 @@ class RtpChannel:
     def play(self, path: Path) -> float:
         """Play a recording into the call now (replacing any still playing); when its first frame goes out."""
         return float(self.engine._engine.play(self.index, self.engine.pcmu(path)))
-
-    def level(self) -> int:
-        """Level of the far end's last packet on pjmedia's bridge scale (silence 0, speech 10..60)."""
-        return int(self.engine._engine.level(self.index))
 
     def last_loud(self) -> float | None:
         """When (monotonic s, the packet's arrival) the far end was last loud; None if it never was."""

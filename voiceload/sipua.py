@@ -210,9 +210,7 @@ class SipCall(pj.Call):
         }
 
     def level(self) -> int:
-        """Level (0..127) of the audio the remote sends us, last frame (cheap C call)."""
-        if self.channel is not None:
-            return self.channel.level() if self.channel.started is not None else 0
+        """Level (0..100) of the audio the remote sends us, last bridge frame (cheap C call)."""
         if self.media is None:
             return 0
         try:
@@ -457,7 +455,11 @@ class SipStack:
         call = self._pool.pop() if self._pool else SipCall(self, self.account)
         call.reset()
         if self.media is not None:
-            call.channel = self.media.open()
+            try:
+                call.channel = self.media.open()
+            except OSError:  # no socket to be had (out of file descriptors or ports): nothing placed
+                self._pool.append(call)
+                raise
         prm = pj.CallOpParam(True)
         for name, value in (headers or {}).items():
             hdr = pj.SipHeader()

@@ -104,6 +104,11 @@ def main() -> int:
     summary = json.loads((out / "summary.json").read_text())
     print(f"completed {summary['calls']['completed']}/{summary['calls']['placed']}, valid {summary['valid']}, "
           f"turn latency p50 {summary['turn_latency_ms']['p50']} p95 {summary['turn_latency_ms']['p95']} ms")
+    for reason in summary["invalid_reasons"]:
+        print(f"  invalid: {reason}")
+    gen = summary["generator"]
+    print(f"generator health: max CPU {gen['max_cpu_percent']} %, pump lag {gen['max_pump_lag_ms']} ms, "
+          f"media clock lag {gen.get('max_media_lag_ms')} ms")
     vs_truth = latency_errors(calls, truth)
     print(f"voiceload - bot truth : {stats(vs_truth)}")
     print(f"    histogram (5 ms bins): {histogram(vs_truth)}")

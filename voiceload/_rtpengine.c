@@ -11,7 +11,8 @@
  *     tick nor the wait for the next read makes a packet look late;
  *   - sends one PCMU frame: the current utterance, or silence (no DTX: a continuous stream);
  *   - keeps the call's tape: a mono 8 kHz 16-bit WAV on the wire's own timeline. Sent audio
- *     sits at its send time. Received audio sits on the sender's timeline (its RTP timestamps)
+ *     sits at its tick's scheduled time (a late tick catches up, below). Received audio sits on
+ *     the sender's timeline (its RTP timestamps)
  *     at the smallest transit seen over the last ~2 s, i.e. where the packet would have arrived
  *     with no jitter: contiguous like the sender's audio, never later than the packet arrived,
  *     and earlier only by that packet's own jitter. The tape is flushed in 0.5 s blocks and its

@@ -399,7 +399,7 @@ def _demo_scenario() -> Path:
 
 @app.command()
 def doctor() -> None:
-    """Show which pjsua2 is active, its version and its per-process call limit."""
+    """Show which pjsua2 is active, its version and per-process call limit, and the agents' RTP engine."""
     import pjsua2
 
     from voiceload.bot import call_limit
@@ -413,6 +413,11 @@ def doctor() -> None:
     limit = call_limit()
     typer.echo(f"pjsua2 per-process call limit: {limit}; calls per agent process: "
                f"{min(limit, AGENT_CALLS_MAX)}, {os.cpu_count()} cores")
+    try:
+        from voiceload import _rtpengine
+        typer.echo(f"agents' RTP engine: {Path(_rtpengine.__file__ or '?').name} (compiled by scripts/setup.sh)")
+    except ImportError as exc:
+        typer.echo(f"agents' RTP engine: not built ({exc}); run scripts/setup.sh")
     for tool in ("espeak-ng", "sox", "mosquitto", "sipp"):
         path = next((str(Path(d) / tool) for d in os.environ.get("PATH", "").split(":")
                      if (Path(d) / tool).exists()), None)

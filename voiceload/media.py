@@ -111,7 +111,7 @@ class EngineHealth:
 class MediaEngine:
     """The process's RTP engine: one clock thread, up to `capacity` channels."""
 
-    # How old the engine's picture of what arrived can be: sockets are read every other 20 ms tick.
+    # How old the engine's picture of what arrived can be: sockets are read every 4th 20 ms tick.
     # `RtpChannel.last_loud` is complete up to this long ago (packet times themselves are exact).
     read_lag_ms = float(_rtpengine.READ_LAG_MS)
 

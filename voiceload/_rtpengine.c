@@ -389,6 +389,17 @@ static chan_t *find_chan(Engine *e, int i) {
     return (i >= 0 && i < e->capacity && e->ch[i].used) ? &e->ch[i] : NULL;
 }
 
+/* Give the channel a new recording to play (NULL: none), under the lock. The channel owns one
+ * reference to its bytes object; the old one is returned for the caller to release with the GIL. */
+static PyObject *swap_play(chan_t *c, PyObject *data) {
+    PyObject *old = c->play_obj;
+    c->play_obj = data;
+    c->play = data ? (const uint8_t *)PyBytes_AS_STRING(data) : NULL;  /* inline field reads: no GIL needed */
+    c->play_len = data ? PyBytes_GET_SIZE(data) : 0;
+    c->play_pos = 0;
+    return old;
+}
+
 static PyObject *no_chan(int i) {
     return PyErr_Format(PyExc_ValueError, "no open media channel %d", i);
 }
@@ -579,19 +590,13 @@ static PyObject *Engine_play(Engine *self, PyObject *args) {
     PyObject *data;
     if (!PyArg_ParseTuple(args, "iS", &i, &data)) return NULL;
     Py_INCREF(data);
-    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(data);
-    Py_ssize_t len = PyBytes_GET_SIZE(data);
     PyObject *old = NULL;
     int found = 0;
     ENGINE_LOCKED_BEGIN(self)
     chan_t *c = find_chan(self, i);
     if (c != NULL) {
         found = 1;
-        old = c->play_obj;
-        c->play_obj = data;
-        c->play = buf;
-        c->play_len = len;
-        c->play_pos = 0;
+        old = swap_play(c, data);
     }
     ENGINE_LOCKED_END(self)
     if (!found) { Py_DECREF(data); return no_chan(i); }
@@ -620,9 +625,7 @@ static PyObject *Engine_close(Engine *self, PyObject *args) {
     chan_t *c = find_chan(self, i);
     if (c != NULL) {
         found = 1;
-        old = c->play_obj;
-        c->play_obj = NULL;
-        c->play = NULL;
+        old = swap_play(c, NULL);
         if (c->running) rx_drain(c, now_ns(CLOCK_MONOTONIC) - now_ns(CLOCK_REALTIME), self->loud_level);  /* the last reads */
         uint32_t expected = c->have_seq ? c->cycles + c->max_seq - c->base_seq + 1 : 0;
         lost = (long long)expected - (long long)c->rx_packets;

@@ -411,10 +411,14 @@ class SipStack:
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:{self.user}@{self.host}:{self.port}"
         acfg.mediaConfig.transportConfig.boundAddress = self.host
-        # pjsua starts every process's RTP ports at 4000 and steps up on EADDRINUSE: many agents
+        # pjsua starts every process's RTP ports at 4000 and steps up on EADDRINUSE: many processes
         # starting at once race for the same ports (seen: makeCall failing). A random even base
-        # per process keeps them apart; pjsua still steps past any port in use.
-        acfg.mediaConfig.transportConfig.port = random.randrange(RTP_PORT_MIN, RTP_PORT_MAX, 2)
+        # per process keeps them apart; pjsua steps past ports in use, but only 100 times.
+        # With a media engine, pjsua's own sockets carry nothing: port 0 lets the kernel pick each
+        # one. Stepping from a base failed there (4 of 1000 makeCalls, EADDRINUSE): a 500-call
+        # agent's pjsua and engine sockets fill blocks far longer than 100 steps.
+        acfg.mediaConfig.transportConfig.port = 0 if self.media is not None \
+            else random.randrange(RTP_PORT_MIN, RTP_PORT_MAX, 2)
         self.account = _Account(self)
         self.account.create(acfg)
         self.ep = ep

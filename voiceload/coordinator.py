@@ -41,8 +41,6 @@ log = logging.getLogger("voiceload.coordinator")
 
 AGENT_READY_TIMEOUT_S = 30.0
 LIVE_PERIOD_S = 0.5
-# A dense pjsua2 process's bridge clock holds its lock through each 20 ms cycle, so signalling waits
-# behind it: a few hundred calls per agent keeps hang-ups on time (docs/density.md).
 # Calls per agent process at most. The pjmedia agents of before stopped at 250 (their bridge's clock
 # thread held its lock for whole ticks, and signalling waited behind it); the RTP engine has no such
 # lock on the SIP path, and two agents of 500 hold 1000 calls on a 2-core box (docs/density.md).

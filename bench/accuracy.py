@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.refbot import latency_errors, start_bot  # noqa: E402
-from voiceload import referee  # noqa: E402
+from voiceload.tools import referee  # noqa: E402
 
 
 def stats(errors: list[float]) -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Speech recognition benchmark: word error rate and decode time of the gateway's recogniser.
 
-Runs `voiceload.asr.Recogniser` (restricted to each scenario's caller transcripts, as
+Runs `voiceload.sut.asr.Recogniser` (restricted to each scenario's caller transcripts, as
 `voiceload bot --brain rasa` does) over every caller recording of the given scenarios, after a
 G.711 µ-law encode/decode round trip like the phone line's and with silence around the speech
 like a call tape's, and prints per recording the words, the word error rate and the decode time.
@@ -24,9 +24,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from voiceload import asr, audio  # noqa: E402
+from voiceload.audio import wav  # noqa: E402
+from voiceload.core.scenario import load_scenario  # noqa: E402
 from voiceload.errors import UserError  # noqa: E402
-from voiceload.scenario import load_scenario  # noqa: E402
+from voiceload.sut import asr  # noqa: E402
 
 
 def default_scenarios() -> list[Path]:
@@ -68,8 +69,8 @@ def main() -> None:
               f"{len(rec.phrases)} phrases in the grammar")
         for turn in sc.turns:
             ref = asr.normalise(turn.transcript or "")
-            pad = np.zeros(audio.SAMPLE_RATE * args.silence_ms // 1000, dtype=np.int16)
-            line = asr.ulaw_round_trip(np.concatenate([pad, audio.load_wav(turn.caller), pad]))
+            pad = np.zeros(wav.SAMPLE_RATE * args.silence_ms // 1000, dtype=np.int16)
+            line = asr.ulaw_round_trip(np.concatenate([pad, wav.load_wav(turn.caller), pad]))
             results = [rec.recognise(line) for _ in range(args.repeat)]
             hyp = results[0].text.split()
             errors = asr.word_errors(ref, hyp)
@@ -77,7 +78,7 @@ def main() -> None:
             total_words += len(ref)
             total_errors += errors
             decode_ms.append(ms)
-            audio_s += len(line) / audio.SAMPLE_RATE
+            audio_s += len(line) / wav.SAMPLE_RATE
             print(f"  {turn.caller.name:24s} WER {100 * errors / max(1, len(ref)):5.1f} %  "
                   f"decode {ms:6.1f} ms for {results[0].speech_ms / 1000:.2f} s of speech  "
                   f"ref {' '.join(ref)!r}  hyp {' '.join(hyp)!r}")

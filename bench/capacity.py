@@ -2,7 +2,7 @@
 """The capacity search against bots of known capacity: is the knee it finds the one the model predicts?
 
 For each `--capacity C`, start `voiceload bot --capacity C --think-ms T` on a free port, ask the
-bot model (`voiceload.botmodel.predict_knee`) where the knee of `p95_turn_latency_ms<=L` lies,
+bot model (`voiceload.sut.botmodel.predict_knee`) where the knee of `p95_turn_latency_ms<=L` lies,
 run `voiceload capacity` with levels around it, and print the found knee next to the predicted
 one. Not a test: each search takes ~10 minutes and loads the box.
 
@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.refbot import DEMO, start_bot  # noqa: E402
-from voiceload.botmodel import ScenarioTiming, predict_knee  # noqa: E402
-from voiceload.callflow import ThinkTime  # noqa: E402
-from voiceload.scenario import load_scenario  # noqa: E402
+from voiceload.core.callflow import ThinkTime  # noqa: E402
+from voiceload.core.scenario import load_scenario  # noqa: E402
+from voiceload.sut.botmodel import ScenarioTiming, predict_knee  # noqa: E402
 
 
 def search(capacity: int, args: argparse.Namespace, work: Path) -> dict[str, object]:

@@ -58,7 +58,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.refbot import stop_process  # noqa: E402
-from voiceload.vad import locate  # noqa: E402
+from voiceload.audio.vad import locate  # noqa: E402
 
 DATA = REPO / "bench" / "density"  # the SIPp scenarios
 RECORDINGS = REPO / "recordings" / "demo"
@@ -81,7 +81,7 @@ SILENT_DBFS = -50.0  # a 20 ms frame below this RMS is silence
 START_FRAMES = 5  # the greeting's first 100 ms on a tape: stream start-up, counted apart from dropouts
 CHUNK = 1600  # 200 ms: the tape is followed against the source chunk by chunk
 FOLLOW_RADIUS = 240  # samples (30 ms) a chunk may move from the previous one
-SPEECH_PEAK = 500  # voiceload.vad's speech threshold: chunks quieter than this are pauses
+SPEECH_PEAK = 500  # voiceload.audio.vad's speech threshold: chunks quieter than this are pauses
 POLL_S = 0.25
 SETTLE_S = 2.0  # after the UASes report all N calls up, before the window opens
 START_BUDGET_S = 90.0  # voiceload: target probe, broker, agents up
@@ -421,12 +421,12 @@ def voiceload_roles(run_pid: int) -> dict[str, list[int]]:
     roles: dict[str, list[int]] = {"agents": [], "coordinator": [run_pid], "broker": [], "other": []}
     for pid in children(run_pid):
         argv = cmdline(pid)
-        if "voiceload.broker" in argv:
+        if "voiceload.results.broker" in argv:
             roles["broker"].append(pid)
         elif "agent" in argv and "voiceload" in argv:
             roles["agents"].append(pid)
         else:
-            roles["other"].append(pid)  # e.g. the short-lived `python -m voiceload.sipua` call-limit probe
+            roles["other"].append(pid)  # e.g. the short-lived `python -m voiceload.sip.ua` call-limit probe
     return roles
 
 
@@ -698,7 +698,7 @@ def idle_agent_rss(scenario: Path, target: str, max_calls: int, work: Path, comm
     by it) and its own embedded broker; it reports ready and waits for an assignment that never
     comes. Read once its RSS has been steady for 2 s (bounded: IDLE_WAIT_S).
     """
-    from voiceload.broker import EmbeddedBroker
+    from voiceload.results.broker import EmbeddedBroker
 
     broker = EmbeddedBroker()
     broker.start()

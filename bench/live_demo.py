@@ -14,7 +14,7 @@ import math
 import random
 import time
 
-from voiceload.live import AgentHealth, LiveSnapshot, LiveView, RateMeter
+from voiceload.run.live import AgentHealth, LiveSnapshot, LiveView, RateMeter
 
 TOTAL_CALLS = 40
 CONCURRENCY = 8

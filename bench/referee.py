@@ -20,7 +20,7 @@ import numpy as np
 
 # runnable from a checkout without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from voiceload.referee import WireTurn, analyse_pcap, compare, summary, wire_turns
+from voiceload.tools.referee import WireTurn, analyse_pcap, compare, summary, wire_turns
 
 Key = tuple[str, int]
 

@@ -9,7 +9,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 PY="${VOICELOAD_PYTHON:-python3}"
-# gcc + libc6-dev: the editable install compiles the agents' RTP engine (voiceload/_rtpengine.c)
+# gcc + libc6-dev: the editable install compiles the agents' RTP engine (voiceload/media/_rtpengine.c)
 apt_pkgs=(espeak-ng sox libsndfile1 gcc libc6-dev)
 # Debian's own python3 needs python3-venv for `python3 -m venv` (ensurepip), and python3-dev for Python.h
 "$PY" -c "import ensurepip" 2>/dev/null || apt_pkgs+=(python3-venv)
@@ -29,18 +29,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The venv lives in .venv/; re-install only when pyproject.toml or the C engine changed (stamp keyed
-# by their hash: the editable install compiles voiceload/_rtpengine.c).
+# by their hash: the editable install compiles voiceload/media/*.c).
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($PY --version)"
     "$PY" -m venv .venv
 fi
 extra=""; [ "$want_test" = 1 ] && extra="[test]"
-stamp=".venv/.voiceload-$(cat pyproject.toml voiceload/_rtpengine.c | sha256sum | cut -c1-16)${want_test}"
+stamp=".venv/.voiceload-$(cat pyproject.toml voiceload/media/*.[ch] | sha256sum | cut -c1-16)${want_test}"
 if [ ! -f "$stamp" ]; then
     echo "setup: installing python dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
     .venv/bin/python -m pip install -q -e ".${extra}" 2>&1 | grep -v -i -E "warning|deprecat" || true
-    .venv/bin/python -c "import voiceload, voiceload._rtpengine, pjsua2" || { echo "setup: install failed" >&2; exit 1; }
+    .venv/bin/python -c "import voiceload, voiceload.media._rtpengine, pjsua2" || { echo "setup: install failed" >&2; exit 1; }
     rm -f .venv/.voiceload-*
     touch "$stamp"
     # a test install also satisfies a runtime one

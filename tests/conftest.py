@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.refbot import stop_process
-from voiceload.broker import EmbeddedBroker, free_port
-from voiceload.bus import BrokerAddress
+from voiceload.results.broker import EmbeddedBroker, free_port
+from voiceload.results.bus import BrokerAddress
 
 __all__ = ["Mosquitto", "free_port"]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from voiceload.bot import spawn
+from voiceload.sut.bot import spawn
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "scenarios" / "demo.yaml"

@@ -19,9 +19,9 @@ from typing import Any
 import pjsua2 as pj
 
 from tests.refbot import REPO
-from voiceload.agent import Agent
-from voiceload.siplite import SipMessage
-from voiceload.sipua import SLOT_RETRY_S, SlotsBusy
+from voiceload.agent.caller import Agent
+from voiceload.sip.lite import SipMessage
+from voiceload.sip.ua import SLOT_RETRY_S, SlotsBusy
 
 
 class ByeHoldingUas(threading.Thread):
@@ -97,7 +97,7 @@ def _pump_until(stack: Any, cond: Any, timeout_s: float) -> bool:
 
 def slot_lifecycle() -> None:
     """Runs in a child process (one pjsua2 endpoint per process, none in the test runner)."""
-    from voiceload.sipua import SipStack
+    from voiceload.sip.ua import SipStack
 
     uas = ByeHoldingUas()
     uas.start()
@@ -151,7 +151,7 @@ def slot_lifecycle() -> None:
 
 def quick_rejections() -> None:
     """Child process: calls rejected before the agent ever saw them ringing, through Agent._dispatch."""
-    from voiceload.sipua import SipStack
+    from voiceload.sip.ua import SipStack
 
     uas = ByeHoldingUas()
     uas.reject_invites = True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.test_vad import place, tone
-from voiceload.analysis import Played, Reference, analyse_bot_tape, analyse_caller_tape
+from voiceload.audio.analysis import Played, Reference, analyse_bot_tape, analyse_caller_tape
 
 
 def ms(n: float) -> int:

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voiceload import asr, audio
+from voiceload.audio import wav
+from voiceload.core.scenario import load_scenario
 from voiceload.errors import UserError
-from voiceload.scenario import load_scenario
+from voiceload.sut import asr
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = [REPO / "scenarios" / "demo.yaml", REPO / "scenarios" / "booking.yaml"]
@@ -112,7 +113,7 @@ def test_the_shipped_caller_recordings_are_recognised_exactly(scenario: Path) ->
     sc = load_scenario(scenario)
     rec = asr.Recogniser.for_scenario(sc)
     for turn in sc.turns:
-        result = rec.recognise(_line(audio.load_wav(turn.caller)))
+        result = rec.recognise(_line(wav.load_wav(turn.caller)))
         assert result.text == " ".join(asr.normalise(turn.transcript or "")), turn.caller.name
         assert 0 < result.decode_ms < 1000
         assert result.speech_ms > 500
@@ -131,7 +132,7 @@ def test_recognisers_share_the_one_decoder_and_switch_grammars() -> None:
     again = asr.Recogniser.for_scenario(demo)  # the same grammar is not added twice
     assert a.search == again.search != b.search
     for rec, sc in ((a, demo), (b, booking), (again, demo)):
-        assert rec.recognise(audio.load_wav(sc.turns[0].caller)).text == rec.phrases[0]
+        assert rec.recognise(wav.load_wav(sc.turns[0].caller)).text == rec.phrases[0]
 
 
 def test_words_missing_from_the_dictionary_are_a_user_error_naming_them() -> None:

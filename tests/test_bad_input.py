@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.refbot import DEMO, voiceload
-from voiceload.broker import free_port
-from voiceload.siplite import RedirectFront
+from voiceload.results.broker import free_port
+from voiceload.sip.lite import RedirectFront
 
 pytestmark = pytest.mark.real
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests import refbot
 from tests.refbot import REPO, RefBot, voiceload
-from voiceload import audio
+from voiceload.audio import wav
 
 pytestmark = pytest.mark.real
 
@@ -47,8 +47,8 @@ hangup: {by: caller, after_ms: 300}
 @pytest.fixture
 def short_scenario(tmp_path: Path) -> Path:
     for name, (source, seconds) in CLIPS.items():
-        samples = audio.load_wav(RECORDINGS / source)
-        audio.write_wav(tmp_path / name, samples[: int(seconds * audio.SAMPLE_RATE)])
+        samples = wav.load_wav(RECORDINGS / source)
+        wav.write_wav(tmp_path / name, samples[: int(seconds * wav.SAMPLE_RATE)])
     path = tmp_path / "short.yaml"
     path.write_text(SCENARIO)
     return path

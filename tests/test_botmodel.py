@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.test_callflow import drive
-from voiceload.botmodel import (
+from voiceload.core.callflow import BotFlow, Play, ThinkTime
+from voiceload.core.scenario import load_scenario
+from voiceload.sut.botmodel import (
     ScenarioTiming,
     WorkerPool,
     main,
@@ -17,8 +19,6 @@ from voiceload.botmodel import (
     predict_knee,
     simulate,
 )
-from voiceload.callflow import BotFlow, Play, ThinkTime
-from voiceload.scenario import load_scenario
 
 DEMO = Path(__file__).resolve().parent.parent / "scenarios" / "demo.yaml"
 

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from voiceload import bus
-from voiceload.broker import free_port
-from voiceload.bus import BrokerAddress, Bus, BusError, check_broker, parse_broker_url
 from voiceload.errors import UserError
-from voiceload.messages import CallRecord, TurnResult
+from voiceload.protocol import CallRecord, TurnResult
+from voiceload.results import bus
+from voiceload.results.broker import free_port
+from voiceload.results.bus import BrokerAddress, Bus, BusError, check_broker, parse_broker_url
 
 T = TypeVar("T")
 TEST_TIMEOUT_S = 30.0
@@ -210,7 +210,7 @@ def test_persistent_session_gets_messages_queued_while_away(any_broker: BrokerAd
 
 @pytest.mark.real
 def test_embedded_broker_stops_and_frees_its_port() -> None:
-    from voiceload.broker import EmbeddedBroker
+    from voiceload.results.broker import EmbeddedBroker
 
     broker = EmbeddedBroker()
     addr = broker.start()

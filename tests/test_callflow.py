@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from voiceload.callflow import BotFlow, CallerFlow, Hangup, Play, ThinkTime
+from voiceload.core.callflow import BotFlow, CallerFlow, Hangup, Play, ThinkTime
 
 
 def caller(**kw: object) -> CallerFlow:

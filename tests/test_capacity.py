@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.refbot import REPO, RefBot, start_bot, voiceload
-from voiceload.messages import CallRecord
-from voiceload.timeseries import build_series
+from voiceload.core.timeseries import build_series
+from voiceload.protocol import CallRecord
 
 pytestmark = pytest.mark.real
 
@@ -89,8 +89,8 @@ def test_bad_search_and_shape_input_exits_2_before_any_call(tmp_path: Path, args
 
 def test_capacity_search_finds_the_knee_of_a_bot_with_known_capacity(tmp_path: Path) -> None:
     """Two workers, one-turn calls: the bot model puts the knee of p95<=900 ms at 4 calls."""
-    from voiceload.botmodel import ScenarioTiming, predict_knee
-    from voiceload.scenario import load_scenario
+    from voiceload.core.scenario import load_scenario
+    from voiceload.sut.botmodel import ScenarioTiming, predict_knee
 
     predicted = predict_knee(2, 300.0, ScenarioTiming.from_scenario(load_scenario(QUICK)), 900.0, n_max=20)
     assert predicted == 4

@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 import pytest
 from rich.console import Console
 
-from voiceload import bus
-from voiceload.bus import BrokerAddress, Bus
-from voiceload.collector import CALLS_FILE, SUMMARY_FILE, Collector, load_calls, render_summary
+from voiceload.core.summary import GeneratorHealth, summarize
 from voiceload.errors import UserError
-from voiceload.messages import AgentState, CallRecord, Heartbeat, TurnResult
-from voiceload.summary import GeneratorHealth, summarize
+from voiceload.protocol import AgentState, CallRecord, Heartbeat, TurnResult
+from voiceload.results import bus
+from voiceload.results.bus import BrokerAddress, Bus
+from voiceload.results.collector import CALLS_FILE, SUMMARY_FILE, Collector, load_calls, render_summary
 
 T = TypeVar("T")
 RUN = "run-42"
@@ -215,7 +215,7 @@ def test_run_with_a_broker_address_opens_its_own_session(
 
 
 def test_interval_histograms_from_heartbeats_are_merged_per_turn() -> None:
-    from voiceload.stats import LatencyHistogram
+    from voiceload.core.stats import LatencyHistogram
 
     col = Collector()
     col.run_id, col.expected_calls = RUN, 10

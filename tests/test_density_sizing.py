@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voiceload.coordinator import AGENT_CALLS_MAX, agents_needed
+from voiceload.run.coordinator import AGENT_CALLS_MAX, agents_needed
 
 
 @pytest.mark.parametrize(("concurrency", "per_agent", "cores", "agents"), [

@@ -9,7 +9,8 @@ import sys
 import pytest
 from rich.console import Console
 
-from voiceload.live import (
+from voiceload.core.summary import HealthThresholds
+from voiceload.run.live import (
     LOST,
     OK,
     OVERLOADED,
@@ -20,7 +21,6 @@ from voiceload.live import (
     RateMeter,
     agent_state,
 )
-from voiceload.summary import HealthThresholds
 
 TARGET = "sip:bot@127.0.0.1:5080"
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voiceload import audio
-from voiceload.media import MediaEngine, encode_pcmu, offer_with_port, split_address
+from voiceload.audio import wav
+from voiceload.media.engine import MediaEngine, encode_pcmu, offer_with_port, split_address
 
 OFFER = (
     "v=0\r\no=- 3909 3909 IN IP4 127.0.0.1\r\ns=pjmedia\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -51,7 +51,7 @@ def test_two_channels_on_loopback_tape_each_others_audio_at_wire_time(tmp_path: 
         ta = a.start(f"127.0.0.1:{b.port}", tmp_path / "a.wav", ssrc=1)
         tb = b.start(f"127.0.0.1:{a.port}", tmp_path / "b.wav", ssrc=2)
         tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.int16)
-        audio.write_wav(tmp_path / "tone.wav", tone)
+        wav.write_wav(tmp_path / "tone.wav", tone)
         time.sleep(0.3)
         assert b.last_loud() is None
         sent = a.play(tmp_path / "tone.wav")
@@ -81,7 +81,7 @@ def test_audio_played_right_at_start_is_whole_on_the_tape(tmp_path: Path) -> Non
     utterance's first frame at a negative tape position, and the turn's caller audio was "not found".
     """
     tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(4000) / 8000)).astype(np.int16)
-    audio.write_wav(tmp_path / "tone.wav", tone)
+    wav.write_wav(tmp_path / "tone.wav", tone)
     sink = MediaEngine("127.0.0.1", 1, loud_level=5).open()  # a socket to send to
     eng = MediaEngine("127.0.0.1", 30, loud_level=5)
     try:

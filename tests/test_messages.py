@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from voiceload.messages import (
+from voiceload.protocol import (
     PROTOCOL_VERSION,
     AgentState,
     Assign,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.refbot import DEMO, RefBot, latency_errors, start_bot, voiceload
-from voiceload.analysis import PROMPT_MATCH_THRESHOLD
-from voiceload.bus import BrokerAddress
+from voiceload.audio.analysis import PROMPT_MATCH_THRESHOLD
+from voiceload.results.bus import BrokerAddress
 
 pytestmark = pytest.mark.real
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voiceload import audio, recordings
+from voiceload.audio import recordings
+from voiceload.audio import wav as wavfile
 from voiceload.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,14 +23,14 @@ needs_tts = pytest.mark.skipif(
 
 def longest_pause_ms(x: np.ndarray, *, threshold: int, frame_ms: int = 2) -> float:
     """Longest run of frames peaking at or under `threshold` between the first and last louder one."""
-    n = audio.SAMPLE_RATE * frame_ms // 1000
+    n = wavfile.SAMPLE_RATE * frame_ms // 1000
     peaks = np.abs(x[: len(x) // n * n].astype(np.int32)).reshape(-1, n).max(axis=1)
     loud = np.flatnonzero(peaks > threshold)
     return float((np.diff(loud) - 1).max() * frame_ms) if len(loud) > 1 else 0.0
 
 
 SILENCE = 100  # -50 dBFS: sox's trimming threshold, below which espeak output is a true pause
-VAD_LEVEL = 500  # -36 dBFS: voiceload.vad's speech threshold (quiet fricatives can dip under it)
+VAD_LEVEL = 500  # -36 dBFS: voiceload.audio.vad's speech threshold (quiet fricatives can dip under it)
 
 
 # --- pure parts ----------------------------------------------------------------------------------
@@ -67,18 +68,18 @@ def test_synthesis_makes_trimmed_normalised_call_audio(tmp_path: Path) -> None:
     written = recordings.make_recordings(tmp_path)
     wav = tmp_path / "caller-01-hi.wav"
     assert written == [wav]
-    assert audio.check_call_wav(wav) == []
-    x = audio.load_wav(wav)
-    assert 0.8 < len(x) / audio.SAMPLE_RATE < 3.5
+    assert wavfile.check_call_wav(wav) == []
+    x = wavfile.load_wav(wav)
+    assert 0.8 < len(x) / wavfile.SAMPLE_RATE < 3.5
     # speech right at both edges: sound above -50 dBFS within the first and the last 5 ms
-    edge = audio.SAMPLE_RATE * 5 // 1000
+    edge = wavfile.SAMPLE_RATE * 5 // 1000
     assert np.abs(x[:edge].astype(np.int32)).max() > 100
     assert np.abs(x[-edge:].astype(np.int32)).max() > 100
     peak_dbfs = 20 * np.log10(np.abs(x.astype(np.int32)).max() / 32768)
     assert peak_dbfs == pytest.approx(-3.0, abs=0.1)
     assert longest_pause_ms(x, threshold=VAD_LEVEL) < 300
     manifest = (tmp_path / recordings.MANIFEST).read_text(encoding="utf-8").splitlines()
-    ms = round(len(x) * 1000 / audio.SAMPLE_RATE)
+    ms = round(len(x) * 1000 / wavfile.SAMPLE_RATE)
     assert manifest == ["file\tduration_ms\ttranscript", f"caller-01-hi.wav\t{ms}\tHello, this is a test."]
 
 
@@ -101,8 +102,8 @@ def test_bot_and_caller_voices_sound_different(tmp_path: Path) -> None:
     for name in ("bot-01-same.txt", "caller-01-same.txt"):
         (tmp_path / name).write_text("Same words.", encoding="utf-8")
     recordings.make_recordings(tmp_path)
-    bot = audio.load_wav(tmp_path / "bot-01-same.wav")
-    caller = audio.load_wav(tmp_path / "caller-01-same.wav")
+    bot = wavfile.load_wav(tmp_path / "bot-01-same.wav")
+    caller = wavfile.load_wav(tmp_path / "caller-01-same.wav")
     assert len(bot) != len(caller) or not np.array_equal(bot, caller)
 
 
@@ -135,9 +136,9 @@ def test_shipped_sets_are_complete() -> None:
 
 @pytest.mark.parametrize("wav", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_recordings_are_short_call_audio_without_long_pauses(wav: Path) -> None:
-    assert audio.check_call_wav(wav) == []
-    x = audio.load_wav(wav)
-    assert 0.8 <= len(x) / audio.SAMPLE_RATE <= 3.5
+    assert wavfile.check_call_wav(wav) == []
+    x = wavfile.load_wav(wav)
+    assert 0.8 <= len(x) / wavfile.SAMPLE_RATE <= 3.5
     # shorter than the VAD's 300 ms hangover, so one prompt stays one speech segment
     assert longest_pause_ms(x, threshold=SILENCE) < 250
     assert longest_pause_ms(x, threshold=VAD_LEVEL) < 300

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from voiceload import referee
-from voiceload.vad import SAMPLE_RATE
+from voiceload.audio.vad import SAMPLE_RATE
+from voiceload.tools import referee
 
 PTIME = 160  # samples per 20 ms packet
 Addr = tuple[str, int]

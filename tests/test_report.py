@@ -17,10 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from voiceload.cli import app
+from voiceload.core.summary import GeneratorHealth, summarize
 from voiceload.errors import UserError
-from voiceload.messages import CallRecord, GreetingResult, Heartbeat, TurnResult
+from voiceload.protocol import CallRecord, GreetingResult, Heartbeat, TurnResult
 from voiceload.report import TURNS_CSV_COLUMNS, fmt_ms, fmt_pct, write_reports
-from voiceload.summary import GeneratorHealth, summarize
 
 T0 = 1_700_000_000.0
 

@@ -10,8 +10,8 @@ import pytest
 
 from tests.fakerasa import FakeRasa, Script, serve
 from tests.refbot import DEMO, start_bot, voiceload
-from voiceload.broker import free_port
-from voiceload.scenario import load_scenario
+from voiceload.core.scenario import load_scenario
+from voiceload.results.broker import free_port
 
 pytestmark = pytest.mark.real
 

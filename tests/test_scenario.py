@@ -9,22 +9,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voiceload import audio
+from voiceload.audio import wav
+from voiceload.core.scenario import Prompt, Scenario, load_scenario
 from voiceload.errors import ScenarioError, UserError
-from voiceload.scenario import Prompt, Scenario, load_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def tone(seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * audio.SAMPLE_RATE)) / audio.SAMPLE_RATE
+    t = np.arange(int(seconds * wav.SAMPLE_RATE)) / wav.SAMPLE_RATE
     return (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
 
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     """A scenario directory with one good recording, `ok.wav` (0.5 s)."""
-    audio.write_wav(tmp_path / "ok.wav", tone(0.5))
+    wav.write_wav(tmp_path / "ok.wav", tone(0.5))
     return tmp_path
 
 
@@ -90,7 +90,7 @@ def test_defaults(folder: Path) -> None:
 
 def test_all_fields(folder: Path) -> None:
     (folder / "rec").mkdir()
-    audio.write_wav(folder / "rec" / "hello.wav", tone(1.0))
+    wav.write_wav(folder / "rec" / "hello.wav", tone(1.0))
     (folder / "rec" / "hello.txt").write_text("  Hello there.\n", encoding="utf-8")
     s = load_scenario(write(folder, """
         version: 1
@@ -298,8 +298,8 @@ def test_every_wav_problem_is_reported_with_the_path_as_written(folder: Path) ->
     sf.write(str(folder / "wide.wav"), np.zeros(8000, dtype=np.int16), 16000, subtype="PCM_16")
     sf.write(str(folder / "stereo.wav"), np.zeros((8000, 2), dtype=np.int16), 8000, subtype="PCM_16")
     sf.write(str(folder / "u8.wav"), np.zeros(8000, dtype=np.int16), 8000, subtype="PCM_U8")
-    audio.write_wav(folder / "short.wav", tone(0.05))
-    audio.write_wav(folder / "long.wav", np.zeros(121 * audio.SAMPLE_RATE, dtype=np.int16))
+    wav.write_wav(folder / "short.wav", tone(0.05))
+    wav.write_wav(folder / "long.wav", np.zeros(121 * wav.SAMPLE_RATE, dtype=np.int16))
     assert problems(folder, """
         version: 1
         name: x

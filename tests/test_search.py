@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from voiceload.core.search import CapacitySearch, StepVerdict, Window, host_cpu_reason, judge_step, step_records
+from voiceload.core.slo import parse_slos
 from voiceload.errors import EXIT_INVALID_RUN, EXIT_OK, EXIT_SLO_FAILED
-from voiceload.messages import CallRecord, Heartbeat, TurnResult
-from voiceload.search import CapacitySearch, StepVerdict, Window, host_cpu_reason, judge_step, step_records
-from voiceload.slo import parse_slos
+from voiceload.protocol import CallRecord, Heartbeat, TurnResult
 
 
 def verdict(level: int, *, passed: bool = True, valid: bool = True, attempt: int = 1) -> StepVerdict:

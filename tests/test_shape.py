@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from voiceload.shape import (
+from voiceload.core.shape import (
     MAX_CONCURRENCY,
     Constant,
     LoadShape,

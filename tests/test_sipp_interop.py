@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 
 from tests.refbot import REPO, stop_process, voiceload
-from voiceload.audio import load_wav
-from voiceload.vad import samples_to_ms, speech_span
+from voiceload.audio.vad import samples_to_ms, speech_span
+from voiceload.audio.wav import load_wav
 
 pytestmark = pytest.mark.real
 

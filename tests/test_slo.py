@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from voiceload.core.slo import Slo, SloResult, evaluate, exit_code, parse_slo, parse_slos, value_of
+from voiceload.core.summary import GeneratorHealth, summarize
 from voiceload.errors import EXIT_INVALID_RUN, EXIT_OK, EXIT_SLO_FAILED, UserError
-from voiceload.messages import CallRecord, GreetingResult, Heartbeat, TurnResult
-from voiceload.slo import Slo, SloResult, evaluate, exit_code, parse_slo, parse_slos, value_of
-from voiceload.summary import GeneratorHealth, summarize
+from voiceload.protocol import CallRecord, GreetingResult, Heartbeat, TurnResult
 
 # --- parsing -------------------------------------------------------------------------------------
 

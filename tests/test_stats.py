@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from voiceload.stats import STAT_KEYS, LatencyHistogram
+from voiceload.core.stats import STAT_KEYS, LatencyHistogram
 
 REL = 1e-3  # 3 significant digits
 

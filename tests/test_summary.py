@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from voiceload.messages import CallRecord, GreetingResult, Heartbeat, TurnResult
-from voiceload.summary import (
+from voiceload.core.summary import (
     MAX_AGENT_CPU_PERCENT,
     MAX_PUMP_LAG_MS,
     SUMMARY_SCHEMA,
@@ -16,6 +15,7 @@ from voiceload.summary import (
     HealthThresholds,
     summarize,
 )
+from voiceload.protocol import CallRecord, GreetingResult, Heartbeat, TurnResult
 
 REL = 1e-3
 

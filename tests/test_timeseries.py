@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from voiceload.messages import CallRecord, TurnResult
-from voiceload.timeseries import DEFAULT_UNANSWERED_MS, active_at, build_series, call_span
+from voiceload.core.timeseries import DEFAULT_UNANSWERED_MS, active_at, build_series, call_span
+from voiceload.protocol import CallRecord, TurnResult
 
 T0 = 1_700_000_000.0
 REL = 1e-3

@@ -11,10 +11,7 @@ import pytest
 
 from tests.fakerasa import Script, serve
 from tests.refbot import DEMO
-from voiceload.errors import ScenarioError, UserError
-from voiceload.restagent import parse_rasa_url, rest_problems
-from voiceload.scenario import load_scenario
-from voiceload.tracker import (
+from voiceload.agent.tracker import (
     Expectation,
     TrackerCheck,
     caller_messages,
@@ -23,6 +20,9 @@ from voiceload.tracker import (
     judge_reply,
     normalise,
 )
+from voiceload.core.scenario import load_scenario, rest_problems
+from voiceload.errors import ScenarioError, UserError
+from voiceload.rasa import parse_rasa_url
 
 RECORDINGS = DEMO.parent.parent / "recordings" / "demo"
 

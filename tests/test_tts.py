@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voiceload import audio, recordings, tts
+from voiceload.audio import recordings, wav
+from voiceload.sut import tts
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_PROMPTS = sorted((REPO / "recordings" / "demo").glob("bot-*.txt"))
@@ -44,11 +45,11 @@ def test_a_reply_is_sample_identical_to_the_prompt_recordings_make_makes(tmp_pat
     for txt in DEMO_PROMPTS:
         speech = synth.speak(txt.read_text())
         assert not speech.cached
-        assert audio.check_call_wav(speech.path) == []
-        expected = audio.load_wav(made / f"{txt.stem}.wav")
-        assert np.array_equal(audio.load_wav(speech.path), expected), txt.name
+        assert wav.check_call_wav(speech.path) == []
+        expected = wav.load_wav(made / f"{txt.stem}.wav")
+        assert np.array_equal(wav.load_wav(speech.path), expected), txt.name
         # and so to the shipped prompt, which `recordings make` reproduces (tests/test_recordings.py)
-        assert np.array_equal(expected, audio.load_wav(txt.with_suffix(".wav"))), txt.name
+        assert np.array_equal(expected, wav.load_wav(txt.with_suffix(".wav"))), txt.name
 
 
 @needs_tts
@@ -71,8 +72,8 @@ def test_concurrent_writers_of_one_reply_leave_one_whole_file(tmp_path: Path) ->
         results = list(pool.map(lambda _: tts.Synthesiser(tmp_path).speak(text), range(6)))
     assert len({r.path for r in results}) == 1
     assert [p.name for p in tmp_path.iterdir()] == [results[0].path.name]  # no temporary files left
-    assert audio.check_call_wav(results[0].path) == []
-    assert np.array_equal(audio.load_wav(results[0].path), audio.load_wav(REPO / "recordings/booking/bot-02-time.wav"))
+    assert wav.check_call_wav(results[0].path) == []
+    assert np.array_equal(wav.load_wav(results[0].path), wav.load_wav(REPO / "recordings/booking/bot-02-time.wav"))
 
 
 def test_a_failing_tool_is_a_runtime_error_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from voiceload.vad import locate, match_score, ms_to_samples, speech_segments, speech_span
+from voiceload.audio.vad import locate, match_score, ms_to_samples, speech_segments, speech_span
 
 
 def tone(n: int, amp: int = 8000, freq: float = 300.0, seed: int = 0) -> np.ndarray:

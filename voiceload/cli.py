@@ -117,8 +117,8 @@ def run(
     Exit code: 0 every SLO met, 1 an SLO failed, 2 bad input, 3 run invalid (generator or infrastructure).
     """
     _setup_logging(verbose)
-    from voiceload import coordinator
-    from voiceload.collector import render_summary
+    from voiceload.results.collector import render_summary
+    from voiceload.run import coordinator
 
     if shape is not None and (concurrency is not None or calls is not None):
         raise _fail("--shape replaces --concurrency/--calls: give one or the other")
@@ -188,9 +188,9 @@ def capacity(
     3 the load generator saturated before the target broke (the answer is "at least N").
     """
     _setup_logging(verbose)
-    from voiceload import capacity as capacity_mod
-    from voiceload import coordinator
-    from voiceload.shape import parse_duration
+    from voiceload.core.shape import parse_duration
+    from voiceload.run import capacity as capacity_mod
+    from voiceload.run import coordinator
 
     def seconds(flag: str, text: str) -> float:
         try:
@@ -264,8 +264,7 @@ def agent(
 ) -> None:
     """A call agent (spawned by `run`; run it yourself on other hosts against a shared broker)."""
     _setup_logging(verbose)
-    from voiceload import agent as agent_mod
-
+    from voiceload.agent import main as agent_mod
     _guard(lambda: agent_mod.run(
         run_id=run_id, agent_id=agent_id, scenario=scenario, target=target, broker_url=broker,
         tape_dir=tape_dir, keep_tapes=keep_tapes, max_calls=max_calls, bind=bind,
@@ -308,11 +307,12 @@ def bot(
     speech recognition (grammar: the caller transcripts) → Rasa → the reply spoken in the bot's voice.
     """
     _setup_logging(verbose)
-    from voiceload import bot as bot_mod
-    from voiceload.asr import scenario_phrases
-    from voiceload.callflow import ThinkTime
-    from voiceload.gateway import BRAINS, parse_rasa_url
-    from voiceload.scenario import load_scenario
+    from voiceload.core.callflow import ThinkTime
+    from voiceload.core.scenario import load_scenario
+    from voiceload.rasa import parse_rasa_url
+    from voiceload.sut import bot as bot_mod
+    from voiceload.sut.asr import scenario_phrases
+    from voiceload.sut.gateway import BRAINS
 
     def host_port(option: str, value: str) -> tuple[str, int]:
         host, _, port_s = value.rpartition(":")
@@ -363,7 +363,7 @@ def bot(
 @scenario_app.command("validate")
 def scenario_validate(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")]) -> None:
     """Check a scenario and its recordings; print every problem with file, line and field (exit 2)."""
-    from voiceload.scenario import load_scenario
+    from voiceload.core.scenario import load_scenario
 
     sc = _guard(lambda: load_scenario(file))
     typer.echo(f"{file}: ok: scenario {sc.name!r}, {len(sc.turns)} turns")
@@ -375,7 +375,7 @@ def recordings_make(
     force: Annotated[bool, typer.Option(help="Re-synthesise up-to-date WAVs too.")] = False,
 ) -> None:
     """Synthesise each transcript NAME.txt into NAME.wav (espeak-ng + sox, 8 kHz mono)."""
-    from voiceload.recordings import make_recordings
+    from voiceload.audio.recordings import make_recordings
 
     written = _guard(lambda: make_recordings(directory, force=force))
     typer.echo(f"{len(written)} recordings written in {directory}")
@@ -402,8 +402,8 @@ def doctor() -> None:
     """Show which pjsua2 is active, its version and per-process call limit, and the agents' RTP engine."""
     import pjsua2
 
-    from voiceload.bot import call_limit
-    from voiceload.coordinator import AGENT_CALLS_MAX
+    from voiceload.run.coordinator import AGENT_CALLS_MAX
+    from voiceload.sip.lite import call_limit
 
     typer.echo(f"voiceload {__import__('voiceload').__version__}, python {sys.version.split()[0]}")
     version = importlib.metadata.version("pjsua2-python") if _has_dist("pjsua2-python") else "unknown"
@@ -414,7 +414,7 @@ def doctor() -> None:
     typer.echo(f"pjsua2 per-process call limit: {limit}; calls per agent process: "
                f"{min(limit, AGENT_CALLS_MAX)}, {os.cpu_count()} cores")
     try:
-        from voiceload import _rtpengine
+        from voiceload.media.engine import _rtpengine
         typer.echo(f"agents' RTP engine: {Path(_rtpengine.__file__ or '?').name} (compiled by scripts/setup.sh)")
     except ImportError as exc:
         typer.echo(f"agents' RTP engine: not built ({exc}); run scripts/setup.sh")
@@ -438,7 +438,7 @@ def demo(
     for old in ("calls.jsonl", "summary.json", "bot-truth.jsonl"):  # the demo's dir is rewritten each time
         (out / old).unlink(missing_ok=True)
     truth = out / "bot-truth.jsonl"
-    from voiceload.bot import spawn
+    from voiceload.sut.bot import spawn
 
     try:
         bot_proc, target = spawn(["--listen", "127.0.0.1:0", "--scenario", str(scenario), "--think-ms", think_ms,

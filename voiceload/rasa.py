@@ -34,6 +34,10 @@ from voiceload.errors import EXIT_BAD_INPUT, UserError
 
 log = logging.getLogger(__name__)
 
+# Calls in flight per REST agent process. A call is a coroutine waiting on a socket, not a media
+# stream: one process holds hundreds, and 200 keeps its event loop prompt (heartbeat pump lag).
+REST_CALL_LIMIT = 200
+PROBE_TIMEOUT_S = 3.0
 RASA_VERSION = "3.6.21"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_SCRIPT = REPO_ROOT / "scripts" / "rasa-env.sh"
@@ -376,3 +380,45 @@ def tracker_actions(tracker: Mapping[str, Any]) -> list[str]:
     """The actions the bot chose, in order, without listen/session-start bookkeeping (what the dialog did)."""
     return [name for e in _events(tracker)
             if e.get("event") == "action" and isinstance(name := e.get("name"), str) and name not in NOISE_ACTIONS]
+
+
+def parse_rasa_url(url: str) -> str:
+    """`http(s)://HOST[:PORT]` of a Rasa server (a trailing / allowed) → the base URL without it.
+
+    The one rule for every `--rasa-url` (agents, the coordinator, the bot's gateway): a server's root,
+    no path, query or credentials (the token goes in --rasa-token); anything else is a UserError (exit 2).
+    """
+    bad = f"--rasa-url {url!r}: expected http://HOST[:PORT] or https://HOST[:PORT] of a Rasa server, " \
+          "e.g. http://127.0.0.1:5005"
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise UserError(f"{bad} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise UserError(bad)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise UserError(f"{bad}; give only the server's address (the token goes in --rasa-token)")
+    if port == 0:
+        raise UserError(f"--rasa-url {url!r}: port 0 is not a server's port")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+async def probe_rasa(url: str, token: str | None = None, *, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """One GET on the server root before any call: nothing answering is bad input (exit 2), like a SIP target.
+
+    With a token, `/status` is asked too, so a refused token fails now rather than every call's tracker.
+    """
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(f"{url}/"):
+                pass
+            if token:
+                async with session.get(f"{url}/status", params={"token": token}) as resp:
+                    if resp.status in (401, 403):
+                        raise UserError(f"--rasa-token: refused by Rasa at {url} (HTTP {resp.status})")
+    except TimeoutError:
+        raise UserError(f"Rasa at {url} did not answer within {timeout_s:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise UserError(f"Rasa at {url} is unreachable: {exc}") from None

@@ -30,9 +30,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from voiceload.bot import spawn  # noqa: E402
 from voiceload.errors import EXIT_BAD_INPUT, UserError  # noqa: E402
 from voiceload.rasa import RasaServer, ensure_model, find_rasa_python  # noqa: E402
+from voiceload.sut.bot import spawn  # noqa: E402
 
 SCENARIO = HERE / "scenario.yaml"
 

@@ -1,0 +1,357 @@
+"""Call agent: one process, one pjsua2 endpoint, up to the build's call limit of concurrent calls.
+
+pjsua2 does the calls' SIP; their audio goes through the C media engine (`voiceload.media.engine`),
+which sends the caller's recordings, receives the bot's audio and writes each call's tape.
+The agent keeps the coordinator's assigned number of calls in flight, walks each call through
+the scenario (`CallerFlow`), records a tape per call, measures every turn from the tape once the
+call ends (`analyse_caller_tape`) and publishes exactly one `CallRecord` per placed call.
+Everything pjsua2 touches runs on the asyncio thread, which is also the pump.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pjsua2 as pj
+
+from voiceload.agent.base import AgentBase, AgentSettings
+from voiceload.audio.analysis import Played, analyse_caller_tape
+from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Hangup, Play
+from voiceload.core.scenario_audio import ScenarioAudio
+from voiceload.core.stats import LatencyHistogram
+from voiceload.media.engine import MediaEngine
+from voiceload.protocol import (
+    OUTCOME_COMPLETED,
+    OUTCOME_ERROR,
+    OUTCOME_FAILED,
+    OUTCOME_REJECTED,
+    OUTCOME_TIMEOUT,
+    SESSION_HEADER,
+    CallRecord,
+    CallStarted,
+    TurnResult,
+    session_id,
+)
+from voiceload.sip.lite import local_address_for, parse_sip_uri, split_targets
+from voiceload.sip.ua import CLOCK_RATE, SLOT_RETRY_S, SipCall, SipStack, SlotsBusy, read_tape
+
+log = logging.getLogger("voiceload.agent.caller")
+
+# SIP events, call starts and due calls are handled every 20 ms. A call is stepped only when it is
+# due: a SIP event, the end of its utterance, the silence gap after the bot's last loud packet (the
+# media engine keeps that time), or a deadline. Polling every call every 40 ms was most of an
+# agent's Python CPU at hundreds of calls; latency is measured from the tapes, not from these steps.
+PUMP_PERIOD_S = 0.020
+MAX_STARTS_PER_TICK = 4  # call starts a tick may catch up on, so the start rate can exceed 1/PUMP_PERIOD_S
+HEARTBEAT_PERIOD_S = 1.0
+MEDIA_WAIT_S = 2.0
+SPOOL_DRAIN_S = 120.0  # how long a finished agent waits for the collector to acknowledge its records
+
+
+@dataclass
+class CallerCall:
+    """Per-call state of the agent role, hung on `SipCall.app`."""
+
+    seq: int
+    flow: CallerFlow
+    started_at: float  # unix time of the INVITE
+    played: list[Played] = field(default_factory=list)
+    reason: str | None = None  # why the agent ended the call early, if it did
+    answered: bool = False
+    due: float = float("inf")  # monotonic time of the call's next step (see Agent._step_due); inf: none
+
+
+@dataclass(frozen=True)
+class TapeJob:
+    """What the analysis thread needs of a finished call, copied off the recycled SipCall."""
+
+    path: Path | None
+    offset_ms: float  # tape start relative to answer
+    played: list[Played]
+    reason: str | None  # why the call ended early, if it did
+
+
+
+class Agent(AgentBase):
+    """The SIP channel: one pjsua2 endpoint, up to the build's call limit of concurrent calls."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        super().__init__(settings)
+        self.audio = ScenarioAudio.load(self.scenario)
+        # several targets (bot instances): calls go round-robin, each agent starting at its own one
+        self.targets = split_targets(settings.target)
+        self._first_target = sum(map(ord, settings.agent_id)) % len(self.targets)
+        first = parse_sip_uri(self.targets[0])
+        host = settings.bind or local_address_for(first.host, first.port)
+        # pjsua slots beyond the assigned calls: an ended call holds its slot until its BYE is answered
+        wanted = settings.max_calls + max(1, settings.max_calls // 8) if settings.max_calls else 1024
+        self.media = MediaEngine(host, wanted, loud_level=LEVEL_SPEECH)
+        self.stack = SipStack(host=host, max_calls=wanted, user=f"agent-{settings.agent_id}", media=self.media)
+        self.tape_dir = settings.tape_dir / f"{settings.run_id}-{settings.agent_id}"
+        self._due: list[tuple[float, int, SipCall]] = []  # (when, seq, call): a heap of calls to step
+        # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape")
+
+    @property
+    def active(self) -> int:
+        return len(self.stack.calls)
+
+    async def _open(self) -> None:
+        self.tape_dir.mkdir(parents=True, exist_ok=True)
+        self.stack.tape_dir = self.tape_dir
+        self.stack.start()
+        cap = self.stack.max_calls if self.s.max_calls is None else min(self.s.max_calls, self.stack.max_calls)
+        self.capacity = cap
+        log.info("agent %s up: pjsua2 call limit %d, SIP %s", self.s.agent_id, cap, self.stack.address)
+
+    async def _close(self) -> None:
+        self.stack.shutdown()
+        self.media.shutdown()
+        self._pool.shutdown(wait=True)
+        if not self.s.keep_tapes:
+            with contextlib.suppress(OSError):
+                self.tape_dir.rmdir()
+
+    def _media_lag_ms(self) -> float:
+        return self.media.health().late_max_ms
+
+    # --- the pump ---------------------------------------------------------------------------
+    async def _pump(self) -> None:
+        await self._paced(PUMP_PERIOD_S, self._tick)
+
+    def _tick(self, now: float) -> None:
+        self.stack.pump(0)
+        now = time.monotonic()  # events may have taken a while
+        self._dispatch(now)
+        self._step_due(now)
+        self._start_calls(now)
+        self.stack.collect()
+
+    def _place_call(self) -> None:
+        seq = self.placed + 1
+        session = session_id(self.s.run_id, self.s.agent_id, seq)
+        started_at = time.time()
+        target = self.targets[(self._first_target + seq) % len(self.targets)]  # a refused start keeps its seq
+        try:
+            call = self.stack.make_call(target, {SESSION_HEADER: session})
+        except SlotsBusy:
+            # an ended call's slot is still held (its BYE/CANCEL is unanswered): nothing was placed,
+            # so nothing is counted or reported, and the start is tried again shortly
+            self._next_start = min(self._next_start, time.monotonic() + SLOT_RETRY_S)
+            return
+        except (pj.Error, OSError) as exc:
+            self.placed = seq
+            why = f"makeCall failed: {exc.info().strip()}" if isinstance(exc, pj.Error) else f"no RTP socket: {exc}"
+            self._emit(
+                CallRecord(
+                    run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=f"unplaced-{session}", seq=seq,
+                    outcome=OUTCOME_ERROR, reason=why, started_at=started_at,
+                )
+            )
+            self.finished += 1
+            return
+        self.placed = seq
+        call.app = CallerCall(seq=seq, flow=self.audio.new_flow(), started_at=started_at)
+        self._schedule(call, call.app, time.monotonic())
+        self.notices.put_nowait(CallStarted(self.s.run_id, self.s.agent_id, seq, call.sip_call_id, started_at))
+
+    def _dispatch(self, now: float) -> None:
+        events = self.stack.events
+        while events:
+            call, kind = events.popleft()
+            cc: CallerCall | None = call.app
+            if cc is None or call.closed:  # a call's earlier events may all read DISCONNECTED
+                continue
+            if kind == "state" and call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                if call.remote_hangup:
+                    cc.flow.on_remote_hangup()
+                self.stack.close(call, self._closed)
+            else:  # answered, confirmed, media up: step it now
+                self._schedule(call, cc, now)
+
+    def _closed(self, call: SipCall) -> None:
+        """The call's tape is complete: snapshot what the SIP stack knows, measure the tape off the pump."""
+        cc: CallerCall = call.app
+        self.finished += 1
+        rec = self._signalling_record(call, cc)
+        job = None
+        if rec.outcome == OUTCOME_FAILED:  # it was answered: the tape decides
+            job = TapeJob(
+                path=call.tape.path if call.tape is not None else None,
+                offset_ms=(call.tape.started - call.times.answered) * 1000
+                if call.tape is not None and call.times.answered is not None else 0.0,
+                played=list(cc.played),
+                reason=cc.reason or cc.flow.failure,
+            )
+        elif call.tape is not None and not self.s.keep_tapes:  # early media, never answered
+            call.tape.path.unlink(missing_ok=True)
+        self.stack.release(call)  # the SipCall object is recycled from here on
+        self._analysing += 1
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, self._measure, rec, job)
+        fut.add_done_callback(lambda f: self._measured(f, rec))
+
+    def _measured(self, fut: asyncio.Future[CallRecord], rec: CallRecord) -> None:
+        self._analysing -= 1
+        try:
+            measured = fut.result()
+            for turn in measured.turns:
+                if turn.latency_ms is not None:
+                    self._interval.setdefault(turn.index, LatencyHistogram()).record(turn.latency_ms)
+            self._emit(measured)
+        except Exception as exc:  # one bad tape must not take the agent (and its records) down
+            log.exception("measuring call %s failed", rec.call_id)
+            rec.outcome, rec.reason = OUTCOME_ERROR, f"agent error while measuring: {exc}"
+            self._emit(rec)
+
+    def _schedule(self, call: SipCall, cc: CallerCall, when: float) -> None:
+        """Step `call` at `when` (monotonic s), unless it is due sooner already; later heap entries go stale."""
+        if when < cc.due:
+            cc.due = when
+            heapq.heappush(self._due, (when, cc.seq, call))
+
+    def _step_due(self, now: float) -> None:
+        """Step the calls whose time has come; each says when it is next due."""
+        due = self._due
+        while due and due[0][0] <= now:
+            when, seq, call = heapq.heappop(due)
+            cc: CallerCall | None = call.app
+            if cc is None or cc.seq != seq or cc.due != when or call.closed:
+                continue  # the call ended, its object was reused, or it was rescheduled
+            if call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                continue
+            try:
+                nxt = self._step_call(call, cc, now)
+            except pj.Error as exc:  # one call's media failure ends that call, not the agent
+                cc.reason = f"agent media error: {exc.info().strip()}"
+                call.hangup_now()
+                continue
+            cc.due = float("inf")
+            self._schedule(call, cc, max(nxt, now + PUMP_PERIOD_S / 2))
+
+    def _step_call(self, call: SipCall, cc: CallerCall, now: float) -> float:
+        """One step of a call's signalling timers and its flow; returns when it is next due (monotonic s)."""
+        sc = self.scenario
+        t = call.times
+        if t.answered is None:
+            if t.invite is not None and now - t.invite > sc.answer_timeout_ms / 1000:
+                cc.reason = f"no answer within {sc.answer_timeout_ms} ms"
+                call.hangup_now(487)
+                return float("inf")
+            return (t.invite or now) + sc.answer_timeout_ms / 1000 + PUMP_PERIOD_S  # or a SIP event, sooner
+        give_up_at = t.answered + sc.max_call_ms / 1000
+        if now > give_up_at:
+            cc.reason = f"call exceeded max_call_ms {sc.max_call_ms}"
+            call.hangup_now()
+            return float("inf")
+        if t.confirmed is None or cc.flow.state is CallerState.DONE:
+            return give_up_at
+        if call.tape is None:  # media and CONFIRMED arrive in either order
+            if now - t.confirmed > MEDIA_WAIT_S:
+                cc.reason = "call confirmed but no audio stream became active"
+                call.hangup_now()
+                return float("inf")
+            return t.confirmed + MEDIA_WAIT_S + PUMP_PERIOD_S
+        # the flow decides as of the moment up to which the engine has read everything that arrived, so
+        # a bot still speaking in packets not read yet never looks quiet
+        lag_ms = self.media.read_lag_ms
+        known_ms = now * 1000 - lag_ms
+        if not cc.answered:
+            cc.answered = True
+            action = cc.flow.on_answer(known_ms)
+        else:
+            action = cc.flow.step_heard(known_ms, call.last_loud_ms())
+        self._act(call, cc, action, now)
+        return min(give_up_at, (cc.flow.next_check_ms(known_ms) + lag_ms) / 1000)
+
+    def _act(self, call: SipCall, cc: CallerCall, action: Play | Hangup | None, now: float) -> None:
+        if isinstance(action, Play):
+            ref = self.audio.utterances[action.index]
+            started = call.play(self.scenario.turns[action.index].caller)
+            assert call.tape is not None
+            cc.played.append(Played(ref, round((started - call.tape.started) * CLOCK_RATE)))
+        elif isinstance(action, Hangup):
+            if action.reason:
+                cc.reason = action.reason
+            call.hangup_now()
+
+    def _signalling_record(self, call: SipCall, cc: CallerCall) -> CallRecord:
+        """Everything about the call except the tape; outcome `failed` here means "answered, measure it"."""
+        log.debug("call %s ended: code %s, local hangup %s, reason %s / %s", call.sip_call_id, call.status_code,
+                  call.local_hangup, cc.reason, cc.flow.failure)
+        t = call.times
+        rec = CallRecord(
+            run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=call.sip_call_id or f"unknown-{cc.seq}",
+            seq=cc.seq, outcome=OUTCOME_FAILED, sip_code=call.status_code, started_at=cc.started_at,
+            rtp=call.rtp,
+        )
+        if t.invite is not None and t.answered is not None:
+            rec.setup_ms = round((t.answered - t.invite) * 1000, 1)
+        if t.invite is not None and t.ringing is not None:
+            rec.ringing_ms = round((t.ringing - t.invite) * 1000, 1)
+        if t.answered is None:  # never connected: the final response tells why
+            if cc.reason or call.status_code in (None, 408):
+                rec.outcome = OUTCOME_TIMEOUT
+                rec.reason = cc.reason or f"no final response ({call.status_text or 'timeout'})"
+            else:
+                rec.outcome = OUTCOME_REJECTED
+                rec.reason = f"{call.status_code} {call.status_text}"
+            return rec
+        rec.sip_code = 200
+        if t.disconnected is not None:
+            rec.duration_ms = round((t.disconnected - t.answered) * 1000, 1)
+        rec.hangup_by = "caller" if call.local_hangup else "bot"
+        return rec
+
+    def _measure(self, rec: CallRecord, job: TapeJob | None) -> CallRecord:
+        """Worker thread: the tape analysis, its CPU time kept apart from the agent's live load (see `_beat`)."""
+        started = time.thread_time()
+        try:
+            return self._analyse(rec, job)
+        finally:
+            self._offline_cpu_s += time.thread_time() - started
+
+    def _analyse(self, rec: CallRecord, job: TapeJob | None) -> CallRecord:
+        """Read and analyse the tape, fill the turns and the verdict. Pure but for the file."""
+        if job is None:
+            return rec
+        sc = self.scenario
+        if job.path is None:
+            rec.reason = job.reason or "no media: the call never carried audio"
+            return rec
+        tape = read_tape(job.path)
+        if not self.s.keep_tapes:
+            job.path.unlink(missing_ok=True)
+        n = len(job.played)
+        result = analyse_caller_tape(
+            tape,
+            tape_offset_ms=job.offset_ms,
+            rx_delay_ms=self.s.rx_delay_ms,
+            greeting=self.audio.greeting,
+            greeting_max_wait_ms=sc.greeting.max_wait_ms if sc.greeting else 0,
+            utterances=job.played,
+            replies=self.audio.replies[:n],
+            max_waits_ms=self.audio.reply_waits_ms[:n],
+        )
+        rec.greeting = result.greeting
+        rec.clock_slip_ms = result.clock_slip_ms
+        rec.turns = result.turns + [TurnResult(index=i, reason="not reached") for i in range(n, len(sc.turns))]
+        problems = [job.reason] if job.reason else []
+        if rec.greeting is not None and not rec.greeting.ok:
+            problems.append(f"greeting: {rec.greeting.reason}")
+        problems += [f"turn {t.index}: {t.reason}" for t in rec.turns if not t.ok and t.reason != "not reached"]
+        if n < len(sc.turns) and not problems:
+            problems.append(f"only {n} of {len(sc.turns)} turns reached")
+        if problems:
+            rec.outcome, rec.reason = OUTCOME_FAILED, "; ".join(problems)
+        else:
+            rec.outcome = OUTCOME_COMPLETED
+        return rec
+
+

@@ -1,0 +1,48 @@
+"""`voiceload agent`: checks the flags and starts the agent of the chosen channel."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from voiceload.agent.base import AgentBase, AgentSettings
+from voiceload.agent.caller import Agent
+from voiceload.errors import UserError
+from voiceload.protocol import (
+    CHANNEL_REST,
+    CHANNEL_SIP,
+    CHANNELS,
+)
+from voiceload.rasa import parse_rasa_url
+from voiceload.results import bus
+
+
+def run(
+    *, run_id: str, agent_id: str, scenario: Path, target: str | None, broker_url: str, tape_dir: Path | None = None,
+    keep_tapes: bool = False, max_calls: int | None = None, rx_delay_ms: float | None = None,
+    bind: str | None = None, channel: str = CHANNEL_SIP, rasa_url: str | None = None, rasa_token: str | None = None,
+) -> None:
+    """Entry point of `voiceload agent` (the coordinator spawns these, containers run them directly)."""
+    from voiceload.agent.rest import RestAgent
+
+    if channel not in CHANNELS:
+        raise UserError(f"--channel {channel!r}: must be one of {', '.join(CHANNELS)}")
+    if rasa_url is not None:
+        rasa_url = parse_rasa_url(rasa_url)
+    if channel == CHANNEL_REST:
+        if rasa_url is None:
+            raise UserError("--channel rest needs --rasa-url")
+        target = target or rasa_url
+    elif target is None:
+        raise UserError("--target is required with --channel sip")
+    settings = AgentSettings(
+        run_id=run_id, agent_id=agent_id, scenario_path=scenario, target=target,
+        broker=bus.parse_broker_url(broker_url), keep_tapes=keep_tapes, max_calls=max_calls, bind=bind,
+        channel=channel, rasa_url=rasa_url, rasa_token=rasa_token,
+    )
+    if tape_dir is not None:
+        settings.tape_dir = tape_dir
+    if rx_delay_ms is not None:
+        settings.rx_delay_ms = rx_delay_ms
+    agent: AgentBase = RestAgent(settings) if channel == CHANNEL_REST else Agent(settings)
+    asyncio.run(agent.run())

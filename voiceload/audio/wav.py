@@ -1,0 +1,133 @@
+"""WAV files as calls carry them: 8 kHz, mono, 16-bit PCM.
+
+One rule for every recording a call plays (caller utterances, bot prompts), checked here once so
+the scenario validator, the agent and the reference bot agree on what a usable file is: the
+media path plays samples unconverted, so a file at another rate would play at the wrong speed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import soundfile as sf
+
+from voiceload.errors import UserError
+
+SAMPLE_RATE = 8000
+CHANNELS = 1
+SUBTYPE = "PCM_16"
+
+Samples = npt.NDArray[np.int16]
+
+
+@dataclass(frozen=True)
+class WavInfo:
+    """What a WAV header says, without reading the samples."""
+
+    path: Path
+    sample_rate: int
+    channels: int
+    subtype: str  # soundfile's name, e.g. "PCM_16"
+    frames: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def probe_wav(path: str | Path) -> WavInfo:
+    """Read a WAV header; a missing or unreadable file is the user's to fix, so it is a UserError."""
+    info = _probe(Path(path))
+    if isinstance(info, str):
+        raise UserError(f"{path}: {info}")
+    return info
+
+
+def format_problems(info: WavInfo) -> list[str]:
+    """The ways a probed file breaks the call-audio rule (8 kHz, mono, PCM_16), as short phrases."""
+    problems = []
+    if info.sample_rate != SAMPLE_RATE:
+        problems.append(f"sample rate is {info.sample_rate} Hz, must be {SAMPLE_RATE} Hz")
+    if info.channels != CHANNELS:
+        problems.append(f"has {info.channels} channels, must be mono")
+    if info.subtype != SUBTYPE:
+        problems.append(f"sample format is {info.subtype}, must be 16-bit PCM ({SUBTYPE})")
+    return problems
+
+
+def call_wav_problems(path: str | Path) -> tuple[WavInfo | None, list[str]]:
+    """Header (None if unreadable) and problems as phrases without the file name, for callers that
+    name the file their own way (the scenario validator cites it as written in the YAML)."""
+    info = _probe(Path(path))
+    if isinstance(info, str):
+        return None, [info]
+    return info, format_problems(info)
+
+
+def check_call_wav(path: str | Path) -> list[str]:
+    """Problems that keep `path` from being played into a call, each naming the file (empty: fine)."""
+    _, problems = call_wav_problems(path)
+    return [f"{path}: {p}" for p in problems]
+
+
+def load_wav(path: str | Path) -> Samples:
+    """The samples of a call WAV as int16; refuses files a call could not play unchanged."""
+    problems = check_call_wav(path)
+    if problems:
+        raise UserError("; ".join(problems))
+    try:
+        data, _ = sf.read(str(path), dtype="int16", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise UserError(f"{path}: not a readable WAV file: {_reason(exc)}") from exc
+    return np.ascontiguousarray(data, dtype=np.int16)
+
+
+def write_wav(path: str | Path, samples: npt.NDArray[np.integer]) -> None:
+    """Write 1-D int16 samples as an 8 kHz mono PCM_16 WAV (the only format calls play)."""
+    x = np.asarray(samples)
+    if x.ndim != 1:
+        raise ValueError(f"write_wav wants 1-D samples, got shape {x.shape}")
+    if x.dtype != np.int16:
+        if not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(f"write_wav wants integer samples, got {x.dtype}")
+        x = np.clip(x, -32768, 32767).astype(np.int16)
+    sf.write(str(path), x, SAMPLE_RATE, subtype=SUBTYPE, format="WAV")
+
+
+def _probe(p: Path) -> WavInfo | str:
+    """The header, or why there is none (a phrase without the file name)."""
+    if not p.exists():
+        return "no such file"
+    if not p.is_file():
+        return "not a file"
+    try:
+        info = sf.info(str(p))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        return f"not a readable WAV file: {_reason(exc)}"
+    if info.format != "WAV":
+        return f"not a readable WAV file: it is {info.format}, not WAV"
+    return WavInfo(
+        path=p,
+        sample_rate=int(info.samplerate),
+        channels=int(info.channels),
+        subtype=str(info.subtype),
+        frames=int(info.frames),
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """libsndfile's own message, without the file name soundfile prepends (we name the file ourselves)."""
+    text = str(getattr(exc, "error_string", "") or exc).strip()
+    return text or type(exc).__name__
+
+
+def default_tape_dir() -> Path:
+    """Tapes are written and read once per call: keep them in RAM when the box has a tmpfs."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return base / "voiceload"

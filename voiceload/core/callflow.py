@@ -1,0 +1,355 @@
+"""Real-time turn-taking of one call, as pure state machines driven by time and the remote's level.
+
+The reference bot polls each call's received signal level (a C-side meter of the conference
+bridge, one value per 20 ms frame) and feeds it here (`step`). A call agent's RTP engine keeps,
+per call, when the far end was last loud: the agent hands that time over (`step_heard`) only
+when `next_check_ms` says something can change, so a call costs Python nothing between events.
+The flows answer with actions (play, hang up). They only decide *when* to act. Exact timing is
+measured afterwards from the call tape (`voiceload.audio.analysis`), so a late poll can delay a
+caller's reply but never falsify a latency.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+# Bridge level meter (0..100, logarithmic like G.711): digital silence reads 0, speech 10..35.
+LEVEL_SPEECH = 5
+# Real-time detection lags the wire by the jitter buffer and a poll; give the bot this much
+# slack over max_wait before giving up in real time (the tape analysis has the final word).
+DETECTION_SLACK_MS = 250
+BOT_BYE_WAIT_MS = 5000  # when the bot is to hang up, how long the caller waits for its BYE
+# While waiting for the bot, how often a caller driven by `step_heard` looks: the bot's speech is
+# noticed afterwards from its exact time, so this only bounds how late a deadline is noticed.
+CALLER_WAIT_CHECK_MS = 100.0
+
+
+@dataclass(frozen=True)
+class Play:
+    """Start playing recording `index` (caller: turn index; bot: prompt index, 0 = greeting if any)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Hangup:
+    reason: str | None  # None: the scenario's normal end
+
+
+Action = Play | Hangup
+
+
+@dataclass(frozen=True)
+class Ask:
+    """Bot with a brain: turn `turn`'s utterance ended; hand the call audio from `since_ms` on to the brain."""
+
+    turn: int
+    since_ms: float  # when the bot began listening (the caller's audio starts after it)
+    speech_end_ms: float  # the last loud level poll: the caller's end of speech, as seen in real time
+
+
+@dataclass(frozen=True)
+class PlayFile:
+    """Bot with a brain: start playing a recording made during the call (the brain's spoken reply)."""
+
+    path: Path
+    turn: int
+
+
+BotAction = Action | Ask | PlayFile
+
+
+class _Listener:
+    """Tracks when the remote last spoke, from level polls."""
+
+    def __init__(self) -> None:
+        self.last_speech_ms: float | None = None
+        self.speech_since: float | None = None  # first speech after `reset_at`
+        self.reset_at = 0.0
+
+    def reset(self, now: float) -> None:
+        self.reset_at = now
+        self.speech_since = None
+
+    def feed(self, now: float, level: int) -> None:
+        if level >= LEVEL_SPEECH:
+            self.heard(now)
+
+    def heard(self, at: float) -> None:
+        """The remote was loud at `at` (ms): evidence of speech when it is not older than the last reset."""
+        if at < self.reset_at:
+            return
+        self.last_speech_ms = at if self.last_speech_ms is None else max(self.last_speech_ms, at)
+        if self.speech_since is None:
+            self.speech_since = at
+
+    def silent_for(self, now: float) -> float:
+        if self.speech_since is None or self.last_speech_ms is None:
+            return 0.0
+        return now - self.last_speech_ms
+
+
+class CallerState(Enum):
+    WAIT_BOT = "wait_bot"  # waiting for the bot to start speaking
+    BOT_SPEAKING = "bot_speaking"  # heard the bot; waiting for it to finish (silence gap)
+    SPEAKING = "speaking"  # our utterance is playing
+    WAIT_BYE = "wait_bye"
+    DONE = "done"
+
+
+@dataclass
+class CallerFlow:
+    """The caller's side of the happy path: greeting -> (utterance -> reply)* -> hang-up."""
+
+    utterance_ms: list[float]  # duration of each turn's recording
+    max_waits_ms: list[int]  # per turn: how long the bot may take to reply
+    has_greeting: bool
+    greeting_max_wait_ms: int
+    silence_gap_ms: int
+    hangup_by: str  # "caller" | "bot"
+    hangup_after_ms: int
+    state: CallerState = CallerState.WAIT_BOT
+    turn: int = 0  # next utterance to play
+    failure: str | None = None
+    _listener: _Listener = field(default_factory=_Listener)
+    _deadline: float = 0.0
+    _speak_end: float = 0.0
+
+    def on_answer(self, now: float) -> Action | None:
+        self._listener.reset(now)
+        if self.has_greeting:
+            self._deadline = now + self.greeting_max_wait_ms + DETECTION_SLACK_MS
+            self.state = CallerState.WAIT_BOT
+            return None
+        return self._speak(now)
+
+    def _speak(self, now: float) -> Action:
+        self.state = CallerState.SPEAKING
+        self._speak_end = now + self.utterance_ms[self.turn]
+        self.turn += 1
+        return Play(self.turn - 1)
+
+    def _fail(self, reason: str) -> Action:
+        self.failure = reason
+        self.state = CallerState.DONE
+        return Hangup(reason)
+
+    def step(self, now: float, level: int) -> Action | None:
+        """Advance on one level poll; returns the action to take now, if any."""
+        self._listener.feed(now, level)
+        return self._advance(now)
+
+    def step_heard(self, now: float, last_loud_ms: float | None) -> Action | None:
+        """Advance knowing when the bot was last loud (ms, same clock as `now`; None: never)."""
+        if last_loud_ms is not None:
+            self._listener.heard(last_loud_ms)
+        return self._advance(now)
+
+    def next_check_ms(self, now: float) -> float:
+        """The earliest time (ms) a `step_heard` can act, given what was heard up to `now`."""
+        lis = self._listener
+        if self.state is CallerState.SPEAKING:
+            return self._speak_end
+        if self.state is CallerState.WAIT_BOT:
+            return min(self._deadline, now + min(CALLER_WAIT_CHECK_MS, self.silence_gap_ms))
+        if self.state is CallerState.BOT_SPEAKING:
+            last = lis.last_speech_ms if lis.last_speech_ms is not None else now
+            final_by_caller = self.turn >= len(self.utterance_ms) and self.hangup_by == "caller"
+            gap = max(self.silence_gap_ms, self.hangup_after_ms) if final_by_caller else self.silence_gap_ms
+            return max(now, last + gap)
+        if self.state is CallerState.WAIT_BYE:
+            return self._deadline
+        return float("inf")
+
+    def _advance(self, now: float) -> Action | None:
+        lis = self._listener
+        if self.state is CallerState.SPEAKING:
+            if now >= self._speak_end:
+                lis.reset(now)
+                self.state = CallerState.WAIT_BOT
+                self._deadline = now + self.max_waits_ms[self.turn - 1] + DETECTION_SLACK_MS
+            return None
+        if self.state is CallerState.WAIT_BOT:
+            if lis.speech_since is not None:
+                self.state = CallerState.BOT_SPEAKING
+            elif now > self._deadline:
+                what = "greeting" if self.turn == 0 else f"reply to turn {self.turn - 1}"
+                return self._fail(f"no bot speech: {what} did not start in time")
+            return None
+        if self.state is CallerState.BOT_SPEAKING:
+            quiet = lis.silent_for(now)
+            if self.turn < len(self.utterance_ms):
+                return self._speak(now) if quiet >= self.silence_gap_ms else None
+            if self.hangup_by == "caller":
+                if quiet >= max(self.silence_gap_ms, self.hangup_after_ms):
+                    self.state = CallerState.DONE
+                    return Hangup(None)
+                return None
+            if quiet >= self.silence_gap_ms:
+                self.state = CallerState.WAIT_BYE
+                self._deadline = now + self.hangup_after_ms + BOT_BYE_WAIT_MS
+            return None
+        if self.state is CallerState.WAIT_BYE and now > self._deadline:
+            return self._fail("bot did not hang up after its last prompt")
+        return None
+
+    def on_remote_hangup(self) -> None:
+        """The bot hung up: fine only once the happy path is walked and it was the bot's job."""
+        walked = self.turn >= len(self.utterance_ms) and self.state in (
+            CallerState.BOT_SPEAKING,
+            CallerState.WAIT_BYE,
+        )
+        if not (walked and self.hangup_by == "bot") and self.failure is None and self.state is not CallerState.DONE:
+            self.failure = f"bot hung up early (state {self.state.value}, turn {self.turn})"
+        self.state = CallerState.DONE
+
+
+@dataclass(frozen=True)
+class ThinkTime:
+    """The reference bot's think time: uniform in [mean - jitter, mean + jitter] ms, never negative."""
+
+    mean_ms: float
+    jitter_ms: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> ThinkTime:
+        """`MEAN` or `MEAN:JITTER` in ms, e.g. `400` or `900:300`."""
+        parts = text.split(":")
+        if len(parts) > 2 or not all(p.strip().replace(".", "", 1).isdigit() for p in parts):
+            raise ValueError(f"think time {text!r}: expected MEAN or MEAN:JITTER in ms, e.g. 400 or 900:300")
+        mean = float(parts[0])
+        jitter = float(parts[1]) if len(parts) == 2 else 0.0
+        if jitter > mean:
+            raise ValueError(f"think time {text!r}: jitter must not exceed the mean")
+        return cls(mean, jitter)
+
+    def sample(self, rng: random.Random) -> float:
+        return max(0.0, self.mean_ms + rng.uniform(-self.jitter_ms, self.jitter_ms))
+
+
+class BotState(Enum):
+    SPEAKING = "speaking"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    WAITING = "waiting"  # for the brain's reply (speech recognition, the bot's answer, synthesis)
+    DONE = "done"
+
+
+# (arrival_ms, think_ms, speak_ms) -> due_ms: when a bot utterance may start (botmodel.WorkerPool.due)
+Scheduler = Callable[[float, float, float], float]
+
+
+@dataclass
+class BotFlow:
+    """The reference bot: greeting, then after each caller utterance (+ think time) the next prompt.
+
+    Prompt indices: 0 is the greeting when there is one; reply to turn i is `i + first_reply`.
+    The caller's end of speech is taken as the last loud frame once `endpoint_ms` of silence
+    followed it; the reply is due `think` after that end, so a think time longer than the
+    endpointing delay is honoured exactly (shorter ones are late by the difference).
+    With a `scheduler` (`bot --capacity`), each utterance is a job for a bounded pool of workers
+    and is due `think` after the job's start instead (docs/bot-model.md).
+
+    With `brain` (a voice gateway in front of a real bot), the replies are not the scenario's: at
+    the end of an utterance the flow answers `Ask` and waits (no think time: the brain's own time
+    is the delay) until `on_reply` hands it a recording to play (`PlayFile`) or `on_no_reply` says
+    there is none, when it listens again and the caller's wait for a reply runs out.
+    """
+
+    prompt_ms: list[float]
+    has_greeting: bool
+    n_turns: int
+    think: ThinkTime
+    endpoint_ms: int
+    hangup_by: str
+    hangup_after_ms: int
+    rng: random.Random
+    greeting_delay_ms: float = 200.0
+    scheduler: Scheduler | None = None  # None: a worker is always free (infinite capacity)
+    brain: bool = False  # replies come from a brain (Ask → on_reply), not from the scenario's prompts
+    state: BotState = BotState.THINKING
+    replies_done: int = 0
+    think_ms: list[float] = field(default_factory=list)  # the think time drawn for each reply
+    queued_ms: list[float] = field(default_factory=list)  # per reply: waited for a free worker
+    greeting_queued_ms: float = 0.0
+    _listener: _Listener = field(default_factory=_Listener)
+    _due: float = 0.0
+    _next_prompt: int = 0
+    _speak_end: float = 0.0
+    _reply: tuple[Path, float] | None = None  # the brain's reply to play next: (recording, its length in ms)
+
+    @property
+    def first_reply(self) -> int:
+        return 1 if self.has_greeting else 0
+
+    def _schedule(self, arrival: float, think: float, prompt: int) -> tuple[float, float]:
+        """(due, queued): when the prompt may start, and how long its job waited for a worker."""
+        if self.scheduler is None:
+            return arrival + think, 0.0
+        due = self.scheduler(arrival, think, self.prompt_ms[prompt])
+        return due, round(max(0.0, due - arrival - think), 1)
+
+    def on_answer(self, now: float) -> None:
+        if self.has_greeting:
+            self._due, self.greeting_queued_ms = self._schedule(now, self.greeting_delay_ms, 0)
+            self.state, self._next_prompt = BotState.THINKING, 0
+        else:
+            self.state = BotState.LISTENING
+            self._listener.reset(now)
+
+    def on_reply(self, now: float, path: Path, duration_ms: float) -> None:
+        """The brain's reply to the utterance `Ask`ed about is ready: play it on the next step."""
+        if self.state is BotState.WAITING:
+            self.state, self._due = BotState.THINKING, now
+            self._reply = (path, duration_ms)
+
+    def on_no_reply(self, now: float) -> None:
+        """The brain had nothing to say (or failed): listen again; the caller gives up on its own."""
+        if self.state is BotState.WAITING:
+            self.state = BotState.LISTENING
+            self._listener.reset(now)
+
+    def step(self, now: float, level: int) -> BotAction | None:
+        lis = self._listener
+        lis.feed(now, level)
+        if self.state is BotState.THINKING and now >= self._due:
+            self.state = BotState.SPEAKING
+            if self._reply is not None:
+                path, duration = self._reply
+                self._reply = None
+                self._speak_end = now + duration
+                return PlayFile(path, self._next_prompt - self.first_reply)
+            self._speak_end = now + self.prompt_ms[self._next_prompt]
+            return Play(self._next_prompt)
+        if self.state is BotState.SPEAKING and now >= self._speak_end:
+            if self._next_prompt >= self.first_reply:
+                self.replies_done += 1
+            if self.replies_done >= self.n_turns:
+                if self.hangup_by == "bot":
+                    self.state, self._due = BotState.DONE, now + self.hangup_after_ms
+                else:
+                    self.state = BotState.DONE
+                    self._due = float("inf")
+                return None
+            self.state = BotState.LISTENING
+            lis.reset(now)
+            return None
+        if self.state is BotState.LISTENING and lis.speech_since is not None:
+            if lis.silent_for(now) >= self.endpoint_ms and lis.last_speech_ms is not None:
+                self._next_prompt = self.replies_done + self.first_reply
+                if self.brain:
+                    self.state = BotState.WAITING
+                    return Ask(self.replies_done, lis.reset_at, lis.last_speech_ms)
+                self.state = BotState.THINKING
+                self.think_ms.append(round(self.think.sample(self.rng), 1))
+                self._due, queued = self._schedule(lis.last_speech_ms, self.think_ms[-1], self._next_prompt)
+                self.queued_ms.append(queued)
+            return None
+        if self.state is BotState.DONE and now >= self._due:
+            self._due = float("inf")
+            return Hangup(None)
+        return None

@@ -1,0 +1,51 @@
+"""A scenario's recordings loaded once per process: samples, speech spans, durations, and the caller's
+turn-taking machine built from them. Used by the agents and, to check a run before any call, the coordinator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from voiceload.audio import wav
+from voiceload.audio.analysis import Reference
+from voiceload.audio.vad import samples_to_ms
+from voiceload.core.callflow import CallerFlow
+from voiceload.core.scenario import Scenario
+
+DEFAULT_REPLY_WAIT_MS = 3000  # a turn without a `reply` still needs the bot to say something by then
+
+
+@dataclass
+class ScenarioAudio:
+    """The scenario's recordings loaded once per agent: samples, speech spans, durations."""
+
+    scenario: Scenario
+    utterances: list[Reference] = field(default_factory=list)
+    replies: list[Reference | None] = field(default_factory=list)
+    greeting: Reference | None = None
+
+    @classmethod
+    def load(cls, scenario: Scenario) -> ScenarioAudio:
+        sa = cls(scenario)
+        sa.utterances = [Reference.of(wav.load_wav(t.caller)) for t in scenario.turns]
+        sa.replies = [Reference.of(wav.load_wav(t.reply.path)) if t.reply else None for t in scenario.turns]
+        if scenario.greeting is not None:
+            sa.greeting = Reference.of(wav.load_wav(scenario.greeting.path))
+        return sa
+
+    @property
+    def reply_waits_ms(self) -> list[int]:
+        """Per turn, how long the bot may take to start its reply (the scenario's default without one)."""
+        return [t.reply.max_wait_ms if t.reply else DEFAULT_REPLY_WAIT_MS for t in self.scenario.turns]
+
+    def new_flow(self) -> CallerFlow:
+        sc = self.scenario
+        return CallerFlow(
+            utterance_ms=[samples_to_ms(len(u.samples)) for u in self.utterances],
+            max_waits_ms=self.reply_waits_ms,
+            has_greeting=sc.greeting is not None,
+            greeting_max_wait_ms=sc.greeting.max_wait_ms if sc.greeting else 0,
+            silence_gap_ms=sc.silence_gap_ms,
+            hangup_by=sc.hangup_by,
+            hangup_after_ms=sc.hangup_after_ms,
+        )

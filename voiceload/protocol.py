@@ -1,0 +1,228 @@
+"""Wire messages between coordinator, agents and collector: versioned dataclasses as JSON.
+
+Every message carries `kind` and `v` (the protocol version). A peer that receives another
+version refuses it with a clear error instead of guessing at fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+PROTOCOL_VERSION = 1
+
+# Protocol facts every role shares (agents, the reference bot, gateways in front of a bot).
+SESSION_HEADER = "X-Voiceload-Session"  # carries a call's session id to the far end
+CHANNEL_SIP = "sip"  # calls through pjsua2
+CHANNEL_REST = "rest"  # the same turns as text to Rasa's REST channel
+CHANNELS = (CHANNEL_SIP, CHANNEL_REST)
+
+
+def session_id(run_id: str, agent_id: str, seq: int) -> str:
+    """A call's conversation name: sent as SESSION_HEADER, a gateway's Rasa sender, the REST channel's sender."""
+    return f"{run_id}-{agent_id}-{seq}"
+
+
+# Outcomes of a placed call. `completed` means the whole happy path was walked.
+OUTCOME_COMPLETED = "completed"
+OUTCOME_FAILED = "failed"  # connected, but a turn was not answered (or not with the expected prompt)
+OUTCOME_REJECTED = "rejected"  # final SIP error response to the INVITE
+OUTCOME_TIMEOUT = "timeout"  # no final response / no answer in time
+OUTCOME_ERROR = "error"  # the agent itself could not place or run the call
+OUTCOME_AGENT_LOST = "agent_lost"  # the agent process died with the call in flight or unreported
+OUTCOMES = (OUTCOME_COMPLETED, OUTCOME_FAILED, OUTCOME_REJECTED, OUTCOME_TIMEOUT, OUTCOME_ERROR, OUTCOME_AGENT_LOST)
+
+
+class ProtocolError(ValueError):
+    """A message that is not ours, or of another protocol version."""
+
+
+M = TypeVar("M", bound="Message")
+
+
+@dataclass
+class Message:
+    """Base of all wire messages; subclasses set `KIND`."""
+
+    KIND: ClassVar[str] = ""
+
+    def to_json(self) -> bytes:
+        body = {"kind": self.KIND, "v": PROTOCOL_VERSION, **asdict(self)}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls: type[M], payload: bytes | str) -> M:
+        try:
+            body = json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProtocolError(f"not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise ProtocolError("message is not a JSON object")
+        if body.get("v") != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"protocol version {body.get('v')!r} refused (this voiceload speaks v{PROTOCOL_VERSION})"
+            )
+        if body.get("kind") != cls.KIND:
+            raise ProtocolError(f"expected a {cls.KIND!r} message, got {body.get('kind')!r}")
+        try:
+            return cls._from_dict(body)
+        except (TypeError, ValueError) as exc:  # a missing field or a malformed nested one
+            raise ProtocolError(f"malformed {cls.KIND!r} message: {exc}") from exc
+
+    @classmethod
+    def parse_or_warn(cls: type[M], payload: bytes | str, log: logging.Logger) -> M | None:
+        """Decode, or log one line saying why the message was ignored (a peer's problem, not ours)."""
+        try:
+            return cls.from_json(payload)
+        except ProtocolError as exc:
+            log.warning("ignored %s message: %s", cls.KIND, exc)
+            return None
+
+    @classmethod
+    def _from_dict(cls: type[M], body: dict[str, Any]) -> M:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in body.items() if k in names})
+
+
+@dataclass
+class TurnResult:
+    """Timing of one caller utterance and the bot's reply, in ms from call answer (wire-referenced)."""
+
+    index: int
+    utterance_start_ms: float | None = None
+    utterance_end_ms: float | None = None
+    bot_onset_ms: float | None = None
+    bot_end_ms: float | None = None
+    latency_ms: float | None = None
+    ok: bool = False
+    reason: str | None = None
+    prompt_score: float | None = None  # similarity of the bot's reply to the expected prompt (0..1)
+
+
+@dataclass
+class GreetingResult:
+    """The bot's first prompt, spoken before the caller's first turn."""
+
+    bot_onset_ms: float | None = None
+    bot_end_ms: float | None = None
+    ok: bool = False
+    reason: str | None = None
+    prompt_score: float | None = None
+
+
+@dataclass
+class CallRecord(Message):
+    """Exactly one per placed call: the unit the collector counts and deduplicates."""
+
+    KIND: ClassVar[str] = "call"
+
+    run_id: str
+    agent_id: str
+    call_id: str  # SIP Call-ID
+    seq: int  # the agent's call counter, for tracing
+    outcome: str
+    sip_code: int | None = None
+    reason: str | None = None
+    started_at: float = 0.0  # unix time the INVITE was sent
+    setup_ms: float | None = None  # INVITE sent -> 200 OK received
+    ringing_ms: float | None = None  # INVITE sent -> first 18x received
+    duration_ms: float | None = None  # answer -> disconnect
+    hangup_by: str | None = None  # "caller" | "bot" | None
+    greeting: GreetingResult | None = None
+    turns: list[TurnResult] = field(default_factory=list)
+    rtp: dict[str, Any] | None = None  # rx/tx packet counts, loss, jitter, read before stream teardown
+    clock_slip_ms: float | None = None  # generator health: the agent's audio clock vs wall time
+
+    @classmethod
+    def _from_dict(cls, body: dict[str, Any]) -> CallRecord:
+        rec = super()._from_dict(body)
+        if isinstance(rec.greeting, dict):
+            rec.greeting = GreetingResult(**rec.greeting)
+        rec.turns = [TurnResult(**t) if isinstance(t, dict) else t for t in rec.turns]
+        return rec
+
+    def to_dict(self) -> dict[str, Any]:
+        """The calls.jsonl line (schema 1): the wire body without the envelope fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> CallRecord:
+        """A calls.jsonl line back into a record (TypeError/ValueError when malformed)."""
+        return cls._from_dict(body)
+
+
+@dataclass
+class Heartbeat(Message):
+    """Periodic agent health; the collector uses it to judge whether the generator was overloaded."""
+
+    KIND: ClassVar[str] = "heartbeat"
+
+    run_id: str
+    agent_id: str
+    at: float  # unix time
+    active_calls: int
+    placed: int
+    finished: int
+    cpu_percent: float  # this agent process, share of one core, over the last interval
+    pump_lag_ms_max: float  # worst lateness of the event pump over the last interval
+    max_calls: int  # this agent's call capacity
+    # worst lateness of the agent's media clock (the RTP engine's 20 ms tick) over the last interval:
+    # a late tick sends its frames late, which the tape shows but a turn's latency then carries
+    media_lag_ms_max: float = 0.0
+    # turn index -> encoded HDR histogram (integer µs) of the turn latencies measured in this
+    # interval; the live view merges these. calls.jsonl records stay the summary's source of truth.
+    latency_hdr: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Assign(Message):
+    """Coordinator -> agent: keep `concurrency` calls in flight until `calls` have been placed."""
+
+    KIND: ClassVar[str] = "assign"
+
+    run_id: str
+    agent_id: str
+    concurrency: int
+    calls: int
+    stop: bool = False  # stop placing new calls (in-flight calls finish)
+    max_starts_per_s: float | None = None  # this agent's share of the run's call-start cap; None: its default
+
+
+@dataclass
+class AgentState(Message):
+    """Agent lifecycle: `ready` once its SIP stack is up, `done` once its quota is finished, or `error`."""
+
+    KIND: ClassVar[str] = "agent_state"
+
+    run_id: str
+    agent_id: str
+    state: str  # "ready" | "done" | "error"
+    placed: int = 0
+    finished: int = 0
+    detail: str | None = None
+
+
+@dataclass
+class CallStarted(Message):
+    """Agent -> collector when a call is placed: lets a lost agent's calls still end as records."""
+
+    KIND: ClassVar[str] = "call_started"
+
+    run_id: str
+    agent_id: str
+    seq: int
+    call_id: str
+    started_at: float
+
+
+@dataclass
+class Ack(Message):
+    """Collector -> agent: records (by the agent's `seq`) written to calls.jsonl; the agent may forget them."""
+
+    KIND: ClassVar[str] = "ack"
+
+    run_id: str
+    agent_id: str
+    seqs: list[int] = field(default_factory=list)

@@ -1,0 +1,250 @@
+"""A minimal, stateless SIP speaker for the jobs that need no media stack.
+
+- `probe_target`: one OPTIONS request before a run, so an unreachable target is a one-line
+  error (exit 2) instead of a run full of timeouts.
+- `RedirectFront`: the reference bot's front door. pjsua2 builds are limited in calls per
+  process (4 in the PyPI wheel), so the bot runs several worker processes and answers every
+  new INVITE on the public port with `302 Moved Temporarily` to the least loaded worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import string
+import subprocess
+import sys
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from voiceload.errors import UserError
+
+
+@dataclass(frozen=True)
+class SipUri:
+    user: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        return f"sip:{user}{self.host}:{self.port}"
+
+
+def parse_sip_uri(uri: str) -> SipUri:
+    """`sip:[user@]host[:port]` -> SipUri; anything else is a UserError naming the URI."""
+    if not uri.startswith("sip:"):
+        raise UserError(f"--target {uri!r}: expected a SIP URI like sip:bot@127.0.0.1:5060")
+    rest = uri[4:].split(";", 1)[0]
+    user, _, hostport = rest.rpartition("@")
+    host, _, port_s = hostport.partition(":")
+    if not host:
+        raise UserError(f"--target {uri!r}: no host")
+    try:
+        port = int(port_s) if port_s else 5060
+    except ValueError:
+        raise UserError(f"--target {uri!r}: port {port_s!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise UserError(f"--target {uri!r}: port {port} out of range")
+    return SipUri(user, host, port)
+
+
+def split_targets(targets: str) -> list[str]:
+    """`--target` may list several SIP URIs, comma-separated (several bot instances): calls go round-robin."""
+    uris = [t.strip() for t in targets.split(",")]
+    if not any(uris):
+        raise UserError("--target: no SIP URI given")
+    for uri in uris:
+        if not uri:
+            raise UserError(f"--target {targets!r}: an empty entry in the comma-separated list")
+        parse_sip_uri(uri)
+    return uris
+
+
+def local_address_for(host: str, port: int) -> str:
+    """The local IP this machine would use to reach host:port (no packet is sent)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot resolve host {host!r} ({exc.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(addr)
+        except OSError as exc:
+            raise UserError(f"no route to {host}:{port} ({exc.strerror})") from None
+        return str(s.getsockname()[0])
+
+
+def _token(n: int = 10) -> str:
+    return "".join(random.choices(string.ascii_lowercase + string.digits, k=n))
+
+
+@dataclass
+class SipMessage:
+    """Just enough of a SIP message: first line, headers (case-insensitive, in order), body."""
+
+    first_line: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+    @classmethod
+    def parse(cls, data: bytes) -> SipMessage | None:
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("utf-8", "replace").split("\r\n")
+        if not lines or not lines[0]:
+            return None
+        headers = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers.append((name.strip(), value.strip()))
+        return cls(lines[0], headers, body)
+
+    def get(self, name: str) -> str | None:
+        name = name.lower()
+        compact = {"call-id": "i", "via": "v", "from": "f", "to": "t", "contact": "m"}.get(name)
+        for k, v in self.headers:
+            if k.lower() == name or (compact is not None and k.lower() == compact):
+                return v
+        return None
+
+    def all(self, name: str) -> list[str]:
+        name = name.lower()
+        compact = {"via": "v"}.get(name)
+        return [v for k, v in self.headers if k.lower() in (name, compact)]
+
+    @property
+    def is_request(self) -> bool:
+        return not self.first_line.startswith("SIP/2.0")
+
+    @property
+    def method(self) -> str:
+        return self.first_line.split(" ", 1)[0]
+
+
+def response_to(req: SipMessage, code: int, reason: str, extra: list[tuple[str, str]] | None = None) -> bytes:
+    """A stateless response: Via/From/Call-ID/CSeq copied, a To tag added."""
+    lines = [f"SIP/2.0 {code} {reason}"]
+    lines += [f"Via: {v}" for v in req.all("via")]
+    to = req.get("to") or ""
+    if ";tag=" not in to:
+        to += f";tag={_token()}"
+    lines += [f"From: {req.get('from')}", f"To: {to}", f"Call-ID: {req.get('call-id')}", f"CSeq: {req.get('cseq')}"]
+    lines += [f"{k}: {v}" for k, v in (extra or [])]
+    lines += ["Server: voiceload", "Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+class _ProbeProtocol(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        msg = SipMessage.parse(data)
+        if msg is not None and not msg.is_request and not self.answer.done():
+            self.answer.set_result(msg.first_line)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc)
+
+
+async def probe_target(uri: str, *, timeout_s: float = 3.0) -> str:
+    """Send one OPTIONS to the target; return its status line or raise UserError (unreachable)."""
+    target = parse_sip_uri(uri)
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise UserError(f"--target {uri}: cannot resolve host {target.host!r} ({exc.strerror})") from None
+    addr = infos[0][4]
+    remote = (str(addr[0]), int(addr[1]))
+    try:
+        local = local_address_for(remote[0], remote[1])
+        transport, proto = await loop.create_datagram_endpoint(
+            _ProbeProtocol, local_addr=(local, 0), remote_addr=remote
+        )
+    except OSError as exc:
+        raise UserError(f"--target {uri}: unreachable ({exc.strerror or exc})") from None
+    try:
+        lport = transport.get_extra_info("sockname")[1]
+        req = "\r\n".join([
+            f"OPTIONS {uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP {local}:{lport};branch=z9hG4bK{_token()};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:probe@{local}:{lport}>;tag={_token()}",
+            f"To: <{uri}>",
+            f"Call-ID: probe-{_token(16)}",
+            "CSeq: 1 OPTIONS",
+            "Accept: application/sdp",
+            "User-Agent: voiceload",
+            "Content-Length: 0",
+            "",
+            "",
+        ]).encode()
+        deadline = loop.time() + timeout_s
+        # UDP: retransmit like a SIP client would (T1 = 500 ms)
+        while True:
+            transport.sendto(req)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                return await asyncio.wait_for(asyncio.shield(proto.answer), min(0.5, remaining))
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                raise UserError(f"--target {uri}: unreachable ({exc.strerror or exc})") from None
+        raise UserError(f"--target {uri}: no SIP answer to OPTIONS within {timeout_s:.0f} s (is the bot running?)")
+    finally:
+        transport.close()
+
+
+class RedirectFront(asyncio.DatagramProtocol):
+    """Answers each new INVITE with 302 to a worker chosen by `pick`; remembers the choice per Call-ID."""
+
+    def __init__(self, pick: Callable[[], str | None]) -> None:
+        self.pick = pick  # -> "host:port" of a worker, or None when all are full
+        self.assigned: OrderedDict[str, str] = OrderedDict()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        msg = SipMessage.parse(data)
+        if msg is None or not msg.is_request or self.transport is None:
+            return
+        if msg.method == "ACK":
+            return  # ACK of our 302: hop-by-hop, nothing to do
+        call_id = msg.get("call-id") or ""
+        if msg.method == "OPTIONS":
+            self.transport.sendto(response_to(msg, 200, "OK", [("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")]), addr)
+            return
+        if msg.method != "INVITE":
+            self.transport.sendto(response_to(msg, 481, "Call/Transaction Does Not Exist"), addr)
+            return
+        worker = self.assigned.get(call_id)
+        if worker is None:
+            worker = self.pick()
+            if worker is None:
+                self.transport.sendto(response_to(msg, 503, "Service Unavailable", [("Retry-After", "1")]), addr)
+                return
+            self.assigned[call_id] = worker
+            while len(self.assigned) > 10_000:
+                self.assigned.popitem(last=False)
+        req_uri = msg.first_line.split(" ")[1]
+        user = req_uri[4:].split("@")[0] if "@" in req_uri else "bot"
+        self.transport.sendto(response_to(msg, 302, "Moved Temporarily", [("Contact", f"<sip:{user}@{worker}>")]), addr)
+
+
+def call_limit() -> int:
+    """The installed pjsua2's per-process call limit, probed in a child (one Endpoint per process)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "voiceload.sip.ua"], capture_output=True, text=True, timeout=30, check=True
+    )
+    return int(out.stdout.strip().splitlines()[-1])

@@ -1,0 +1,627 @@
+"""The one adapter around pjsua2: endpoint lifecycle, calls, players and tapes, pumped from one thread.
+
+Media comes in two kinds. The reference bot uses pjmedia (players and a tape recorder on the
+conference bridge). A call agent gives its stack a `media.MediaEngine`: pjsua2 then does only
+the SIP; each call's offer carries the engine's RTP port and the engine plays, listens and tapes
+(docs/density.md).
+
+Rules it enforces, learnt the hard way (ARCHITECTURE.md §3):
+- one Endpoint per process, pumped by the caller (`threadCnt = 0` + `libHandleEvents`), so every
+  SIP callback runs on the pump thread and the callbacks only record facts and queue events;
+- pjsua2 objects (calls, players, recorders) are never freed inside a callback: finished ones
+  are parked and released by `collect()` on the next pump turn;
+- `shutdown()` hangs up, pumps, releases, and only then destroys the library;
+- the per-process call limit is read from the library (`pjsua_call_get_max_count`), never assumed;
+- a call slot is free only when pjsua says so (`slots_in_use`), not when a call looks ended: a local
+  hangup reports DISCONNECTED at once but holds the slot until the BYE/CANCEL is answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import gc
+import logging
+import os
+import random
+import sys
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pjsua2 as pj
+import soundfile as sf
+
+from voiceload.media.engine import MediaEngine, RtpChannel, offer_with_port
+
+log = logging.getLogger(__name__)
+
+CLOCK_RATE = 8000  # the bridge runs at G.711's rate: no resampling anywhere on the path
+FRAME_MS = 20
+WAV_HEADER_BYTES = 44
+TAPE_CLOSE_TIMEOUT_S = 1.0
+RTP_PORT_MIN, RTP_PORT_MAX = 10_000, 60_000
+PORTS_PER_CALL = 3  # conference ports: the call's stream, its tape recorder, its current player
+PJ_ETOOMANY = 70010  # pj_status_t of "no free call slot"
+SLOT_RETRY_S = 0.02  # how soon a caller refused with SlotsBusy should try again (a BYE round trip or so)
+
+
+class SlotsBusy(Exception):
+    """Every pjsua call slot is held, some maybe by calls still hanging up: nothing was placed, try again."""
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """pjlib prints its start-up lines to stdout before any log level applies: keep stdout clean
+    (the bot's READY/LOAD protocol and users' pipes read it)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+@functools.cache
+def _lib() -> ctypes.CDLL:
+    return ctypes.CDLL(pj._pjsua2.__file__)
+
+
+@dataclass
+class CallTimes:
+    """Monotonic timestamps (s) of a call's signalling milestones, taken on the pump thread."""
+
+    invite: float | None = None
+    ringing: float | None = None
+    answered: float | None = None  # 200 OK received (UAC) / sent (UAS)
+    confirmed: float | None = None
+    disconnected: float | None = None
+
+
+class SipCall(pj.Call):
+    """A call whose callbacks only record facts and queue an event for the pump loop."""
+
+    def __init__(self, stack: SipStack, account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(account, call_id)
+        self.stack = stack
+        stack.every_call.add(self)
+        self.reset()
+
+    def reset(self) -> None:
+        """Fresh per-call state: SipCall objects are reused, never destroyed mid-run (see SipStack)."""
+        self.times = CallTimes()
+        self.sip_call_id = ""
+        self.status_code: int | None = None
+        self.status_text = ""
+        self.state = pj.PJSIP_INV_STATE_NULL
+        self.media: pj.AudioMedia | None = None
+        self.rtp: dict[str, Any] | None = None
+        self.remote_hangup = False
+        self.local_hangup = False
+        self.tape: Tape | None = None
+        self.players: list[pj.AudioMediaPlayer] = []
+        self.channel: RtpChannel | None = None  # the engine's RTP channel, when the stack has an engine
+        self.invite = ""  # an incoming call's INVITE as received (for its headers)
+        self.app: Any = None  # the role's per-call state
+        # close() and release() act once per call: several state events of one call can wait in
+        # `events` and all see DISCONNECTED (a call rejected before its CALLING event was handled)
+        self.closed = False
+        self.released = False
+
+    # --- callbacks: record, queue, return ---------------------------------------------------
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
+        now = time.monotonic()
+        ci = self.getInfo()
+        self.state = ci.state
+        self.sip_call_id = ci.callIdString or self.sip_call_id
+        if ci.lastStatusCode:
+            self.status_code = int(ci.lastStatusCode)
+            self.status_text = ci.lastReason
+        if ci.state == pj.PJSIP_INV_STATE_EARLY and self.times.ringing is None:
+            self.times.ringing = now
+        elif ci.state == pj.PJSIP_INV_STATE_CONNECTING and self.times.answered is None:
+            self.times.answered = now
+        elif ci.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            self.times.confirmed = now
+            if self.times.answered is None:
+                self.times.answered = now
+        elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.times.disconnected = now
+            if not self.local_hangup:
+                self.remote_hangup = True
+        self.stack.events.append((self, "state"))
+
+    def onCallSdpCreated(self, prm: pj.OnCallSdpCreatedParam) -> None:
+        # the far end is to send its RTP to the engine's socket, not to pjsua's idle stream
+        if self.channel is not None:
+            prm.sdp.wholeSdp = offer_with_port(prm.sdp.wholeSdp, self.channel.port)
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        ci = self.getInfo()
+        for i, mi in enumerate(ci.media):
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                self.media = self.getAudioMedia(i)
+                if self.channel is not None:
+                    if self.channel.started is None:  # a re-INVITE keeps the channel where it is
+                        path = self.stack.next_tape_path() if self.stack.tape_dir is not None else None
+                        remote = str(self.getStreamInfo(i).remoteRtpAddress)
+                        started = self.channel.start(remote, path, ssrc=ci.id * 7919 + self.stack.ssrc_base)
+                        if path is not None:
+                            self.tape = Tape(path, started)
+                        self._silence_pjsua_stream(ci.id)
+                elif self.tape is None and self.stack.tape_dir is not None:
+                    # start the tape right here, not on a later pump turn: nothing the far end
+                    # sends may precede it (creating and connecting ports in callbacks is safe)
+                    self.start_tape(self.stack.next_tape_path())
+                self.stack.events.append((self, "media"))
+                return
+
+    @staticmethod
+    def _silence_pjsua_stream(call_id: int) -> None:
+        """Take pjsua's own stream of the call off the bridge: it must send nothing.
+
+        Left on, the bridge feeds it silence every 20 ms and it sends that from pjsua's socket: the
+        far end then gets two streams, and its symmetric-RTP latching (pjmedia's, for one) may send
+        its audio to pjsua's socket instead of the engine's (seen: the first second of every
+        greeting lost). pjsua removes the slot again when the call ends, which finds it empty
+        (PJ_EINVAL, ignored); no other port can take the slot meanwhile, since an agent's bridge
+        holds no players or recorders.
+        """
+        slot = int(_lib().pjsua_call_get_conf_port(ctypes.c_int(call_id)))
+        if slot >= 0:
+            _lib().pjsua_conf_remove_port(ctypes.c_int(slot))
+
+    def onCallRedirected(self, prm: pj.OnCallRedirectedParam) -> int:
+        # follow 3xx: the reference bot spreads calls over worker processes this way
+        return int(pj.PJSIP_REDIRECT_ACCEPT)
+
+    def onStreamDestroyed(self, prm: pj.OnStreamDestroyedParam) -> None:
+        # the last moment the stream's RTP counters exist (with an engine, pjsua's stream carried none)
+        if self.channel is None:
+            self.rtp = self.read_rtp_stats() or self.rtp
+
+    # --- operations, called from the pump loop ----------------------------------------------
+    def read_rtp_stats(self) -> dict[str, Any] | None:
+        try:
+            st = self.getStreamStat(0)
+        except pj.Error:
+            return None
+        rx, tx, jb = st.rtcp.rxStat, st.rtcp.txStat, st.jbuf
+        return {
+            "rx_packets": int(rx.pkt),
+            "rx_lost": int(rx.loss),
+            "rx_discarded": int(rx.discard),
+            "rx_jitter_ms_mean": round(rx.jitterUsec.mean / 1000, 2),
+            "rx_jitter_ms_max": round(rx.jitterUsec.max / 1000, 2),
+            "tx_packets": int(tx.pkt),
+            "jbuf_delay_ms_mean": int(jb.avgDelayMsec),
+            "jbuf_empty": int(jb.empty),
+            "jbuf_discard": int(jb.discard),
+        }
+
+    def level(self) -> int:
+        """Level (0..100) of the audio the remote sends us, last bridge frame (cheap C call)."""
+        if self.media is None:
+            return 0
+        try:
+            return int(self.media.getTxLevel())  # pjsua2 names it from the bridge's side
+        except pj.Error:
+            return 0
+
+    def last_loud_ms(self) -> float | None:
+        """When the remote was last loud (monotonic ms), from the media engine; None before that or without one."""
+        t = self.channel.last_loud() if self.channel is not None and self.channel.started is not None else None
+        return None if t is None else t * 1000
+
+    def header(self, name: str) -> str | None:
+        """The value of header `name` on an incoming call's INVITE (first occurrence), None if absent."""
+        want = name.lower()
+        head = self.invite.replace("\r\n", "\n").split("\n\n", 1)[0]
+        for line in head.split("\n")[1:]:
+            key, sep, value = line.partition(":")
+            if sep and key.strip().lower() == want:
+                return value.strip()
+        return None
+
+    def hangup_now(self, code: int = 200) -> None:
+        if self.state == pj.PJSIP_INV_STATE_DISCONNECTED or self.local_hangup:
+            return
+        self.local_hangup = True
+        prm = pj.CallOpParam()
+        prm.statusCode = code
+        try:
+            self.hangup(prm)
+        except pj.Error as exc:
+            log.debug("hangup failed: %s", exc.info())
+
+    def start_tape(self, path: Path) -> None:
+        """Record everything the call carries (remote audio + our players) on the bridge clock."""
+        assert self.media is not None
+        self.tape = Tape.on_bridge(path)
+        self.media.startTransmit(self.tape.recorder)
+        self.tape.started = time.monotonic()
+
+    def play(self, path: Path) -> float:
+        """Play a recording into the call (and onto the tape); returns the monotonic start time."""
+        if self.channel is not None:
+            return self.channel.play(path)
+        assert self.media is not None
+        # one player per call at a time: the previous one has played out (turns don't overlap),
+        # and every live player holds a conference port
+        self.players.clear()
+        player = pj.AudioMediaPlayer()
+        player.createPlayer(str(path), pj.PJMEDIA_FILE_NO_LOOP)
+        if self.tape is not None:
+            player.startTransmit(self.tape.recorder)
+        player.startTransmit(self.media)
+        self.players.append(player)
+        return time.monotonic()
+
+    def close_media(self) -> None:
+        """Release players and the tape recorder (flushes the WAV). Pump-loop only, never a callback."""
+        if self.channel is not None:  # the engine completes the tape at once
+            stats = self.channel.close()
+            if self.channel.started is not None:
+                self.rtp = stats
+            self.channel = None
+        self.players.clear()
+        if self.tape is not None:
+            self.tape.recorder = None  # destroys the recorder; pjmedia then writes the WAV header
+
+
+@dataclass
+class Tape:
+    """A call's tape: written by the media engine, or by a pjmedia recorder on the bridge (`on_bridge`)."""
+
+    path: Path
+    started: float = 0.0  # monotonic time of sample 0
+    recorder: Any = field(default=None)
+
+    @classmethod
+    def on_bridge(cls, path: Path) -> Tape:
+        recorder = pj.AudioMediaRecorder()
+        recorder.createRecorder(str(path))
+        return cls(path, recorder=recorder)
+
+    def finalized(self) -> bool:
+        """True once the WAV header states the file's real length (pjmedia writes it on destroy)."""
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(8)
+            size = self.path.stat().st_size
+        except OSError:
+            return True  # nothing to wait for
+        return len(head) == 8 and int.from_bytes(head[4:8], "little") == size - 8
+
+    def index_at(self, t: float) -> int:
+        """The tape sample written at monotonic time `t` (the bridge writes CLOCK_RATE samples a second)."""
+        return max(0, round((t - self.started) * CLOCK_RATE))
+
+
+
+def read_tape(path: Path) -> np.ndarray:
+    """A closed tape's samples (empty when no frame was ever written or the file is gone)."""
+    try:
+        if path.stat().st_size <= WAV_HEADER_BYTES:
+            return np.zeros(0, dtype=np.int16)
+        data, _rate = sf.read(str(path), dtype="int16")
+    except (OSError, RuntimeError):
+        return np.zeros(0, dtype=np.int16)
+    return np.asarray(data, dtype=np.int16).reshape(-1)
+
+
+def read_tape_span(path: Path, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of a tape that may still be recording, as far as they are on disk.
+
+    While recording, pjmedia's WAV header still says the file is empty and its writer buffers a
+    few hundred ms, so the header is skipped, not parsed, and the span may come back short.
+    """
+    if stop <= start:
+        return np.zeros(0, dtype=np.int16)
+    try:
+        with open(path, "rb") as f:
+            f.seek(WAV_HEADER_BYTES + 2 * start)
+            data = f.read(2 * (stop - start))
+    except OSError:
+        return np.zeros(0, dtype=np.int16)
+    return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.int16)
+
+
+class _Account(pj.Account):
+    def __init__(self, stack: SipStack) -> None:
+        super().__init__()
+        self.stack = stack
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
+        call = self.stack.adopt(prm.callId)
+        ci = call.getInfo()
+        call.sip_call_id = ci.callIdString
+        call.invite = str(prm.rdata.wholeMsg)
+        call.times.invite = time.monotonic()
+        self.stack.calls.add(call)
+        self.stack.events.append((call, "incoming"))
+
+
+class SipStack:
+    """The process's single pjsua2 endpoint with one UDP transport and one local account."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, max_calls: int = 1024,
+                 log_level: int | None = None, user: str = "voiceload", media: MediaEngine | None = None) -> None:
+        self.host, self.port, self.max_calls_wanted = host, port, max_calls
+        self.log_level = log_level if log_level is not None else int(os.environ.get("VOICELOAD_PJSIP_LOG", "0"))
+        self.user = user
+        self.events: deque[tuple[SipCall, str]] = deque()
+        self.calls: set[SipCall] = set()
+        self._parked: list[SipCall] = []
+        self._closing: list[tuple[float, SipCall, Callable[[SipCall], None]]] = []
+        self._pool: list[SipCall] = []  # finished SipCall objects, reused for the next calls
+        self.tape_dir: Path | None = None  # when set, every call is taped from its first media frame
+        self.media = media  # outgoing calls' RTP goes through this engine instead of pjmedia
+        self.ssrc_base = random.getrandbits(32)
+        self.every_call: weakref.WeakSet[SipCall] = weakref.WeakSet()
+        self._tapes = 0
+        self.ep: pj.Endpoint | None = None
+        self.account: _Account | None = None
+        self.max_calls = 0
+
+    def start(self) -> None:
+        threads_before = _thread_ids()
+        ep = pj.Endpoint()
+        with _quiet_stdout():
+            ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = False
+        cfg.uaConfig.maxCalls = self.max_calls_wanted
+        cfg.uaConfig.userAgent = "voiceload"
+        cfg.logConfig.level = self.log_level
+        cfg.logConfig.consoleLevel = self.log_level
+        med = cfg.medConfig
+        med.clockRate = CLOCK_RATE
+        med.sndClockRate = CLOCK_RATE
+        med.audioFramePtime = FRAME_MS
+        med.ptime = FRAME_MS
+        med.noVad = True  # silence is sent as audio: no DTX gaps that would look like jitter
+        med.ecTailLen = 0
+        med.maxMediaPorts = PORTS_PER_CALL * self.max_calls_wanted + 8  # call + tape + player
+        with _quiet_stdout():
+            ep.libInit(cfg)
+        self.max_calls = int(_lib().pjsua_call_get_max_count())
+        tcfg = pj.TransportConfig()
+        tcfg.port = self.port
+        tcfg.boundAddress = self.host
+        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        self.port = int(str(ep.transportGetInfo(tid).localName).rsplit(":", 1)[1])
+        ep.audDevManager().setNullDev()
+        ep.libStart()
+        _favour_media_threads(_thread_ids() - threads_before)
+        # G.711 u-law only: what every gateway speaks, and what SIPp streams
+        for codec in ep.codecEnum2():
+            ep.codecSetPriority(codec.codecId, 255 if codec.codecId.startswith("PCMU/") else 0)
+        acfg = pj.AccountConfig()
+        acfg.idUri = f"sip:{self.user}@{self.host}:{self.port}"
+        acfg.mediaConfig.transportConfig.boundAddress = self.host
+        # pjsua starts every process's RTP ports at 4000 and steps up on EADDRINUSE: many processes
+        # starting at once race for the same ports (seen: makeCall failing). A random even base
+        # per process keeps them apart; pjsua steps past ports in use, but only 100 times.
+        # With a media engine, pjsua's own sockets carry nothing: port 0 lets the kernel pick each
+        # one. Stepping from a base failed there (4 of 1000 makeCalls, EADDRINUSE): a 500-call
+        # agent's pjsua and engine sockets fill blocks far longer than 100 steps.
+        acfg.mediaConfig.transportConfig.port = 0 if self.media is not None \
+            else random.randrange(RTP_PORT_MIN, RTP_PORT_MAX, 2)
+        self.account = _Account(self)
+        self.account.create(acfg)
+        self.ep = ep
+
+    def slots_in_use(self) -> int:
+        """Call slots pjsua holds: live calls, and calls that already look DISCONNECTED to us.
+
+        A local hangup makes pjsua report DISCONNECTED at once (pjproject's "immediate hangup",
+        #2600) while the slot stays taken until the BYE or CANCEL transaction ends: one round trip
+        to the far end, 32 s if it never answers. `calls` drops a call on `release()`, which can be
+        earlier than that, so `len(calls)` alone undercounts what `makeCall` will find.
+        """
+        return int(_lib().pjsua_call_get_count())
+
+    @property
+    def closing(self) -> int:
+        """Calls that ended and wait for their tape to be complete on disk."""
+        return len(self._closing)
+
+    def next_tape_path(self) -> Path:
+        assert self.tape_dir is not None
+        self._tapes += 1
+        return self.tape_dir / f"{self._tapes}.wav"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def pump(self, timeout_ms: int = 0) -> None:
+        assert self.ep is not None
+        self.ep.libHandleEvents(timeout_ms)
+
+    def make_call(self, uri: str, headers: dict[str, str] | None = None) -> SipCall:
+        """Place a call; `SlotsBusy` (nothing placed, nothing to report) while pjsua has no free slot."""
+        assert self.account is not None
+        if self.slots_in_use() >= self.max_calls:
+            raise SlotsBusy(f"all {self.max_calls} pjsua call slots held ({len(self.calls)} calls live)")
+        call = self._pool.pop() if self._pool else SipCall(self, self.account)
+        call.reset()
+        if self.media is not None:
+            try:
+                call.channel = self.media.open()
+            except OSError:  # no socket to be had (out of file descriptors or ports): nothing placed
+                self._pool.append(call)
+                raise
+        prm = pj.CallOpParam(True)
+        for name, value in (headers or {}).items():
+            hdr = pj.SipHeader()
+            hdr.hName, hdr.hValue = name, value
+            prm.txOption.headers.append(hdr)
+        call.times.invite = time.monotonic()
+        self.calls.add(call)
+        try:
+            call.makeCall(uri, prm)
+        except pj.Error as exc:
+            self.calls.discard(call)
+            call.close_media()
+            self._pool.append(call)
+            if exc.status == PJ_ETOOMANY:  # a slot taken behind our back: the same as the check above
+                raise SlotsBusy(exc.info().strip()) from exc
+            raise
+        call.sip_call_id = call.getInfo().callIdString
+        return call
+
+    def answer(self, call: SipCall, code: int = 200) -> None:
+        prm = pj.CallOpParam()
+        prm.statusCode = code
+        call.answer(prm)
+
+    def close(self, call: SipCall, then: Callable[[SipCall], None]) -> None:
+        """Close a finished call's media, then run `then(call)` once its tape is complete on disk.
+
+        Since pjproject 2.14 the bridge removes ports on its own clock thread, so a recorder's
+        WAV header is written a tick or two after the recorder is dropped; `collect()` waits
+        for it (bounded) instead of reading a half-written tape. A second close of the same call is
+        ignored: running `then` twice would report the call twice and pool its object twice.
+        """
+        if call.closed:
+            return
+        call.closed = True
+        call.close_media()
+        self._closing.append((time.monotonic() + TAPE_CLOSE_TIMEOUT_S, call, then))
+
+    def adopt(self, call_id: int) -> SipCall:
+        """The SipCall for a new incoming call on pjsua slot `call_id`: a pooled one when possible.
+
+        A pooled object gets the slot through pjsua's user data plus `Call.lookup`, which is how
+        pjsua2 itself re-binds a Call object to a slot.
+        """
+        assert self.account is not None
+        if not self._pool:
+            return SipCall(self, self.account, call_id)
+        call = self._pool.pop()
+        call.reset()
+        _lib().pjsua_call_set_user_data(ctypes.c_int(call_id), ctypes.c_void_p(int(call.this)))
+        bound = pj.Call.lookup(call_id)
+        if bound is None or bound.getId() != call_id:
+            raise RuntimeError(f"could not bind a pooled call object to pjsua slot {call_id}")
+        return call
+
+    def release(self, call: SipCall) -> None:
+        """Forget a finished call; its object returns to the pool on the next `collect()`.
+
+        pjsua2's `~Call()` clears the user data of, and hangs up, whatever call holds its *old*
+        slot id, and pjsua reuses slots as soon as a call ends: destroying a finished Call
+        mid-run can kill a live one. So finished objects are recycled, and only destroyed in
+        `shutdown()` once no call is active.
+        """
+        if call.released:  # pooled twice, one object would serve two live calls
+            return
+        call.released = True
+        self.calls.discard(call)
+        self._parked.append(call)
+
+    def collect(self) -> None:
+        """Hand over closed calls and free parked pjsua2 objects: pump loop only, never a callback."""
+        if self._closing:
+            now = time.monotonic()
+            waiting = []
+            for deadline, call, then in self._closing:
+                if call.tape is None or call.tape.finalized() or now > deadline:
+                    then(call)
+                else:
+                    waiting.append((deadline, call, then))
+            self._closing = waiting
+        while self._parked:
+            call = self._parked.pop()
+            call.close_media()
+            call.media = None
+            call.app = None
+            call.tape = None
+            self._pool.append(call)
+
+    def shutdown(self, drain_s: float = 1.0) -> None:
+        if self.ep is None:
+            return
+        ep = self.ep
+        with contextlib.suppress(pj.Error):
+            ep.hangupAllCalls()
+        end = time.monotonic() + drain_s
+        while time.monotonic() < end and (self.slots_in_use() > 0 or any(
+                c.state != pj.PJSIP_INV_STATE_DISCONNECTED for c in self.calls)):
+            ep.libHandleEvents(20)
+        for _deadline, call, _then in self._closing:
+            self.release(call)  # the role's measurement is skipped: the process is going away
+        self._closing.clear()
+        for call in list(self.calls):
+            self.release(call)
+        self.collect()
+        self.events.clear()
+        self._pool.clear()  # destroyed while the library still lives and no call is active
+        self.account = None
+        gc.collect()
+        # Anything still referencing a call now (an exception's traceback, say) would run ~Call()
+        # after libDestroy() and trip pjsua's asserts: the process is ending, let those leak.
+        for survivor in list(self.every_call):
+            survivor.thisown = False
+        ep.libDestroy()
+        self.ep = None
+
+
+MEDIA_THREAD_NICE = -10
+
+
+def _thread_ids() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:  # not Linux
+        return set()
+
+
+def _favour_media_threads(tids: set[int]) -> None:
+    """Run pjmedia's threads (the bridge clock, the RTP receiver) at a higher priority than Python's.
+
+    A clock tick or an RTP read that waits for a core behind Python work (a pump turn, a tape
+    analysis, another process) adds a 20 ms frame to a jitter buffer for the rest of the call, and
+    that frame is a 20 ms error in every later turn. pjlib asks for a higher priority itself, but on
+    Linux its SCHED_OTHER request is a no-op. Needs CAP_SYS_NICE (root); without it, nothing changes.
+    """
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, MEDIA_THREAD_NICE)
+        except OSError as exc:
+            log.debug("media thread %d keeps its priority: %s", tid, exc)
+            return
+
+
+def probe_call_limit() -> int:
+    """Per-process call limit of the installed pjsua2 build (creates and destroys an endpoint)."""
+    ep = pj.Endpoint()
+    with _quiet_stdout():
+        ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.uaConfig.maxCalls = 1 << 16
+    cfg.logConfig.level = 0
+    cfg.logConfig.consoleLevel = 0
+    cfg.uaConfig.threadCnt = 0
+    with _quiet_stdout():
+        ep.libInit(cfg)
+    limit = int(_lib().pjsua_call_get_max_count())
+    ep.libDestroy()
+    return limit
+
+
+if __name__ == "__main__":  # `python -m voiceload.sip.ua` prints the call limit (used by the coordinator)
+    print(probe_call_limit())

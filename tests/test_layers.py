@@ -1,0 +1,128 @@
+"""The package's import rules (docs/architecture.md, "Layers"): which sub-package may import which.
+
+An AST walk over every module of voiceload/ (imports inside functions count too), plus one real
+import of the `run` process's modules to prove that neither pjsua2 nor the media engine loads there.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "voiceload"
+
+# What each part of voiceload may import from voiceload (itself always). A part is a sub-package or a
+# top-level module. `cli` and `__main__` are the composition root and may import anything.
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "protocol": {"errors"},
+    "audio": {"errors", "protocol"},
+    "core": {"errors", "protocol", "audio"},
+    "media": {"errors", "audio"},
+    "sip": {"errors", "protocol", "media"},
+    "rasa": {"errors"},
+    "results": {"errors", "protocol", "core"},
+    "report": {"errors", "protocol", "core", "results"},
+    "agent": {"errors", "protocol", "audio", "core", "sip", "media", "results", "rasa"},
+    "run": {"errors", "protocol", "audio", "core", "results", "report", "rasa", "sip.lite"},
+    "sut": {"errors", "protocol", "audio", "core", "sip", "rasa"},
+    "tools": {"errors", "audio", "sip.message"},
+}
+# Third-party libraries that only their adapter may import.
+ADAPTERS = {"pjsua2": {"sip.ua"}, "aiomqtt": {"results.bus"}, "paho": {"results.bus"}, "amqtt": {"results.broker"}}
+# Pure parts: no library that does I/O of its own.
+PURE = {"core", "audio", "protocol", "errors"}
+IO_LIBS = {"pjsua2", "aiomqtt", "paho", "amqtt", "aiohttp", "socket", "subprocess", "asyncio", "typer", "rich"}
+# audio.recordings synthesises recordings with espeak-ng/sox: the one process-spawning module of audio/.
+PURE_EXCEPTIONS = {("audio.recordings", "subprocess")}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every absolute module name `path` imports, at any depth of the file."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import (the rules read absolute names)"
+            base = node.module or ""
+            found.add(base)
+            if base == "voiceload" or base.startswith("voiceload."):
+                found.update(f"{base}.{alias.name}" for alias in node.names)  # `from voiceload.sip import lite`
+    return found
+
+
+def part_of(module: str) -> str:
+    return module.split(".")[0] if module else module
+
+
+def allows(allowed: set[str], target: str) -> bool:
+    """`target` (a voiceload module, without the prefix) is in an allowed part or module."""
+    return any(target == a or target.startswith(a + ".") for a in allowed)
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p) or "voiceload")
+def test_imports_stay_inside_the_allowed_layers(path: Path) -> None:
+    me = module_name(path)
+    part = part_of(me)
+    if part in ("", "cli", "__main__"):
+        return
+    assert part in ALLOWED, f"{me}: a new part of voiceload; give it a rule in ALLOWED (and docs/architecture.md)"
+    for target in sorted(imports_of(path)):
+        root = target.split(".")[0]
+        if root == "voiceload":
+            inner = target.removeprefix("voiceload").lstrip(".")
+            if not inner or part_of(inner) == part:
+                continue
+            # `from voiceload.sip import lite` adds both voiceload.sip and voiceload.sip.lite: judge the deeper one
+            if any(t.startswith(target + ".") for t in imports_of(path)):
+                continue
+            assert allows(ALLOWED[part], inner), f"{me} imports {target}: {part} may import only {sorted(ALLOWED[part])}"
+        elif root in ADAPTERS:
+            assert me in ADAPTERS[root], f"{me} imports {root}: only {sorted(ADAPTERS[root])} may"
+        if part in PURE and root in IO_LIBS:
+            assert (me, root) in PURE_EXCEPTIONS, f"{me} imports {root}: {part} is pure (no I/O libraries)"
+
+
+def test_the_rules_name_only_parts_that_exist() -> None:
+    parts = {part_of(module_name(p)) for p in MODULES} - {"", "cli", "__main__"}
+    assert set(ALLOWED) == parts
+    for allowed in ALLOWED.values():
+        for a in allowed:
+            assert (PACKAGE / a.replace(".", "/")).with_suffix(".py").exists() or (PACKAGE / a).is_dir(), a
+
+
+def test_the_run_process_loads_no_pjsua2_no_media_engine_and_no_agent() -> None:
+    """What `voiceload run` and `voiceload capacity` import, imported for real in a fresh interpreter."""
+    code = (
+        "import sys\n"
+        "import voiceload.run.coordinator, voiceload.run.capacity, voiceload.run.live, voiceload.report\n"
+        "bad = sorted(m for m in sys.modules if m == 'pjsua2' or m.startswith(('pjsua2.', 'voiceload.agent',"
+        " 'voiceload.sut', 'voiceload.media', 'voiceload.sip.ua')))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "", f"the run process loaded {out.stdout.strip()}"
+
+
+def test_the_reference_bot_loads_no_caller_side() -> None:
+    code = (
+        "import sys\n"
+        "import voiceload.sut.bot, voiceload.sut.gateway\n"
+        "print(','.join(sorted(m for m in sys.modules if m.startswith(('voiceload.agent', 'voiceload.run')))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "", f"the bot loaded {out.stdout.strip()}"

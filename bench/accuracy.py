@@ -17,7 +17,6 @@ averaged over the run, start-up included (their rusage once they exited), as % o
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._harness.runs import read_jsonl, read_summary, voiceload_cmd  # noqa: E402
 from tests.refbot import latency_errors, start_bot  # noqa: E402
 from voiceload.tools import referee  # noqa: E402
 
@@ -39,7 +39,7 @@ def stats(errors: list[float]) -> str:
         return "n=0"
     return (f"n={s['count']:3d} mean {s['mean_ms']:+6.1f}  p50|e| {s['p50_abs_ms']:5.1f}"
             f"  p95|e| {s['p95_abs_ms']:5.1f}  max|e| {s['max_abs_ms']:5.1f}"
-            f"  <=20ms {100 * s['within_20ms']:5.1f}%  <=40ms {100 * s['within_40ms']:5.1f}%")
+            f"  <=20ms {100 * float(s['within_20ms'] or 0):5.1f}%  <=40ms {100 * float(s['within_40ms'] or 0):5.1f}%")
 
 
 def histogram(errors: list[float], width: float = 5.0) -> str:
@@ -83,9 +83,9 @@ def main() -> int:
     cpu0 = children_cpu_s()
     rate = ["--max-rate", str(args.max_rate)] if args.max_rate else []
     try:
-        rc = subprocess.call([sys.executable, "-m", "voiceload", "run", str(args.scenario), "--target", bot.target,
-                              "-c", str(args.concurrency), "-n", str(args.calls), "--out", str(out), *rate],
-                             cwd=REPO, stdout=subprocess.DEVNULL)
+        cmd = voiceload_cmd("run", str(args.scenario), "--target", bot.target, "-c", str(args.concurrency),
+                            "-n", str(args.calls), "--out", str(out), *rate)
+        rc = subprocess.call(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
     finally:
         wall = time.time() - started
         cpu1 = children_cpu_s()
@@ -99,9 +99,9 @@ def main() -> int:
           f"concurrency {args.concurrency}, {args.calls} calls")
     print(f"CPU averaged over the run (% of one core): generator {100 * (cpu1 - cpu0) / wall:.0f}, "
           f"bot {100 * (cpu2 - cpu1) / wall:.0f}")
-    calls = [json.loads(x) for x in (out / "calls.jsonl").read_text().splitlines() if x.strip()]
+    calls = list(read_jsonl(out / "calls.jsonl"))
     truth = bot.truth_lines()
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_summary(out)
     print(f"completed {summary['calls']['completed']}/{summary['calls']['placed']}, valid {summary['valid']}, "
           f"turn latency p50 {summary['turn_latency_ms']['p50']} p95 {summary['turn_latency_ms']['p95']} ms")
     for reason in summary["invalid_reasons"]:

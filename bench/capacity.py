@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._harness.runs import voiceload_cmd  # noqa: E402
 from tests.refbot import DEMO, start_bot  # noqa: E402
 from voiceload.core.callflow import ThinkTime  # noqa: E402
 from voiceload.core.scenario import load_scenario  # noqa: E402
@@ -42,9 +43,9 @@ def search(capacity: int, args: argparse.Namespace, work: Path) -> dict[str, obj
     bot = start_bot(work, scenario=args.scenario, think_ms=args.think_ms, max_calls=bot_calls,
                     extra=["--capacity", str(capacity)])
     out = work / f"cap-{capacity}"
-    cmd = [sys.executable, "-m", "voiceload", "capacity", str(args.scenario), "--target", bot.target,
-           "--slo", f"p95_turn_latency_ms<={args.p95_ms:g}", "--start", str(start), "--step", str(step),
-           "--max", str(top), "--hold", args.hold, "--out", str(out)]
+    cmd = voiceload_cmd("capacity", str(args.scenario), "--target", bot.target,
+                        "--slo", f"p95_turn_latency_ms<={args.p95_ms:g}", "--start", str(start), "--step", str(step),
+                        "--max", str(top), "--hold", args.hold, "--out", str(out))
     guess = "far above this box" if predicted is None else f"at {predicted} calls"
     print(f"capacity {capacity}: model predicts a knee {guess}; searching {start}+{step}..{top}", flush=True)
     began = time.monotonic()

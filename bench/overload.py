@@ -12,7 +12,6 @@ reference bot. Not a test: it takes a minute or two and saturates the box.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._harness.runs import read_summary, voiceload_cmd  # noqa: E402
 from tests.refbot import DEMO, start_bot  # noqa: E402
 
 
@@ -34,12 +34,13 @@ def main() -> int:
     bot = start_bot(work, max_calls=args.concurrency)
     try:
         out = work / "run"
-        cmd = ["taskset", "-c", str(args.core), sys.executable, "-m", "voiceload", "run", str(DEMO), "--target",
-               bot.target, "-c", str(args.concurrency), "-n", str(args.concurrency), "--out", str(out)]
+        run = voiceload_cmd("run", str(DEMO), "--target", bot.target, "-c", str(args.concurrency),
+                            "-n", str(args.concurrency), "--out", str(out))
+        cmd = ["taskset", "-c", str(args.core), *run]
         code = subprocess.call(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
         bot.stop()
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_summary(out)
     gen = summary["generator"]
     print(f"exit code {code}; valid {summary['valid']}; completed {summary['calls']['completed']}/"
           f"{summary['calls']['placed']}; agents {gen['agents']}, max CPU {gen['max_cpu_percent']} %, "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +19,17 @@ import numpy as np
 
 # runnable from a checkout without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._harness.runs import read_jsonl
+from bench._harness.table import fmt
 from voiceload.tools.referee import WireTurn, analyse_pcap, compare, summary, wire_turns
 
 Key = tuple[str, int]
 
 
-def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
 def load_calls(path: Path) -> dict[Key, dict[str, Any]]:
     """calls.jsonl turns keyed by (call id, turn index)."""
     out: dict[Key, dict[str, Any]] = {}
-    for rec in _jsonl(path):
+    for rec in read_jsonl(path):
         for t in rec.get("turns") or []:
             out[(rec["call_id"], int(t["index"]))] = t
     return out
@@ -43,7 +37,7 @@ def load_calls(path: Path) -> dict[Key, dict[str, Any]]:
 
 def load_truth(path: Path) -> dict[Key, dict[str, Any]]:
     """The reference bot's truth lines keyed by (call id, turn index)."""
-    return {(rec["call_id"], int(rec["turn"])): rec for rec in _jsonl(path)}
+    return {(rec["call_id"], int(rec["turn"])): rec for rec in read_jsonl(path)}
 
 
 def latencies(turns: dict[Key, dict[str, Any]]) -> dict[Key, float]:
@@ -76,18 +70,14 @@ def offsets(
     return {"end": list(end.values()), "onset": list(onset.values()), "onset_rel": relative}
 
 
-def _fmt(v: float | int | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def _row(label: str, s: dict[str, float | int | None]) -> str:
     share = [
-        _fmt(None if s[k] is None else 100 * float(s[k] or 0.0), ".0f")
+        fmt(None if s[k] is None else 100 * float(s[k] or 0.0), ".0f")
         for k in ("within_20ms", "within_40ms")
     ]
     return (
-        f"  {label:<22}{s['count']:>5} {_fmt(s['mean_ms'], '+8.1f')} {_fmt(s['p50_abs_ms'], '8.1f')}"
-        f" {_fmt(s['p95_abs_ms'], '8.1f')} {_fmt(s['max_abs_ms'], '8.1f')} {share[0]:>6}% {share[1]:>5}%"
+        f"  {label:<22}{s['count']:>5} {fmt(s['mean_ms'], '+8.1f')} {fmt(s['p50_abs_ms'], '8.1f')}"
+        f" {fmt(s['p95_abs_ms'], '8.1f')} {fmt(s['max_abs_ms'], '8.1f')} {share[0]:>6}% {share[1]:>5}%"
     )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from voiceload.audio import wav  # noqa: E402
+from voiceload.audio import g711, wav  # noqa: E402
 from voiceload.core.scenario import load_scenario  # noqa: E402
 from voiceload.errors import UserError  # noqa: E402
 from voiceload.sut import asr  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
         for turn in sc.turns:
             ref = asr.normalise(turn.transcript or "")
             pad = np.zeros(wav.SAMPLE_RATE * args.silence_ms // 1000, dtype=np.int16)
-            line = asr.ulaw_round_trip(np.concatenate([pad, wav.load_wav(turn.caller), pad]))
+            line = g711.round_trip(np.concatenate([pad, wav.load_wav(turn.caller), pad]))
             results = [rec.recognise(line) for _ in range(args.repeat)]
             hyp = results[0].text.split()
             errors = asr.word_errors(ref, hyp)

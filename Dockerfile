@@ -5,7 +5,7 @@ ARG BASE=debian:bookworm-slim
 FROM ${BASE}
 
 # python3 + venv for the install; gcc + python3-dev to compile the agents' RTP engine
-# (voiceload/_rtpengine.c); espeak-ng + sox for `voiceload recordings make`; libsndfile1 for soundfile.
+# (voiceload/media/*.c); espeak-ng + sox for `voiceload recordings make`; libsndfile1 for soundfile.
 # Unpinned on purpose: the versions are whatever the base's Debian release ships (security updates included).
 # hadolint ignore=DL3008
 RUN apt-get update \

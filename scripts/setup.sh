@@ -9,7 +9,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 PY="${VOICELOAD_PYTHON:-python3}"
-# gcc + libc6-dev: the editable install compiles the agents' RTP engine (voiceload/media/_rtpengine.c)
+# gcc + libc6-dev: the editable install compiles the agents' RTP engine (voiceload/media/*.c)
 apt_pkgs=(espeak-ng sox libsndfile1 gcc libc6-dev)
 # Debian's own python3 needs python3-venv for `python3 -m venv` (ensurepip), and python3-dev for Python.h
 "$PY" -c "import ensurepip" 2>/dev/null || apt_pkgs+=(python3-venv)

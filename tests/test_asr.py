@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voiceload.audio import wav
+from voiceload.audio import g711, wav
 from voiceload.core.scenario import load_scenario
 from voiceload.errors import UserError
 from voiceload.sut import asr
@@ -90,22 +90,13 @@ def test_speech_only_keeps_the_loud_span_plus_a_margin() -> None:
     assert len(asr.speech_only(np.full(800, 100, dtype=np.int16))) == 0  # under -40 dBFS: no speech
 
 
-def test_ulaw_round_trip_keeps_zero_and_quantises_coarsely_at_the_top() -> None:
-    x = np.array([0, 1, -1, 100, -100, 8000, 32767, -32768], dtype=np.int16)
-    y = asr.ulaw_round_trip(x)
-    assert y[0] == 0 and abs(int(y[3]) - 100) <= 4 and y[4] == -y[3]
-    assert abs(int(y[5]) - 8000) <= 256  # 16 steps per segment: ~3 % of the value
-    assert y[6] == 32124 and y[7] == -32124  # the largest code
-    assert np.array_equal(asr.ulaw_round_trip(y), y)  # decoded values are code points
-
-
 # --- the recogniser on real audio ------------------------------------------------------------------
 
 
 def _line(x: np.ndarray) -> np.ndarray:
     """Silence around the speech, as on a call tape, and G.711 µ-law, as on the wire."""
     pad = np.zeros(3200, dtype=np.int16)
-    return asr.ulaw_round_trip(np.concatenate([pad, x, pad]))
+    return g711.round_trip(np.concatenate([pad, x, pad]))
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.stem)

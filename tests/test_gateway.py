@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from tests.refbot import DEMO, REPO, latency_errors, start_bot, voiceload
+from voiceload.audio import g711
 from voiceload.audio import wav as wavfile
 from voiceload.core.callflow import Ask, BotFlow, BotState, Play, PlayFile, ThinkTime
 from voiceload.core.scenario import load_scenario
@@ -180,7 +181,7 @@ class FakeRasa:
 def _tape(tmp_path: Path, wav: Path) -> tuple[Path, int, int]:
     """A call tape still recording: unfinished header, silence, the caller's utterance through G.711, silence."""
     pad = np.zeros(4000, dtype=np.int16)
-    x = asr.ulaw_round_trip(np.concatenate([pad, wavfile.load_wav(wav), pad]))
+    x = g711.round_trip(np.concatenate([pad, wavfile.load_wav(wav), pad]))
     path = tmp_path / "tape.wav"
     path.write_bytes(bytes(WAV_HEADER_BYTES) + x.tobytes())
     return path, 800, len(x)

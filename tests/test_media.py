@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voiceload.audio import wav
+from voiceload.audio import g711, wav
 from voiceload.media.engine import MediaEngine, encode_pcmu, offer_with_port, split_address
 
 OFFER = (
@@ -98,14 +98,7 @@ def test_audio_played_right_at_start_is_whole_on_the_tape(tmp_path: Path) -> Non
     finally:
         eng.shutdown()
         sink.engine.shutdown()
-    sent = ulaw_decode(encode_pcmu(tone))  # what went out, exactly
+    sent = g711.decode(encode_pcmu(tone))  # what went out, exactly
     for i in range(30):
         tape, _ = sf.read(tmp_path / f"{i}.wav", dtype="int16")
         assert np.count_nonzero(tape) == np.count_nonzero(sent), f"tape {i}: part of the utterance is missing"
-
-
-def ulaw_decode(pcmu: bytes) -> np.ndarray:
-    """G.711 mu-law to 16-bit (the standard expansion), to compare a tape with what was sent."""
-    u = ~np.frombuffer(pcmu, dtype=np.uint8).astype(np.int32) & 0xFF
-    t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
-    return np.where(u & 0x80, 0x84 - t, t - 0x84).astype(np.int16)

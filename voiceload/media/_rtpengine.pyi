@@ -1,4 +1,4 @@
-"""Types of the C RTP engine (voiceload/_rtpengine.c); voiceload.media is its only user."""
+"""Types of the C RTP engine (module.c, the binding of engine.c); voiceload.media.engine is its only user."""
 
 from os import PathLike
 from typing import Any

@@ -1,4 +1,4 @@
-"""The one adapter around the caller-side RTP engine (`voiceload/media/_rtpengine.c`).
+"""The one adapter around the caller-side RTP engine (`voiceload/media/engine.c`, bound by `module.c`).
 
 A call agent's media does not go through pjmedia: pjsua2 does the call's SIP, and this engine
 sends the caller's audio, receives the bot's and writes the call's tape, all on one C clock thread

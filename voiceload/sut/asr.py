@@ -52,7 +52,6 @@ EDGE_MARGIN_MS = 10
 TAPS_PER_PHASE = 32
 CHUNK_SAMPLES = MODEL_RATE // 10  # 100 ms per process_raw call: the GIL is released between calls
 KAISER_BETA = 8.0
-ULAW_CLIP = 8159  # on 14-bit magnitudes, as G.711 codes them
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 
@@ -131,23 +130,6 @@ def speech_only(x: npt.NDArray[np.integer], *, threshold: int = EDGE_THRESHOLD,
     margin = round(margin_ms * rate / 1000)
     lo, hi = max(0, int(loud[0]) - margin), min(len(x), int(loud[-1]) + 1 + margin)
     return np.asarray(x[lo:hi], dtype=np.int16)
-
-
-def ulaw_round_trip(x: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
-    """G.711 µ-law encode then decode: what a PCMU call does to the audio the recogniser hears.
-
-    For tests and bench/asr_wer.py. Coded on 14-bit samples with the standard bias of 33: eight
-    segments of 16 steps each (checked equal to audioop's lin2ulaw + ulaw2lin on every int16).
-    """
-    s = x.astype(np.int32) >> 2
-    negative = s < 0
-    magnitude = np.minimum(np.where(negative, -s, s), ULAW_CLIP) + 33
-    segment = np.maximum(np.floor(np.log2(magnitude)).astype(np.int32) - 5, 0)
-    step = np.where(segment > 7, 0x0F, (magnitude >> (segment + 1)) & 0x0F)  # beyond the top: the top code
-    segment = np.minimum(segment, 7)
-    decoded = (((step << 3) + 0x84) << segment) - 0x84
-    out: npt.NDArray[np.int16] = np.where(negative, -decoded, decoded).astype(np.int16)
-    return out
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from voiceload.audio import g711
 from voiceload.audio.vad import SAMPLE_RATE, speech_segments
 
 HANGOVER_MS = 400  # same as the agent's and bot's reply analysis, so segments are comparable
@@ -231,23 +232,7 @@ def parse_sip(payload: bytes) -> SipMessage | None:
     return SipMessage(method, status, call_id, cseq[1].upper(), tag("from"), tag("to"), media)
 
 
-# ---------------------------------------------------------------- RTP / G.711
-
-
-def _ulaw_table() -> npt.NDArray[np.int16]:
-    """The 256 ITU-T G.711 µ-law code words as linear int16 samples."""
-    u = ~np.arange(256, dtype=np.int32) & 0xFF
-    exponent = (u >> 4) & 0x07
-    mantissa = u & 0x0F
-    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
-    return np.where(u & 0x80, -magnitude, magnitude).astype(np.int16)
-
-
-ULAW_TABLE = _ulaw_table()
-
-
-def ulaw_decode(payload: bytes) -> npt.NDArray[np.int16]:
-    return ULAW_TABLE[np.frombuffer(payload, dtype=np.uint8)]
+# ---------------------------------------------------------------- RTP (PCMU: voiceload.audio.g711)
 
 
 @dataclass(frozen=True)
@@ -333,7 +318,7 @@ def build_timeline(packets: list[RtpPacket]) -> Timeline:
             n += fill
         starts.append(n)
         times.append(p.time)
-        x = ulaw_decode(p.payload)
+        x = g711.decode(p.payload)
         chunks.append(x)
         n += len(x)
         prev_ext = ext
@@ -519,6 +504,5 @@ __all__ = [
     "read_pcap",
     "speech_times",
     "summary",
-    "ulaw_decode",
     "wire_turns",
 ]

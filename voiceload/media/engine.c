@@ -17,12 +17,12 @@
  *     with no jitter: contiguous like the sender's audio, never later than the packet arrived,
  *     and earlier only by that packet's own jitter. The tape is flushed in 0.5 s blocks and its
  *     header written on close, so it is bounded in memory.
- * SIP stays with pjsua2; this module only does media. No Python runs on the per-frame path:
- * the clock thread never touches the GIL or a Python object.
+ * SIP stays with pjsua2; this engine only does media. It is plain C (engine.h: its API and
+ * threading rules); module.c makes it the CPython module voiceload.media._rtpengine. No Python
+ * runs on the per-frame path: the clock thread never touches the GIL or a Python object.
  */
-#define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
-#include <Python.h>
+#include "engine.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -38,8 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RATE 8000
-#define FRAME 160                 /* samples (and PCMU bytes) per 20 ms frame */
+#define RATE RTPE_CLOCK_RATE
+#define FRAME RTPE_FRAME_SAMPLES  /* samples (and PCMU bytes) per 20 ms frame */
 #define FRAME_NS 20000000LL
 #define RING 16384                /* samples of tape held in memory per track (2.048 s), a power of two */
 #define RING_MASK (RING - 1)
@@ -56,7 +56,9 @@
 #define WAV_HDR 44
 #define SILENCE 0xFF              /* PCMU's positive zero */
 
-typedef struct {
+_Static_assert(RTPE_READ_LAG_MS == RX_EVERY * (FRAME_NS / 1000000), "engine.h's read lag is RX_EVERY ticks");
+
+struct rtpe_chan {
     int used, running;
     int fd;
     struct sockaddr_in remote;
@@ -65,10 +67,10 @@ typedef struct {
     uint32_t ssrc, ts0;
     int64_t tick0;                /* engine tick at start: the RTP timestamp follows the clock, ticks skipped or not */
     int marker;
-    /* playback: a bytes object of PCMU held by the Python side until the next play() or close() */
-    PyObject *play_obj;
+    /* playback: PCMU bytes the caller keeps valid (through `play_owner`) until the next play or close */
+    void *play_owner;
     const uint8_t *play;
-    Py_ssize_t play_len, play_pos;
+    size_t play_len, play_pos;
     /* tape, in samples since t0 */
     int tape_fd;
     int64_t t0_ns, flushed, rx_next, tx_next;
@@ -90,26 +92,14 @@ typedef struct {
     int transit_n;
     double jitter, jitter_max, jitter_sum;
     uint64_t jitter_n;
-} chan_t;
+};
 
-typedef struct {
-    PyObject_HEAD
-    pthread_t thread;
-    pthread_mutex_t lock;
-    int thread_started;
-    volatile int stop;
-    int capacity;
-    int loud_level;
-    chan_t *ch;
-    int64_t ticks;                /* ticks run since the engine started */
-    int64_t next_tick_ns;         /* when tick `ticks` is scheduled (monotonic ns) */
-    /* health since the last health() call */
-    int64_t late_max_ns, busy_ns, busy_max_ns, skipped, n_ticks;
-} Engine;
-
+/* G.711 µ-law, the engine's own coder: C, so the clock thread never calls out for it. Its numpy
+ * twin is voiceload/audio/g711.py (for everything outside the engine); tests/test_g711.py checks
+ * the two equal on every int16. */
 static int16_t ulaw_to_lin[256];
 
-static void init_tables(void) {
+void rtpe_tables_init(void) {
     for (int i = 0; i < 256; i++) {
         int u = ~i & 0xFF;
         int t = ((u & 0x0F) << 3) + 0x84;
@@ -137,12 +127,12 @@ static int64_t now_ns(clockid_t clk) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static int64_t sample_at(const chan_t *c, int64_t mono_ns) {
+static int64_t sample_at(const rtpe_chan *c, int64_t mono_ns) {
     return (mono_ns - c->t0_ns) * RATE / 1000000000LL;
 }
 
 /* Write tape samples [flushed, upto) (received + sent, saturated) and clear them from the rings. */
-static void flush_to(chan_t *c, int64_t upto) {
+static void flush_to(rtpe_chan *c, int64_t upto) {
     int16_t buf[FLUSH_CHUNK];
     while (c->flushed < upto) {
         int64_t n = upto - c->flushed;
@@ -166,7 +156,7 @@ static void flush_to(chan_t *c, int64_t upto) {
 
 /* Put one decoded frame on a track at sample `at`, which is >= flushed - FRAME. */
 /* Put n PCMU samples on a track at sample `at`, decoded; returns the sum of their magnitudes. */
-static long place(chan_t *c, int16_t *track, int64_t at, const uint8_t *pcmu, int n, uint64_t *late) {
+static long place(rtpe_chan *c, int16_t *track, int64_t at, const uint8_t *pcmu, int n, uint64_t *late) {
     if (at + n - c->flushed > RING) flush_to(c, at + n - RING);
     int skip = 0;  /* samples before the tape started (early RTP), or read after their block was written */
     if (at < c->flushed) {
@@ -189,7 +179,7 @@ static int64_t continue_or_jump(int64_t next, int64_t at) {
     return (next > 0 && at >= next - SNAP && at <= next + SNAP) ? next : at;
 }
 
-static void rx_packet(chan_t *c, const uint8_t *p, ssize_t len, int64_t arrival_mono, int loud_level) {
+static void rx_packet(rtpe_chan *c, const uint8_t *p, ssize_t len, int64_t arrival_mono, int loud_level) {
     if (len < RTP_HDR || (p[0] >> 6) != 2) return;
     if (p[1] >= 192 && p[1] <= 223) return;  /* RTCP (RFC 5761): a far end's reports sent to our port */
     int cc = p[0] & 0x0F, has_ext = p[0] & 0x10, has_pad = p[0] & 0x20;
@@ -254,14 +244,14 @@ static void rx_packet(chan_t *c, const uint8_t *p, ssize_t len, int64_t arrival_
 /* A far end that sends from the address it advertised gets a connected socket: the kernel then
  * skips a route lookup per send (about 9 % of the packet path, measured). One that sends from
  * elsewhere (asymmetric RTP) never matches, so its socket stays open to every source. */
-static void maybe_connect(chan_t *c, const struct sockaddr_in *from) {
+static void maybe_connect(rtpe_chan *c, const struct sockaddr_in *from) {
     if (c->connected || from->sin_family != AF_INET || from->sin_port != c->remote.sin_port ||
         from->sin_addr.s_addr != c->remote.sin_addr.s_addr)
         return;
     if (connect(c->fd, (const struct sockaddr *)&c->remote, sizeof c->remote) == 0) c->connected = 1;
 }
 
-static void rx_drain(chan_t *c, int64_t mono_minus_real, int loud_level) {
+static void rx_drain(rtpe_chan *c, int64_t mono_minus_real, int loud_level) {
     uint8_t bufs[RX_BATCH][PKT_MAX];
     char ctl[RX_BATCH][CMSG_SPACE(sizeof(struct timespec))];
     struct sockaddr_in from[RX_BATCH];
@@ -304,12 +294,12 @@ static void rx_drain(chan_t *c, int64_t mono_minus_real, int loud_level) {
  * utterance stays whole on the tape and ends where the schedule put it on the wire. The real send
  * is later by the wake-up's lateness (reported by health(), and a run is invalid past 40 ms) and
  * by the channel's turn within the wake-up (busy_max_ms in health(): about 4 us per channel). */
-static void tx_frame(chan_t *c, int64_t tick, int64_t sched) {
+static void tx_frame(rtpe_chan *c, int64_t tick, int64_t sched) {
     uint8_t pkt[RTP_HDR + FRAME];
     uint8_t *pay = pkt + RTP_HDR;
     int playing = c->play != NULL && c->play_pos < c->play_len;
     if (playing) {
-        Py_ssize_t n = c->play_len - c->play_pos;
+        size_t n = c->play_len - c->play_pos;
         if (n > FRAME) n = FRAME;
         memcpy(pay, c->play + c->play_pos, (size_t)n);
         if (n < FRAME) memset(pay + n, SILENCE, (size_t)(FRAME - n));
@@ -337,7 +327,7 @@ static void tx_frame(chan_t *c, int64_t tick, int64_t sched) {
 }
 
 /* One wake-up of the clock for one channel: read what arrived, send the frames due, write the tape. */
-static void service(Engine *e, chan_t *c, int64_t tick, int64_t sched, int frames, int64_t woke,
+static void service(rtpe_engine *e, rtpe_chan *c, int64_t tick, int64_t sched, int frames, int64_t woke,
                     int64_t mono_minus_real) {
     if ((tick + (c - e->ch)) % RX_EVERY == 0 || frames > 1) rx_drain(c, mono_minus_real, e->loud_level);
     for (int k = 0; k < frames; k++) tx_frame(c, tick + k, sched + k * FRAME_NS);
@@ -348,7 +338,7 @@ static void service(Engine *e, chan_t *c, int64_t tick, int64_t sched, int frame
 #define CLOCK_NICE (-10)
 
 static void *clock_main(void *arg) {
-    Engine *e = (Engine *)arg;
+    rtpe_engine *e = (rtpe_engine *)arg;
     /* a tick that waits for a core behind Python work sends every call's frame late: run ahead of
      * Python when allowed (root or CAP_SYS_NICE; otherwise this changes nothing) */
     (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), CLOCK_NICE);
@@ -375,7 +365,7 @@ static void *clock_main(void *arg) {
         }
         int64_t first = e->ticks;
         for (int i = 0; i < e->capacity; i++) {
-            chan_t *c = &e->ch[i];
+            rtpe_chan *c = &e->ch[i];
             if (!c->running) continue;
             /* a channel started after this wake-up's first due tick sends from its own start on */
             int64_t from = c->tick0 > first ? c->tick0 : first;
@@ -394,33 +384,22 @@ static void *clock_main(void *arg) {
     return NULL;
 }
 
-/* ---------------------------------------------------------------- Python side */
 
-/* The engine's lock is only ever held without the GIL: an API call lets the GIL go, takes the lock,
- * does C work only, drops the lock and takes the GIL back. Taking the GIL back while holding the lock
- * would make the clock thread wait for whatever Python thread holds the GIL (seen: ticks 48 ms late
- * while the tape worker ran numpy). Nothing between BEGIN and END may touch a Python object. */
-#define ENGINE_LOCKED_BEGIN(e) { PyThreadState *save_ = PyEval_SaveThread(); pthread_mutex_lock(&(e)->lock);
-#define ENGINE_LOCKED_END(e) pthread_mutex_unlock(&(e)->lock); PyEval_RestoreThread(save_); }
+/* ---------------------------------------------------------------- the API (engine.h) */
 
-/* The open channel `i`, or NULL (no Python error set: the caller raises once it has the GIL). */
-static chan_t *find_chan(Engine *e, int i) {
+/* The open channel `i`, or NULL. */
+static rtpe_chan *find_chan(rtpe_engine *e, int i) {
     return (i >= 0 && i < e->capacity && e->ch[i].used) ? &e->ch[i] : NULL;
 }
 
-/* Give the channel a new recording to play (NULL: none), under the lock. The channel owns one
- * reference to its bytes object; the old one is returned for the caller to release with the GIL. */
-static PyObject *swap_play(chan_t *c, PyObject *data) {
-    PyObject *old = c->play_obj;
-    c->play_obj = data;
-    c->play = data ? (const uint8_t *)PyBytes_AS_STRING(data) : NULL;  /* inline field reads: no GIL needed */
-    c->play_len = data ? PyBytes_GET_SIZE(data) : 0;
+/* Give the channel new PCMU to play (NULL: none), under the lock; returns the old owner. */
+static void *swap_play(rtpe_chan *c, const uint8_t *data, size_t len, void *owner) {
+    void *old = c->play_owner;
+    c->play_owner = owner;
+    c->play = data;
+    c->play_len = data ? len : 0;
     c->play_pos = 0;
     return old;
-}
-
-static PyObject *no_chan(int i) {
-    return PyErr_Format(PyExc_ValueError, "no open media channel %d", i);
 }
 
 static void write_wav_header(int fd, uint32_t samples) {
@@ -444,30 +423,7 @@ static void write_wav_header(int fd, uint32_t samples) {
     (void)w;
 }
 
-static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"capacity", "loud_level", NULL};
-    int capacity = 1024, loud_level = 5;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ii", kwlist, &capacity, &loud_level)) return -1;
-    if (capacity < 1 || capacity > 65536) {
-        PyErr_SetString(PyExc_ValueError, "capacity must be 1..65536");
-        return -1;
-    }
-    self->capacity = capacity;
-    self->loud_level = loud_level;
-    self->ch = calloc((size_t)capacity, sizeof(chan_t));
-    if (!self->ch) { PyErr_NoMemory(); return -1; }
-    for (int i = 0; i < capacity; i++) { self->ch[i].fd = -1; self->ch[i].tape_fd = -1; }
-    pthread_mutex_init(&self->lock, NULL);
-    self->next_tick_ns = now_ns(CLOCK_MONOTONIC) + FRAME_NS;
-    if (pthread_create(&self->thread, NULL, clock_main, self) != 0) {
-        PyErr_SetString(PyExc_OSError, "could not start the media clock thread");
-        return -1;
-    }
-    self->thread_started = 1;
-    return 0;
-}
-
-static void close_chan(chan_t *c) {
+static void close_chan(rtpe_chan *c) {
     if (c->running) {
         int64_t end = c->rx_next > c->tx_next ? c->rx_next : c->tx_next;
         flush_to(c, end);
@@ -484,105 +440,102 @@ static void close_chan(chan_t *c) {
     c->used = 0;
 }
 
-static PyObject *Engine_shutdown(Engine *self, PyObject *unused) {
-    if (self->thread_started) {
-        self->stop = 1;
-        Py_BEGIN_ALLOW_THREADS
-        pthread_join(self->thread, NULL);
-        Py_END_ALLOW_THREADS
-        self->thread_started = 0;
-    }
-    for (int i = 0; self->ch && i < self->capacity; i++) {
-        if (self->ch[i].used) close_chan(&self->ch[i]);
-        Py_CLEAR(self->ch[i].play_obj);
-    }
-    Py_RETURN_NONE;
+int rtpe_init(rtpe_engine *e, int capacity, int loud_level) {
+    if (capacity < 1 || capacity > RTPE_MAX_CAPACITY) return RTPE_ERR_CAPACITY;
+    e->capacity = capacity;
+    e->loud_level = loud_level;
+    e->ch = calloc((size_t)capacity, sizeof(rtpe_chan));
+    if (!e->ch) return RTPE_ERR_NOMEM;
+    for (int i = 0; i < capacity; i++) { e->ch[i].fd = -1; e->ch[i].tape_fd = -1; }
+    pthread_mutex_init(&e->lock, NULL);
+    e->next_tick_ns = now_ns(CLOCK_MONOTONIC) + FRAME_NS;
+    if (pthread_create(&e->thread, NULL, clock_main, e) != 0) return RTPE_ERR_THREAD;
+    e->thread_started = 1;
+    return RTPE_OK;
 }
 
-static void Engine_dealloc(Engine *self) {
-    PyObject *r = Engine_shutdown(self, NULL);
-    Py_XDECREF(r);
-    free(self->ch);
-    self->ch = NULL;
-    Py_TYPE(self)->tp_free((PyObject *)self);
+void rtpe_stop(rtpe_engine *e) {
+    if (e->thread_started) {
+        e->stop = 1;
+        pthread_join(e->thread, NULL);
+        e->thread_started = 0;
+    }
+    for (int i = 0; e->ch && i < e->capacity; i++)
+        if (e->ch[i].used) close_chan(&e->ch[i]);
 }
 
-/* open(host) -> (channel, port): a socket bound to host on a free port, nothing sent yet */
-static PyObject *Engine_open(Engine *self, PyObject *args) {
-    const char *host;
-    if (!PyArg_ParseTuple(args, "s", &host)) return NULL;
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    if (inet_pton(AF_INET, host, &a.sin_addr) != 1) return PyErr_Format(PyExc_ValueError, "not an IPv4 address: %s", host);
+void *rtpe_take_play(rtpe_engine *e, int i) {
+    if (!e->ch || i < 0 || i >= e->capacity) return NULL;
+    return swap_play(&e->ch[i], NULL, 0, NULL);
+}
+
+void rtpe_free(rtpe_engine *e) {
+    free(e->ch);
+    e->ch = NULL;
+}
+
+int rtpe_ipv4(const char *host, int port, struct sockaddr_in *out) {
+    memset(out, 0, sizeof *out);
+    out->sin_family = AF_INET;
+    out->sin_port = htons((uint16_t)port);
+    return inet_pton(AF_INET, host, &out->sin_addr) == 1 ? RTPE_OK : RTPE_ERR_ADDR;
+}
+
+int rtpe_open(rtpe_engine *e, const struct sockaddr_in *local, int *channel, int *port) {
+    struct sockaddr_in a = *local;
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (fd < 0) return RTPE_ERR_SYS;
     int on = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
+        int err = errno;
         close(fd);
-        return NULL;
+        errno = err;
+        return RTPE_ERR_SYS;
     }
     socklen_t alen = sizeof a;
     getsockname(fd, (struct sockaddr *)&a, &alen);
     int slot = -1;
-    ENGINE_LOCKED_BEGIN(self)
-    for (int i = 0; i < self->capacity; i++) if (!self->ch[i].used) { slot = i; break; }
+    pthread_mutex_lock(&e->lock);
+    for (int i = 0; i < e->capacity; i++) if (!e->ch[i].used) { slot = i; break; }
     if (slot >= 0) {
-        chan_t *c = &self->ch[slot];
-        memset(c, 0, sizeof *c);  /* play_obj too: close() released it */
+        rtpe_chan *c = &e->ch[slot];
+        memset(c, 0, sizeof *c);  /* play_owner too: close gave it back */
         c->used = 1;
         c->fd = fd;
         c->tape_fd = -1;
     }
-    ENGINE_LOCKED_END(self)
+    pthread_mutex_unlock(&e->lock);
     if (slot < 0) {
         close(fd);
-        return PyErr_Format(PyExc_OSError, "all %d media channels in use", self->capacity);
+        return RTPE_ERR_FULL;
     }
-    return Py_BuildValue("(ii)", slot, (int)ntohs(a.sin_port));
+    *channel = slot;
+    *port = (int)ntohs(a.sin_port);
+    return RTPE_OK;
 }
 
-/* start(channel, remote_host, remote_port, tape_path or None, ssrc) -> tape start (monotonic s) */
-static PyObject *Engine_start(Engine *self, PyObject *args) {
-    int i, port;
-    unsigned int ssrc;
-    const char *host;
-    PyObject *path_obj;
-    if (!PyArg_ParseTuple(args, "isiOI", &i, &host, &port, &path_obj, &ssrc)) return NULL;
-    struct sockaddr_in r;
-    memset(&r, 0, sizeof r);
-    r.sin_family = AF_INET;
-    r.sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, host, &r.sin_addr) != 1) return PyErr_Format(PyExc_ValueError, "not an IPv4 address: %s", host);
+int rtpe_start(rtpe_engine *e, int i, const struct sockaddr_in *remote, const char *tape_path,
+               uint32_t ssrc, double *t0) {
     int tape_fd = -1;
-    if (path_obj != Py_None) {
-        PyObject *bytes = NULL;
-        if (!PyUnicode_FSConverter(path_obj, &bytes)) return NULL;
-        tape_fd = open(PyBytes_AS_STRING(bytes), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (tape_fd < 0) {
-            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
-            Py_DECREF(bytes);
-            return NULL;
-        }
-        Py_DECREF(bytes);
+    if (tape_path != NULL) {
+        tape_fd = open(tape_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (tape_fd < 0) return RTPE_ERR_TAPE;
         write_wav_header(tape_fd, 0);
         lseek(tape_fd, WAV_HDR, SEEK_SET);
     }
     int16_t *rx = calloc(RING, sizeof(int16_t)), *tx = calloc(RING, sizeof(int16_t));
-    if (!rx || !tx) { free(rx); free(tx); if (tape_fd >= 0) close(tape_fd); return PyErr_NoMemory(); }
-    int state = 0;  /* 0 started, 1 not open, 2 already started */
-    double t0 = 0.0;
-    ENGINE_LOCKED_BEGIN(self)
-    chan_t *c = find_chan(self, i);
-    if (c == NULL) state = 1;
-    else if (c->running) state = 2;
+    if (!rx || !tx) { free(rx); free(tx); if (tape_fd >= 0) close(tape_fd); return RTPE_ERR_NOMEM; }
+    int state = RTPE_OK;
+    pthread_mutex_lock(&e->lock);
+    rtpe_chan *c = find_chan(e, i);
+    if (c == NULL) state = RTPE_ERR_NOCHAN;
+    else if (c->running) state = RTPE_ERR_STARTED;
     else {
-        c->remote = r;
+        c->remote = *remote;
         c->ssrc = ssrc;
         c->seq = (uint16_t)(ssrc >> 7);
         c->ts0 = ssrc * 2654435761u;
-        c->tick0 = self->ticks;
+        c->tick0 = e->ticks;
         c->marker = 1;
         c->tape_fd = tape_fd;
         c->rx = rx;
@@ -590,148 +543,79 @@ static PyObject *Engine_start(Engine *self, PyObject *args) {
         /* sample 0 no later than the first tick's scheduled time: a tick already due (its wake-up
          * waiting for this lock) is scheduled before now, and its frame would fall off the tape */
         int64_t now = now_ns(CLOCK_MONOTONIC);
-        c->t0_ns = self->next_tick_ns < now ? self->next_tick_ns : now;
+        c->t0_ns = e->next_tick_ns < now ? e->next_tick_ns : now;
         c->running = 1;
-        t0 = (double)c->t0_ns / 1e9;
+        *t0 = (double)c->t0_ns / 1e9;
     }
-    ENGINE_LOCKED_END(self)
-    if (state != 0) {
+    pthread_mutex_unlock(&e->lock);
+    if (state != RTPE_OK) {
         free(rx); free(tx);
         if (tape_fd >= 0) close(tape_fd);
-        return state == 1 ? no_chan(i) : PyErr_Format(PyExc_ValueError, "media channel %d already started", i);
     }
-    return PyFloat_FromDouble(t0);
+    return state;
 }
 
-/* play(channel, pcmu: bytes) -> monotonic time (s) the first frame goes out (the next tick, about) */
-static PyObject *Engine_play(Engine *self, PyObject *args) {
-    int i;
-    PyObject *data;
-    if (!PyArg_ParseTuple(args, "iS", &i, &data)) return NULL;
-    Py_INCREF(data);
-    PyObject *old = NULL;
-    int found = 0;
-    ENGINE_LOCKED_BEGIN(self)
-    chan_t *c = find_chan(self, i);
+int rtpe_play(rtpe_engine *e, int i, const uint8_t *data, size_t len, void *owner, void **old_owner) {
+    int state = RTPE_ERR_NOCHAN;
+    pthread_mutex_lock(&e->lock);
+    rtpe_chan *c = find_chan(e, i);
     if (c != NULL) {
-        found = 1;
-        old = swap_play(c, data);
+        state = RTPE_OK;
+        *old_owner = swap_play(c, data, len, owner);
     }
-    ENGINE_LOCKED_END(self)
-    if (!found) { Py_DECREF(data); return no_chan(i); }
-    Py_XDECREF(old);
-    return PyFloat_FromDouble((double)now_ns(CLOCK_MONOTONIC) / 1e9);
+    pthread_mutex_unlock(&e->lock);
+    return state;
 }
 
-/* last_loud(channel) -> monotonic time (s) the far end was last loud; 0.0 if never */
-static PyObject *Engine_last_loud(Engine *self, PyObject *arg) {
-    long i = PyLong_AsLong(arg);
-    if (i == -1 && PyErr_Occurred()) return NULL;
-    if (i < 0 || i >= self->capacity) return PyErr_Format(PyExc_ValueError, "no media channel %ld", i);
-    return PyFloat_FromDouble((double)self->ch[i].last_loud_ns / 1e9);  /* a 64-bit aligned read */
-}
-
-/* close(channel) -> RTP stats; flushes the tape and writes its WAV header */
-static PyObject *Engine_close(Engine *self, PyObject *args) {
-    int i;
-    if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
-    PyObject *old = NULL;
-    int found = 0;
-    long long lost = 0;
-    double jmean = 0.0, jmax = 0.0;
-    unsigned long long rxp = 0, txp = 0, other = 0, late = 0, errs = 0;
-    ENGINE_LOCKED_BEGIN(self)
-    chan_t *c = find_chan(self, i);
+int rtpe_close(rtpe_engine *e, int i, rtpe_stats *stats, void **old_owner) {
+    int state = RTPE_ERR_NOCHAN;
+    pthread_mutex_lock(&e->lock);
+    rtpe_chan *c = find_chan(e, i);
     if (c != NULL) {
-        found = 1;
-        old = swap_play(c, NULL);
-        if (c->running) rx_drain(c, now_ns(CLOCK_MONOTONIC) - now_ns(CLOCK_REALTIME), self->loud_level);  /* the last reads */
+        state = RTPE_OK;
+        *old_owner = swap_play(c, NULL, 0, NULL);
+        if (c->running) rx_drain(c, now_ns(CLOCK_MONOTONIC) - now_ns(CLOCK_REALTIME), e->loud_level);  /* the last reads */
         uint32_t expected = c->have_seq ? c->cycles + c->max_seq - c->base_seq + 1 : 0;
-        lost = (long long)expected - (long long)c->rx_packets;
-        jmean = c->jitter_n ? c->jitter_sum / (double)c->jitter_n : 0.0;
-        jmax = c->jitter_max;
-        rxp = c->rx_packets; txp = c->tx_packets; other = c->rx_other; late = c->rx_late; errs = c->send_errors;
+        long long lost = (long long)expected - (long long)c->rx_packets;
+        stats->rx_lost = lost < 0 ? 0LL : lost;
+        stats->rx_jitter_ms_mean = (c->jitter_n ? c->jitter_sum / (double)c->jitter_n : 0.0) / 8.0;
+        stats->rx_jitter_ms_max = c->jitter_max / 8.0;
+        stats->rx_packets = c->rx_packets;
+        stats->tx_packets = c->tx_packets;
+        stats->rx_other_pt = c->rx_other;
+        stats->late_samples = c->rx_late;
+        stats->tx_errors = c->send_errors;
         close_chan(c);
     }
-    ENGINE_LOCKED_END(self)
-    if (!found) return no_chan(i);
-    Py_XDECREF(old);
-    return Py_BuildValue("{s:K,s:L,s:K,s:d,s:d,s:K,s:K,s:K}",
-                         "rx_packets", rxp, "rx_lost", lost < 0 ? 0LL : lost, "rx_other_pt", other,
-                         "rx_jitter_ms_mean", jmean / 8.0, "rx_jitter_ms_max", jmax / 8.0,
-                         "tx_packets", txp, "tx_errors", errs, "late_samples", late);
+    pthread_mutex_unlock(&e->lock);
+    return state;
 }
 
-/* health() -> the clock's lateness and load since the previous call */
-static PyObject *Engine_health(Engine *self, PyObject *unused) {
+void rtpe_health_take(rtpe_engine *e, rtpe_health *out) {
     int64_t late, busy, busy_max, skipped, n;
     int running = 0;
-    ENGINE_LOCKED_BEGIN(self)
-    late = self->late_max_ns; busy = self->busy_ns; busy_max = self->busy_max_ns;
-    skipped = self->skipped; n = self->n_ticks;
-    for (int i = 0; i < self->capacity; i++) running += self->ch[i].running;
-    self->late_max_ns = self->busy_ns = self->busy_max_ns = self->skipped = self->n_ticks = 0;
-    ENGINE_LOCKED_END(self)
-    return Py_BuildValue("{s:d,s:d,s:d,s:L,s:L,s:i}", "late_max_ms", (double)late / 1e6,
-                         "busy_mean_ms", n ? (double)busy / (double)n / 1e6 : 0.0, "busy_max_ms", (double)busy_max / 1e6,
-                         "skipped_ticks", (long long)skipped, "ticks", (long long)n, "running", running);
+    pthread_mutex_lock(&e->lock);
+    late = e->late_max_ns; busy = e->busy_ns; busy_max = e->busy_max_ns;
+    skipped = e->skipped; n = e->n_ticks;
+    for (int i = 0; i < e->capacity; i++) running += e->ch[i].running;
+    e->late_max_ns = e->busy_ns = e->busy_max_ns = e->skipped = e->n_ticks = 0;
+    pthread_mutex_unlock(&e->lock);
+    out->late_max_ms = (double)late / 1e6;
+    out->busy_mean_ms = n ? (double)busy / (double)n / 1e6 : 0.0;
+    out->busy_max_ms = (double)busy_max / 1e6;
+    out->skipped_ticks = (long long)skipped;
+    out->ticks = (long long)n;
+    out->running = running;
 }
 
-static PyMethodDef Engine_methods[] = {
-    {"open", (PyCFunction)Engine_open, METH_VARARGS, "open(host) -> (channel, port): bind a call's RTP socket"},
-    {"start", (PyCFunction)Engine_start, METH_VARARGS,
-     "start(channel, remote_host, remote_port, tape_path, ssrc) -> tape start, monotonic seconds"},
-    {"play", (PyCFunction)Engine_play, METH_VARARGS, "play(channel, pcmu) -> monotonic time the first frame goes out"},
-    {"last_loud", (PyCFunction)Engine_last_loud, METH_O,
-     "last_loud(channel) -> monotonic time (s) the far end was last at least loud_level; 0.0 if never"},
-    {"close", (PyCFunction)Engine_close, METH_VARARGS, "close(channel) -> RTP stats; completes the tape"},
-    {"health", (PyCFunction)Engine_health, METH_NOARGS, "health() -> clock lateness and load since the last call"},
-    {"shutdown", (PyCFunction)Engine_shutdown, METH_NOARGS, "stop the clock thread and close every channel"},
-    {NULL, NULL, 0, NULL}};
-
-static PyTypeObject EngineType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "voiceload._rtpengine.Engine",
-    .tp_basicsize = sizeof(Engine),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Caller-side RTP: one clock thread sends, receives and tapes every channel (see module doc)",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Engine_init,
-    .tp_dealloc = (destructor)Engine_dealloc,
-    .tp_methods = Engine_methods,
-};
-
-static PyObject *encode_pcmu(PyObject *mod, PyObject *arg) {
-    Py_buffer b;
-    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
-    Py_ssize_t n = b.len / 2;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
-    if (out) {
-        const int16_t *s = (const int16_t *)b.buf;
-        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
-        for (Py_ssize_t i = 0; i < n; i++) o[i] = (uint8_t)lin_to_ulaw(s[i]);
-    }
-    PyBuffer_Release(&b);
-    return out;
+int64_t rtpe_last_loud_ns(const rtpe_engine *e, int i) {
+    return e->ch[i].last_loud_ns;  /* a 64-bit aligned read */
 }
 
-static PyMethodDef module_methods[] = {
-    {"encode_pcmu", encode_pcmu, METH_O, "encode_pcmu(int16 samples buffer) -> PCMU bytes (G.711 mu-law)"},
-    {NULL, NULL, 0, NULL}};
+double rtpe_monotonic(void) {
+    return (double)now_ns(CLOCK_MONOTONIC) / 1e9;
+}
 
-static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "voiceload._rtpengine",
-                                       "voiceload's caller-side RTP engine (see voiceload/media.py)", -1,
-                                       module_methods};
-
-PyMODINIT_FUNC PyInit__rtpengine(void) {
-    init_tables();
-    if (PyType_Ready(&EngineType) < 0) return NULL;
-    PyObject *m = PyModule_Create(&moduledef);
-    if (!m) return NULL;
-    Py_INCREF(&EngineType);
-    if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) { Py_DECREF(&EngineType); Py_DECREF(m); return NULL; }
-    PyModule_AddIntConstant(m, "FRAME_SAMPLES", FRAME);
-    PyModule_AddIntConstant(m, "READ_LAG_MS", RX_EVERY * (FRAME_NS / 1000000));
-    PyModule_AddIntConstant(m, "CLOCK_RATE", RATE);
-    return m;
+void rtpe_encode_pcmu(const int16_t *samples, size_t n, uint8_t *out) {
+    for (size_t i = 0; i < n; i++) out[i] = (uint8_t)lin_to_ulaw(samples[i]);
 }

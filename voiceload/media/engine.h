@@ -1,0 +1,126 @@
+/*
+ * voiceload's caller-side RTP engine, the pure C part: one clock thread sends, receives and tapes
+ * every call (engine.c says how and why). No Python here: module.c is the CPython binding
+ * (voiceload.media._rtpengine), voiceload/media/engine.py the only Python user.
+ *
+ * Threading rules.
+ *   - The clock thread takes the engine's lock once per 20 ms tick, for every channel at once.
+ *     The functions marked [locks] take that lock for their C work only.
+ *   - Call a [locks] function holding no other lock that some thread may keep while it waits,
+ *     and in CPython not holding the GIL (module.c wraps each one in Py_BEGIN/END_ALLOW_THREADS).
+ *     Otherwise the clock waits for whatever holds that lock (seen: ticks 48 ms late while the
+ *     tape worker ran numpy, when the GIL was taken back with the engine's lock held).
+ *   - The clock thread never runs caller code and never reads a play owner (rtpe_play).
+ *   - rtpe_init and rtpe_free are not thread-safe; rtpe_stop must be the last call before
+ *     rtpe_take_play and rtpe_free.
+ */
+#ifndef VOICELOAD_MEDIA_ENGINE_H
+#define VOICELOAD_MEDIA_ENGINE_H
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RTPE_CLOCK_RATE 8000      /* samples per second, on the wire and on the tape */
+#define RTPE_FRAME_SAMPLES 160    /* samples (and PCMU bytes) per 20 ms frame */
+#define RTPE_READ_LAG_MS 80       /* a channel's socket is read every this many ms */
+#define RTPE_MAX_CAPACITY 65536
+
+/* What a call returns: RTPE_OK, or why not. For RTPE_ERR_SYS and RTPE_ERR_TAPE, errno says more. */
+enum {
+    RTPE_OK = 0,
+    RTPE_ERR_ADDR,                /* not an IPv4 address */
+    RTPE_ERR_SYS,                 /* a socket call failed */
+    RTPE_ERR_TAPE,                /* the tape file could not be opened */
+    RTPE_ERR_NOMEM,
+    RTPE_ERR_FULL,                /* every channel is in use */
+    RTPE_ERR_NOCHAN,              /* no open channel of that number */
+    RTPE_ERR_STARTED,             /* the channel was started already */
+    RTPE_ERR_CAPACITY,            /* capacity outside 1..RTPE_MAX_CAPACITY */
+    RTPE_ERR_THREAD,              /* the clock thread did not start */
+};
+
+typedef struct rtpe_chan rtpe_chan;  /* one call's socket, RTP state and tape: engine.c's own */
+
+/* An engine. Zeroed before rtpe_init (a binding may embed it); its fields are the engine's,
+ * a caller reads only `capacity`. */
+typedef struct {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    int thread_started;
+    volatile int stop;
+    int capacity;
+    int loud_level;
+    rtpe_chan *ch;
+    int64_t ticks;                /* ticks run since the engine started */
+    int64_t next_tick_ns;         /* when tick `ticks` is scheduled (monotonic ns) */
+    /* health since the last rtpe_health_take() */
+    int64_t late_max_ns, busy_ns, busy_max_ns, skipped, n_ticks;
+} rtpe_engine;
+
+/* A channel's RTP statistics at close. */
+typedef struct {
+    unsigned long long rx_packets, rx_other_pt, tx_packets, tx_errors, late_samples;
+    long long rx_lost;
+    double rx_jitter_ms_mean, rx_jitter_ms_max;
+} rtpe_stats;
+
+/* The clock's lateness and load since the previous rtpe_health_take(). */
+typedef struct {
+    double late_max_ms, busy_mean_ms, busy_max_ms;
+    long long skipped_ticks, ticks;
+    int running;                  /* channels started and not closed */
+} rtpe_health;
+
+/* Once per process, before anything else: fills the µ-law decode table. */
+void rtpe_tables_init(void);
+
+/* Start the engine's clock thread for up to `capacity` channels. `loud_level` (0..127, pjmedia's
+ * bridge scale) is the level from which the far end counts as loud (rtpe_last_loud_ns). */
+int rtpe_init(rtpe_engine *e, int capacity, int loud_level);
+
+/* Stop the clock thread and close every channel (tapes completed). Idempotent. */
+void rtpe_stop(rtpe_engine *e);
+
+/* After rtpe_stop: channel `i`'s play owner (see rtpe_play), which the channel forgets; NULL if none. */
+void *rtpe_take_play(rtpe_engine *e, int i);
+
+/* Free what rtpe_init allocated, after rtpe_stop. */
+void rtpe_free(rtpe_engine *e);
+
+/* `host` (dotted IPv4) and `port` as a socket address: RTPE_OK or RTPE_ERR_ADDR. */
+int rtpe_ipv4(const char *host, int port, struct sockaddr_in *out);
+
+/* [locks] A channel with a UDP socket bound to `local` (port 0: a free one); nothing is sent
+ * until rtpe_start. Sets *channel and *port. */
+int rtpe_open(rtpe_engine *e, const struct sockaddr_in *local, int *channel, int *port);
+
+/* [locks] Start channel `i` sending to `remote` from the next tick on, taping the call to a WAV
+ * file at `tape_path` (NULL: no tape). Sets *t0 to the tape's sample 0, monotonic seconds. */
+int rtpe_start(rtpe_engine *e, int i, const struct sockaddr_in *remote, const char *tape_path,
+               uint32_t ssrc, double *t0);
+
+/* [locks] Play `len` PCMU bytes at `data` on channel `i` from the next tick on (NULL: silence),
+ * replacing what it played. `owner` is the caller's handle on `data`, which must stay valid
+ * until the channel gives the owner back: *old_owner is the previous one's, now unused. */
+int rtpe_play(rtpe_engine *e, int i, const uint8_t *data, size_t len, void *owner, void **old_owner);
+
+/* [locks] Read what arrived, complete the tape and close channel `i`; its stats go to *stats and
+ * its play owner, now unused, to *old_owner. */
+int rtpe_close(rtpe_engine *e, int i, rtpe_stats *stats, void **old_owner);
+
+/* [locks] The clock's health since the previous call (which it resets). */
+void rtpe_health_take(rtpe_engine *e, rtpe_health *out);
+
+/* When (monotonic ns) the far end of channel `i` (0 <= i < capacity) was last at least loud_level;
+ * 0 if never. Lock-free: one aligned 64-bit read. */
+int64_t rtpe_last_loud_ns(const rtpe_engine *e, int i);
+
+/* The engine's clock (CLOCK_MONOTONIC), in seconds. */
+double rtpe_monotonic(void);
+
+/* `n` 16-bit samples → `n` G.711 µ-law bytes, the engine's own coder (thread-safe, lock-free). */
+void rtpe_encode_pcmu(const int16_t *samples, size_t n, uint8_t *out);
+
+#endif

@@ -39,7 +39,10 @@ stamp=".venv/.voiceload-$(cat pyproject.toml voiceload/media/*.[ch] | sha256sum 
 if [ ! -f "$stamp" ]; then
     echo "setup: installing python dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e ".${extra}" 2>&1 | grep -v -i -E "warning|deprecat" || true
+    # a failed install (a C compile error, say) must stop here, not hide behind a stale build in the tree
+    if ! .venv/bin/python -m pip install -q -e ".${extra}" > .venv/pip-install.log 2>&1; then
+        cat .venv/pip-install.log >&2; echo "setup: pip install failed" >&2; exit 1
+    fi
     .venv/bin/python -c "import voiceload, voiceload.media._rtpengine, pjsua2" || { echo "setup: install failed" >&2; exit 1; }
     rm -f .venv/.voiceload-*
     touch "$stamp"

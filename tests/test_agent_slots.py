@@ -20,7 +20,7 @@ import pjsua2 as pj
 
 from tests.refbot import REPO
 from voiceload.agent.caller import Agent
-from voiceload.sip.lite import SipMessage
+from voiceload.sip.message import SipMessage
 from voiceload.sip.ua import SLOT_RETRY_S, SlotsBusy
 
 

@@ -39,6 +39,7 @@ import pjsua2 as pj
 import soundfile as sf
 
 from voiceload.media.engine import MediaEngine, RtpChannel, offer_with_port
+from voiceload.sip.message import SipMessage
 
 log = logging.getLogger(__name__)
 
@@ -225,13 +226,8 @@ class SipCall(pj.Call):
 
     def header(self, name: str) -> str | None:
         """The value of header `name` on an incoming call's INVITE (first occurrence), None if absent."""
-        want = name.lower()
-        head = self.invite.replace("\r\n", "\n").split("\n\n", 1)[0]
-        for line in head.split("\n")[1:]:
-            key, sep, value = line.partition(":")
-            if sep and key.strip().lower() == want:
-                return value.strip()
-        return None
+        msg = SipMessage.parse(self.invite)
+        return None if msg is None else msg.get(name)
 
     def hangup_now(self, code: int = 200) -> None:
         if self.state == pj.PJSIP_INV_STATE_DISCONNECTED or self.local_hangup:

@@ -19,7 +19,6 @@ Rules it enforces, learnt the hard way (ARCHITECTURE.md §3):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import gc
 import logging
@@ -39,6 +38,7 @@ import pjsua2 as pj
 import soundfile as sf
 
 from voiceload.media.engine import MediaEngine, RtpChannel, offer_with_port
+from voiceload.sip import _pjsua_c
 from voiceload.sip.message import SipMessage
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ def _quiet_stdout() -> Iterator[None]:
 
 
 @functools.cache
-def _lib() -> ctypes.CDLL:
-    return ctypes.CDLL(pj._pjsua2.__file__)
+def _lib() -> _pjsua_c.Pjsua:
+    return _pjsua_c.Pjsua(pj._pjsua2.__file__)
 
 
 @dataclass
@@ -178,9 +178,9 @@ class SipCall(pj.Call):
         (PJ_EINVAL, ignored); no other port can take the slot meanwhile, since an agent's bridge
         holds no players or recorders.
         """
-        slot = int(_lib().pjsua_call_get_conf_port(ctypes.c_int(call_id)))
+        slot = _lib().call_get_conf_port(call_id)
         if slot >= 0:
-            _lib().pjsua_conf_remove_port(ctypes.c_int(slot))
+            _lib().conf_remove_port(slot)
 
     def onCallRedirected(self, prm: pj.OnCallRedirectedParam) -> int:
         # follow 3xx: the reference bot spreads calls over worker processes this way
@@ -392,7 +392,7 @@ class SipStack:
         med.maxMediaPorts = PORTS_PER_CALL * self.max_calls_wanted + 8  # call + tape + player
         with _quiet_stdout():
             ep.libInit(cfg)
-        self.max_calls = int(_lib().pjsua_call_get_max_count())
+        self.max_calls = _lib().call_get_max_count()
         tcfg = pj.TransportConfig()
         tcfg.port = self.port
         tcfg.boundAddress = self.host
@@ -427,7 +427,7 @@ class SipStack:
         to the far end, 32 s if it never answers. `calls` drops a call on `release()`, which can be
         earlier than that, so `len(calls)` alone undercounts what `makeCall` will find.
         """
-        return int(_lib().pjsua_call_get_count())
+        return _lib().call_get_count()
 
     @property
     def closing(self) -> int:
@@ -509,7 +509,7 @@ class SipStack:
             return SipCall(self, self.account, call_id)
         call = self._pool.pop()
         call.reset()
-        _lib().pjsua_call_set_user_data(ctypes.c_int(call_id), ctypes.c_void_p(int(call.this)))
+        _lib().call_set_user_data(call_id, int(call.this))
         bound = pj.Call.lookup(call_id)
         if bound is None or bound.getId() != call_id:
             raise RuntimeError(f"could not bind a pooled call object to pjsua slot {call_id}")
@@ -614,7 +614,7 @@ def probe_call_limit() -> int:
     cfg.uaConfig.threadCnt = 0
     with _quiet_stdout():
         ep.libInit(cfg)
-    limit = int(_lib().pjsua_call_get_max_count())
+    limit = _lib().call_get_max_count()
     ep.libDestroy()
     return limit
 

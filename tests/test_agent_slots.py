@@ -16,12 +16,10 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-import pjsua2 as pj
-
 from tests.refbot import REPO
 from voiceload.agent.caller import Agent
-from voiceload.sip.lite import SipMessage
-from voiceload.sip.ua import SLOT_RETRY_S, SlotsBusy
+from voiceload.sip.message import SipMessage
+from voiceload.sip.ua import SLOT_RETRY_S, SipError, SlotsBusy
 
 
 class ByeHoldingUas(threading.Thread):
@@ -114,7 +112,7 @@ def slot_lifecycle() -> None:
         for c in calls:
             c.hangup_now()
         # pjsua reports DISCONNECTED at once ("immediate hangup")...
-        assert all(c.state == pj.PJSIP_INV_STATE_DISCONNECTED for c in calls)
+        assert all(c.ended for c in calls)
         assert _pump_until(stack, lambda: uas.byes_seen == n, 2), "BYEs not sent"
         for c in calls:
             stack.release(c)
@@ -143,6 +141,11 @@ def slot_lifecycle() -> None:
         assert _pump_until(stack, lambda: stack.slots_in_use() == 0, 3), "slots never freed"
         again = stack.make_call(uri)
         assert _pump_until(stack, lambda: again.times.confirmed is not None, 5), "new call not confirmed"
+        try:  # what pjsua refuses comes as the adapter's own error, in pjsua's words
+            stack.make_call("sip:bad uri")
+            raise AssertionError("makeCall accepted a bad URI")
+        except SipError as exc:
+            assert not isinstance(exc, SlotsBusy) and "status=" in str(exc), exc
     finally:
         stack.shutdown()
         uas.stopped.set()
@@ -175,7 +178,7 @@ def quick_rejections() -> None:
             call.app = SimpleNamespace(flow=SimpleNamespace(on_remote_hangup=lambda: None))
             # the CALLING event and the 503's DISCONNECTED are both queued before the next dispatch
             end = time.monotonic() + 3
-            while call.state != pj.PJSIP_INV_STATE_DISCONNECTED and time.monotonic() < end:
+            while not call.ended and time.monotonic() < end:
                 stack.pump(0)
                 time.sleep(0.002)
             assert call.status_code == 503, call.status_code
@@ -240,9 +243,9 @@ def test_no_free_slot_is_not_a_placed_call_and_is_retried_soon() -> None:
 
 
 def test_other_make_call_errors_still_end_as_an_error_record() -> None:
-    err = pj.Error()
-    err.status, err.reason, err.title = 171039, "some other failure", "pjsua_call_make_call"
+    err = SipError("pjsua_call_make_call error: some other failure (status=171039)")
     agent, emitted = _agent(_FakeStack(err))
     agent._place_call()
     assert (agent.placed, agent.finished) == (1, 1)
     assert len(emitted) == 1 and emitted[0].outcome == "error" and emitted[0].seq == 1
+    assert emitted[0].reason == "makeCall failed: pjsua_call_make_call error: some other failure (status=171039)"

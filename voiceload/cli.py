@@ -400,16 +400,19 @@ def _demo_scenario() -> Path:
 @app.command()
 def doctor() -> None:
     """Show which pjsua2 is active, its version and per-process call limit, and the agents' RTP engine."""
-    import pjsua2
+    import importlib.util
 
     from voiceload.run.coordinator import AGENT_CALLS_MAX
     from voiceload.sip.lite import call_limit
 
+    spec = importlib.util.find_spec("pjsua2")  # found, not loaded: only voiceload.sip.ua imports pjsua2
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("No module named 'pjsua2'", name="pjsua2")
     typer.echo(f"voiceload {__import__('voiceload').__version__}, python {sys.version.split()[0]}")
     version = importlib.metadata.version("pjsua2-python") if _has_dist("pjsua2-python") else "unknown"
     build = ("voiceload's dense build (scripts/build-pjsua2.sh)" if "+voiceload" in version
              else "PyPI wheel; `make pjsua2` builds the dense one")
-    typer.echo(f"pjsua2: {version}, {build}, at {Path(pjsua2.__file__).parent}")
+    typer.echo(f"pjsua2: {version}, {build}, at {Path(spec.origin).parent}")
     limit = call_limit()
     typer.echo(f"pjsua2 per-process call limit: {limit}; calls per agent process: "
                f"{min(limit, AGENT_CALLS_MAX)}, {os.cpu_count()} cores")

@@ -19,8 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pjsua2 as pj
-
 from voiceload.agent.base import AgentBase, AgentSettings
 from voiceload.audio.analysis import Played, analyse_caller_tape
 from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Hangup, Play
@@ -40,7 +38,7 @@ from voiceload.protocol import (
     session_id,
 )
 from voiceload.sip.lite import local_address_for, parse_sip_uri, split_targets
-from voiceload.sip.ua import CLOCK_RATE, SLOT_RETRY_S, SipCall, SipStack, SlotsBusy, read_tape
+from voiceload.sip.ua import CLOCK_RATE, SLOT_RETRY_S, CallEvent, SipCall, SipError, SipStack, SlotsBusy, read_tape
 
 log = logging.getLogger("voiceload.agent.caller")
 
@@ -146,9 +144,9 @@ class Agent(AgentBase):
             # so nothing is counted or reported, and the start is tried again shortly
             self._next_start = min(self._next_start, time.monotonic() + SLOT_RETRY_S)
             return
-        except (pj.Error, OSError) as exc:
+        except (SipError, OSError) as exc:
             self.placed = seq
-            why = f"makeCall failed: {exc.info().strip()}" if isinstance(exc, pj.Error) else f"no RTP socket: {exc}"
+            why = f"makeCall failed: {exc}" if isinstance(exc, SipError) else f"no RTP socket: {exc}"
             self._emit(
                 CallRecord(
                     run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=f"unplaced-{session}", seq=seq,
@@ -169,7 +167,7 @@ class Agent(AgentBase):
             cc: CallerCall | None = call.app
             if cc is None or call.closed:  # a call's earlier events may all read DISCONNECTED
                 continue
-            if kind == "state" and call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            if kind is CallEvent.STATE and call.ended:
                 if call.remote_hangup:
                     cc.flow.on_remote_hangup()
                 self.stack.close(call, self._closed)
@@ -224,12 +222,12 @@ class Agent(AgentBase):
             cc: CallerCall | None = call.app
             if cc is None or cc.seq != seq or cc.due != when or call.closed:
                 continue  # the call ended, its object was reused, or it was rescheduled
-            if call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            if call.ended:
                 continue
             try:
                 nxt = self._step_call(call, cc, now)
-            except pj.Error as exc:  # one call's media failure ends that call, not the agent
-                cc.reason = f"agent media error: {exc.info().strip()}"
+            except SipError as exc:  # one call's media failure ends that call, not the agent
+                cc.reason = f"agent media error: {exc}"
                 call.hangup_now()
                 continue
             cc.due = float("inf")

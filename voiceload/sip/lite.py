@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from voiceload.errors import UserError
+from voiceload.sip.message import SipMessage
 
 
 @dataclass(frozen=True)
@@ -83,49 +84,6 @@ def _token(n: int = 10) -> str:
     return "".join(random.choices(string.ascii_lowercase + string.digits, k=n))
 
 
-@dataclass
-class SipMessage:
-    """Just enough of a SIP message: first line, headers (case-insensitive, in order), body."""
-
-    first_line: str
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-
-    @classmethod
-    def parse(cls, data: bytes) -> SipMessage | None:
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("utf-8", "replace").split("\r\n")
-        if not lines or not lines[0]:
-            return None
-        headers = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers.append((name.strip(), value.strip()))
-        return cls(lines[0], headers, body)
-
-    def get(self, name: str) -> str | None:
-        name = name.lower()
-        compact = {"call-id": "i", "via": "v", "from": "f", "to": "t", "contact": "m"}.get(name)
-        for k, v in self.headers:
-            if k.lower() == name or (compact is not None and k.lower() == compact):
-                return v
-        return None
-
-    def all(self, name: str) -> list[str]:
-        name = name.lower()
-        compact = {"via": "v"}.get(name)
-        return [v for k, v in self.headers if k.lower() in (name, compact)]
-
-    @property
-    def is_request(self) -> bool:
-        return not self.first_line.startswith("SIP/2.0")
-
-    @property
-    def method(self) -> str:
-        return self.first_line.split(" ", 1)[0]
-
-
 def response_to(req: SipMessage, code: int, reason: str, extra: list[tuple[str, str]] | None = None) -> bytes:
     """A stateless response: Via/From/Call-ID/CSeq copied, a To tag added."""
     lines = [f"SIP/2.0 {code} {reason}"]
@@ -146,7 +104,7 @@ class _ProbeProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         msg = SipMessage.parse(data)
         if msg is not None and not msg.is_request and not self.answer.done():
-            self.answer.set_result(msg.first_line)
+            self.answer.set_result(msg.start_line)
 
     def error_received(self, exc: Exception) -> None:
         if not self.answer.done():
@@ -237,7 +195,7 @@ class RedirectFront(asyncio.DatagramProtocol):
             self.assigned[call_id] = worker
             while len(self.assigned) > 10_000:
                 self.assigned.popitem(last=False)
-        req_uri = msg.first_line.split(" ")[1]
+        req_uri = msg.uri or ""
         user = req_uri[4:].split("@")[0] if "@" in req_uri else "bot"
         self.transport.sendto(response_to(msg, 302, "Moved Temporarily", [("Contact", f"<sip:{user}@{worker}>")]), addr)
 

@@ -13,13 +13,15 @@ Rules it enforces, learnt the hard way (ARCHITECTURE.md §3):
 - `shutdown()` hangs up, pumps, releases, and only then destroys the library;
 - the per-process call limit is read from the library (`pjsua_call_get_max_count`), never assumed;
 - a call slot is free only when pjsua says so (`slots_in_use`), not when a call looks ended: a local
-  hangup reports DISCONNECTED at once but holds the slot until the BYE/CANCEL is answered.
+  hangup reports DISCONNECTED at once but holds the slot until the BYE/CANCEL is answered;
+- pjsua2 stays in here: callers get `SipError` for its `Error`, `CallEvent`s and `SipCall.ended`
+  for its call states; the pjsua C functions it does not wrap are declared in `_pjsua_c`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import enum
 import functools
 import gc
 import logging
@@ -32,13 +34,15 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pjsua2 as pj
 import soundfile as sf
 
 from voiceload.media.engine import MediaEngine, RtpChannel, offer_with_port
+from voiceload.sip import _pjsua_c
+from voiceload.sip.message import SipMessage
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +56,37 @@ PJ_ETOOMANY = 70010  # pj_status_t of "no free call slot"
 SLOT_RETRY_S = 0.02  # how soon a caller refused with SlotsBusy should try again (a BYE round trip or so)
 
 
-class SlotsBusy(Exception):
+class SipError(Exception):
+    """What pjsua2 refused, in its words: callers of this adapter never see pjsua2's own `Error`."""
+
+
+class SlotsBusy(SipError):
     """Every pjsua call slot is held, some maybe by calls still hanging up: nothing was placed, try again."""
+
+
+class CallEvent(enum.Enum):
+    """What a call's callbacks queued on `SipStack.events`, for the pump loop to act on."""
+
+    INCOMING = "incoming"  # a new incoming call: answer it
+    STATE = "state"  # its signalling moved on (`times`, `status_code`, `ended`)
+    MEDIA = "media"  # its audio stream is up
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _sip_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """`func` raising `SipError` where pjsua2 raises its `Error`."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except pj.Error as exc:
+            raise SipError(exc.info().strip()) from None
+
+    return wrapper
 
 
 @contextlib.contextmanager
@@ -73,8 +106,8 @@ def _quiet_stdout() -> Iterator[None]:
 
 
 @functools.cache
-def _lib() -> ctypes.CDLL:
-    return ctypes.CDLL(pj._pjsua2.__file__)
+def _lib() -> _pjsua_c.Pjsua:
+    return _pjsua_c.Pjsua(pj._pjsua2.__file__)
 
 
 @dataclass
@@ -103,7 +136,7 @@ class SipCall(pj.Call):
         self.sip_call_id = ""
         self.status_code: int | None = None
         self.status_text = ""
-        self.state = pj.PJSIP_INV_STATE_NULL
+        self._state = pj.PJSIP_INV_STATE_NULL
         self.media: pj.AudioMedia | None = None
         self.rtp: dict[str, Any] | None = None
         self.remote_hangup = False
@@ -122,7 +155,7 @@ class SipCall(pj.Call):
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         now = time.monotonic()
         ci = self.getInfo()
-        self.state = ci.state
+        self._state = ci.state
         self.sip_call_id = ci.callIdString or self.sip_call_id
         if ci.lastStatusCode:
             self.status_code = int(ci.lastStatusCode)
@@ -139,7 +172,7 @@ class SipCall(pj.Call):
             self.times.disconnected = now
             if not self.local_hangup:
                 self.remote_hangup = True
-        self.stack.events.append((self, "state"))
+        self.stack.events.append((self, CallEvent.STATE))
 
     def onCallSdpCreated(self, prm: pj.OnCallSdpCreatedParam) -> None:
         # the far end is to send its RTP to the engine's socket, not to pjsua's idle stream
@@ -163,7 +196,7 @@ class SipCall(pj.Call):
                     # start the tape right here, not on a later pump turn: nothing the far end
                     # sends may precede it (creating and connecting ports in callbacks is safe)
                     self.start_tape(self.stack.next_tape_path())
-                self.stack.events.append((self, "media"))
+                self.stack.events.append((self, CallEvent.MEDIA))
                 return
 
     @staticmethod
@@ -177,9 +210,9 @@ class SipCall(pj.Call):
         (PJ_EINVAL, ignored); no other port can take the slot meanwhile, since an agent's bridge
         holds no players or recorders.
         """
-        slot = int(_lib().pjsua_call_get_conf_port(ctypes.c_int(call_id)))
+        slot = _lib().call_get_conf_port(call_id)
         if slot >= 0:
-            _lib().pjsua_conf_remove_port(ctypes.c_int(slot))
+            _lib().conf_remove_port(slot)
 
     def onCallRedirected(self, prm: pj.OnCallRedirectedParam) -> int:
         # follow 3xx: the reference bot spreads calls over worker processes this way
@@ -191,6 +224,11 @@ class SipCall(pj.Call):
             self.rtp = self.read_rtp_stats() or self.rtp
 
     # --- operations, called from the pump loop ----------------------------------------------
+    @property
+    def ended(self) -> bool:
+        """pjsua reports the call disconnected: it carries nothing more (its slot may still be held)."""
+        return bool(self._state == pj.PJSIP_INV_STATE_DISCONNECTED)
+
     def read_rtp_stats(self) -> dict[str, Any] | None:
         try:
             st = self.getStreamStat(0)
@@ -225,16 +263,11 @@ class SipCall(pj.Call):
 
     def header(self, name: str) -> str | None:
         """The value of header `name` on an incoming call's INVITE (first occurrence), None if absent."""
-        want = name.lower()
-        head = self.invite.replace("\r\n", "\n").split("\n\n", 1)[0]
-        for line in head.split("\n")[1:]:
-            key, sep, value = line.partition(":")
-            if sep and key.strip().lower() == want:
-                return value.strip()
-        return None
+        msg = SipMessage.parse(self.invite)
+        return None if msg is None else msg.get(name)
 
     def hangup_now(self, code: int = 200) -> None:
-        if self.state == pj.PJSIP_INV_STATE_DISCONNECTED or self.local_hangup:
+        if self.ended or self.local_hangup:
             return
         self.local_hangup = True
         prm = pj.CallOpParam()
@@ -244,6 +277,7 @@ class SipCall(pj.Call):
         except pj.Error as exc:
             log.debug("hangup failed: %s", exc.info())
 
+    @_sip_errors
     def start_tape(self, path: Path) -> None:
         """Record everything the call carries (remote audio + our players) on the bridge clock."""
         assert self.media is not None
@@ -251,6 +285,7 @@ class SipCall(pj.Call):
         self.media.startTransmit(self.tape.recorder)
         self.tape.started = time.monotonic()
 
+    @_sip_errors
     def play(self, path: Path) -> float:
         """Play a recording into the call (and onto the tape); returns the monotonic start time."""
         if self.channel is not None:
@@ -349,7 +384,7 @@ class _Account(pj.Account):
         call.invite = str(prm.rdata.wholeMsg)
         call.times.invite = time.monotonic()
         self.stack.calls.add(call)
-        self.stack.events.append((call, "incoming"))
+        self.stack.events.append((call, CallEvent.INCOMING))
 
 
 class SipStack:
@@ -360,7 +395,7 @@ class SipStack:
         self.host, self.port, self.max_calls_wanted = host, port, max_calls
         self.log_level = log_level if log_level is not None else int(os.environ.get("VOICELOAD_PJSIP_LOG", "0"))
         self.user = user
-        self.events: deque[tuple[SipCall, str]] = deque()
+        self.events: deque[tuple[SipCall, CallEvent]] = deque()
         self.calls: set[SipCall] = set()
         self._parked: list[SipCall] = []
         self._closing: list[tuple[float, SipCall, Callable[[SipCall], None]]] = []
@@ -374,6 +409,7 @@ class SipStack:
         self.account: _Account | None = None
         self.max_calls = 0
 
+    @_sip_errors
     def start(self) -> None:
         threads_before = _thread_ids()
         ep = pj.Endpoint()
@@ -396,7 +432,7 @@ class SipStack:
         med.maxMediaPorts = PORTS_PER_CALL * self.max_calls_wanted + 8  # call + tape + player
         with _quiet_stdout():
             ep.libInit(cfg)
-        self.max_calls = int(_lib().pjsua_call_get_max_count())
+        self.max_calls = _lib().call_get_max_count()
         tcfg = pj.TransportConfig()
         tcfg.port = self.port
         tcfg.boundAddress = self.host
@@ -431,7 +467,7 @@ class SipStack:
         to the far end, 32 s if it never answers. `calls` drops a call on `release()`, which can be
         earlier than that, so `len(calls)` alone undercounts what `makeCall` will find.
         """
-        return int(_lib().pjsua_call_get_count())
+        return _lib().call_get_count()
 
     @property
     def closing(self) -> int:
@@ -447,12 +483,17 @@ class SipStack:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @_sip_errors
     def pump(self, timeout_ms: int = 0) -> None:
         assert self.ep is not None
         self.ep.libHandleEvents(timeout_ms)
 
+    @_sip_errors
     def make_call(self, uri: str, headers: dict[str, str] | None = None) -> SipCall:
-        """Place a call; `SlotsBusy` (nothing placed, nothing to report) while pjsua has no free slot."""
+        """Place a call; `SlotsBusy` (nothing placed, nothing to report) while pjsua has no free slot.
+
+        `OSError` when the media engine has no socket for it, `SipError` when pjsua refuses it.
+        """
         assert self.account is not None
         if self.slots_in_use() >= self.max_calls:
             raise SlotsBusy(f"all {self.max_calls} pjsua call slots held ({len(self.calls)} calls live)")
@@ -478,11 +519,12 @@ class SipStack:
             call.close_media()
             self._pool.append(call)
             if exc.status == PJ_ETOOMANY:  # a slot taken behind our back: the same as the check above
-                raise SlotsBusy(exc.info().strip()) from exc
+                raise SlotsBusy(exc.info().strip()) from None
             raise
         call.sip_call_id = call.getInfo().callIdString
         return call
 
+    @_sip_errors
     def answer(self, call: SipCall, code: int = 200) -> None:
         prm = pj.CallOpParam()
         prm.statusCode = code
@@ -513,7 +555,7 @@ class SipStack:
             return SipCall(self, self.account, call_id)
         call = self._pool.pop()
         call.reset()
-        _lib().pjsua_call_set_user_data(ctypes.c_int(call_id), ctypes.c_void_p(int(call.this)))
+        _lib().call_set_user_data(call_id, int(call.this))
         bound = pj.Call.lookup(call_id)
         if bound is None or bound.getId() != call_id:
             raise RuntimeError(f"could not bind a pooled call object to pjsua slot {call_id}")
@@ -552,6 +594,7 @@ class SipStack:
             call.tape = None
             self._pool.append(call)
 
+    @_sip_errors
     def shutdown(self, drain_s: float = 1.0) -> None:
         if self.ep is None:
             return
@@ -559,8 +602,7 @@ class SipStack:
         with contextlib.suppress(pj.Error):
             ep.hangupAllCalls()
         end = time.monotonic() + drain_s
-        while time.monotonic() < end and (self.slots_in_use() > 0 or any(
-                c.state != pj.PJSIP_INV_STATE_DISCONNECTED for c in self.calls)):
+        while time.monotonic() < end and (self.slots_in_use() > 0 or any(not c.ended for c in self.calls)):
             ep.libHandleEvents(20)
         for _deadline, call, _then in self._closing:
             self.release(call)  # the role's measurement is skipped: the process is going away
@@ -606,6 +648,7 @@ def _favour_media_threads(tids: set[int]) -> None:
             return
 
 
+@_sip_errors
 def probe_call_limit() -> int:
     """Per-process call limit of the installed pjsua2 build (creates and destroys an endpoint)."""
     ep = pj.Endpoint()
@@ -618,7 +661,7 @@ def probe_call_limit() -> int:
     cfg.uaConfig.threadCnt = 0
     with _quiet_stdout():
         ep.libInit(cfg)
-    limit = int(_lib().pjsua_call_get_max_count())
+    limit = _lib().call_get_max_count()
     ep.libDestroy()
     return limit
 

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import numpy as np
-import pjsua2 as pj
 
 from voiceload.audio import wav
 from voiceload.audio.analysis import Played, Reference, analyse_bot_tape
@@ -53,7 +52,7 @@ from voiceload.core.callflow import Ask, BotAction, BotFlow, Hangup, Play, PlayF
 from voiceload.core.scenario import load_scenario
 from voiceload.protocol import SESSION_HEADER
 from voiceload.sip.lite import RedirectFront, call_limit
-from voiceload.sip.ua import CLOCK_RATE, SipCall, SipStack, read_tape
+from voiceload.sip.ua import CLOCK_RATE, CallEvent, SipCall, SipError, SipStack, read_tape
 from voiceload.sut.botmodel import DEFAULT_ENDPOINT_MS, WorkerPool
 from voiceload.sut.gateway import BrainReply, RasaGateway, session_id
 
@@ -210,7 +209,7 @@ class BotWorker:
         self._dispatch(now)
         for call in list(self.stack.calls):
             bc: BotCall | None = call.app
-            if bc is None or call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            if bc is None or call.ended:
                 continue
             if not bc.answered:  # media and CONFIRMED arrive in either order: wait for both
                 if call.tape is not None and call.times.confirmed is not None:
@@ -225,12 +224,12 @@ class BotWorker:
                     bc.flow.on_no_reply(now * 1000)
             try:
                 self._act(call, bc, bc.flow.step(now * 1000, call.level()))
-            except pj.Error as exc:  # one call's media failure ends that call, not the bot
-                log.error("call %s: %s; hanging up", call.sip_call_id, exc.info().strip())
+            except SipError as exc:  # one call's media failure ends that call, not the bot
+                log.error("call %s: %s; hanging up", call.sip_call_id, exc)
                 call.hangup_now(500)
         self.stack.collect()
         # our live calls, or the slots pjsua still holds for calls whose BYE is unanswered, if more
-        live = sum(1 for c in self.stack.calls if c.state != pj.PJSIP_INV_STATE_DISCONNECTED)
+        live = sum(1 for c in self.stack.calls if not c.ended)
         load = max(live, self.stack.slots_in_use())
         if load != self._load:
             self._load = load
@@ -255,14 +254,14 @@ class BotWorker:
         events = self.stack.events
         while events:
             call, kind = events.popleft()
-            if kind == "incoming":
+            if kind is CallEvent.INCOMING:
                 call.app = BotCall(self._new_flow(), sender=session_id(call.header(SESSION_HEADER), call.sip_call_id))
                 self.stack.answer(call, 200)
                 continue
             bc: BotCall | None = call.app
             if bc is None:
                 continue
-            if kind == "state" and call.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            if kind is CallEvent.STATE and call.ended:
                 self.stack.close(call, self._closed)
 
     def _act(self, call: SipCall, bc: BotCall, action: BotAction | None) -> None:

@@ -12,7 +12,6 @@ Pure: bytes in, dataclasses out. No sockets, files or clocks.
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import numpy.typing as npt
 
 from voiceload.audio import g711
 from voiceload.audio.vad import SAMPLE_RATE, speech_segments
+from voiceload.sip.message import SipMessage, parse_sdp_audio
 
 HANGOVER_MS = 400  # same as the agent's and bot's reply analysis, so segments are comparable
 PT_PCMU = 0
@@ -140,96 +140,10 @@ def read_pcap(data: bytes) -> Iterator[Datagram]:
 # ---------------------------------------------------------------- SIP
 
 
-@dataclass(frozen=True)
-class SipMessage:
-    """The parts of a SIP message the referee needs."""
-
-    method: str | None  # request method, None for responses
-    status: int | None  # response code, None for requests
-    call_id: str
-    cseq_method: str
-    from_tag: str | None
-    to_tag: str | None
-    media: tuple[str, int] | None  # audio address offered/answered in the SDP body
-
-
-_COMPACT = {"i": "call-id", "f": "from", "t": "to", "l": "content-length", "c": "content-type"}
-_TAG = re.compile(r";\s*tag=([^;\s>]+)", re.IGNORECASE)
-_REQUEST = re.compile(r"^([A-Z]+) \S+ SIP/2\.0$")
-_RESPONSE = re.compile(r"^SIP/2\.0 (\d{3})(?: |$)")
-
-
-def parse_sdp_audio(body: str) -> tuple[str, int] | None:
-    """(connection address, port) of the first audio stream; media-level c= beats session-level."""
-    session_ip: str | None = None
-    media_ip: str | None = None
-    port: int | None = None
-    in_media = in_audio = False
-    for raw in body.splitlines():
-        line = raw.strip()
-        if line.startswith("m="):
-            if port is not None:
-                break  # the first audio stream is complete
-            parts = line[2:].split()
-            in_media = True
-            in_audio = len(parts) >= 2 and parts[0] == "audio"
-            if in_audio:
-                try:
-                    port = int(parts[1].split("/")[0])
-                except ValueError:
-                    return None
-        elif line.startswith("c="):
-            parts = line[2:].split()
-            if len(parts) >= 3 and parts[0] == "IN" and parts[1] == "IP4":
-                if in_audio:
-                    media_ip = parts[2].split("/")[0]
-                elif not in_media:
-                    session_ip = parts[2].split("/")[0]
-    addr = media_ip or session_ip
-    if port is None or port == 0 or addr is None or addr == "0.0.0.0":
-        return None
-    return addr, port
-
-
 def parse_sip(payload: bytes) -> SipMessage | None:
     """A SIP request or response with a Call-ID and CSeq, or None when the payload is not SIP."""
-    head512 = payload[:512]
-    if not (payload.startswith(b"SIP/2.0 ") or b" SIP/2.0\r\n" in head512 or b" SIP/2.0\n" in head512):
-        return None
-    text = payload.decode("utf-8", errors="replace")
-    head, sep, body = text.partition("\r\n\r\n")
-    if not sep:
-        head, _, body = text.partition("\n\n")
-    lines = head.splitlines()
-    if not lines:
-        return None
-    method: str | None = None
-    status: int | None = None
-    if m := _RESPONSE.match(lines[0]):
-        status = int(m.group(1))
-    elif m := _REQUEST.match(lines[0].strip()):
-        method = m.group(1)
-    else:
-        return None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or line[:1] in (" ", "\t"):
-            continue  # folded continuation lines carry nothing we need
-        key = name.strip().lower()
-        key = _COMPACT.get(key, key)
-        headers.setdefault(key, value.strip())
-    call_id = headers.get("call-id")
-    cseq = headers.get("cseq", "").split()
-    if not call_id or len(cseq) != 2:
-        return None
-
-    def tag(h: str) -> str | None:
-        t = _TAG.search(headers.get(h, ""))
-        return t.group(1) if t else None
-
-    media = parse_sdp_audio(body) if "m=audio" in body else None
-    return SipMessage(method, status, call_id, cseq[1].upper(), tag("from"), tag("to"), media)
+    msg = SipMessage.parse(payload)
+    return msg if msg is not None and msg.call_id and msg.cseq is not None else None
 
 
 # ---------------------------------------------------------------- RTP (PCMU: voiceload.audio.g711)

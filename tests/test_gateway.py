@@ -20,11 +20,12 @@ from aiohttp import web
 from tests.refbot import DEMO, REPO, latency_errors, start_bot, voiceload
 from voiceload.audio import g711
 from voiceload.audio import wav as wavfile
+from voiceload.audio.wav import WAV_HEADER_BYTES, read_tape_span
 from voiceload.core.callflow import Ask, BotFlow, BotState, Play, PlayFile, ThinkTime
 from voiceload.core.scenario import load_scenario
 from voiceload.errors import UserError
 from voiceload.rasa import parse_rasa_url
-from voiceload.sip.ua import WAV_HEADER_BYTES, SipCall, read_tape_span
+from voiceload.sip.ua import SipCall
 from voiceload.sut import asr
 from voiceload.sut.gateway import RasaGateway, session_id
 

@@ -34,7 +34,7 @@ from voiceload.protocol import (
 from voiceload.results import bus
 from voiceload.results.spool import Spool
 
-log = logging.getLogger("voiceload.agent.caller")
+log = logging.getLogger("voiceload.agent")
 
 # SIP events, call starts and due calls are handled every 20 ms. A call is stepped only when it is
 # due: a SIP event, the end of its utterance, the silence gap after the bot's last loud packet (the
@@ -43,7 +43,6 @@ log = logging.getLogger("voiceload.agent.caller")
 PUMP_PERIOD_S = 0.020
 MAX_STARTS_PER_TICK = 4  # call starts a tick may catch up on, so the start rate can exceed 1/PUMP_PERIOD_S
 HEARTBEAT_PERIOD_S = 1.0
-MEDIA_WAIT_S = 2.0
 SPOOL_DRAIN_S = 120.0  # how long a finished agent waits for the collector to acknowledge its records
 
 

@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from voiceload.agent.base import AgentBase, AgentSettings
+from voiceload.agent.base import PUMP_PERIOD_S, AgentBase, AgentSettings
 from voiceload.audio.analysis import Played, analyse_caller_tape
+from voiceload.audio.wav import read_tape
 from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Hangup, Play
 from voiceload.core.scenario_audio import ScenarioAudio
 from voiceload.core.stats import LatencyHistogram
@@ -38,19 +39,11 @@ from voiceload.protocol import (
     session_id,
 )
 from voiceload.sip.lite import local_address_for, parse_sip_uri, split_targets
-from voiceload.sip.ua import CLOCK_RATE, SLOT_RETRY_S, CallEvent, SipCall, SipError, SipStack, SlotsBusy, read_tape
+from voiceload.sip.ua import CLOCK_RATE, SLOT_RETRY_S, CallEvent, SipCall, SipError, SipStack, SlotsBusy
 
-log = logging.getLogger("voiceload.agent.caller")
+log = logging.getLogger("voiceload.agent")
 
-# SIP events, call starts and due calls are handled every 20 ms. A call is stepped only when it is
-# due: a SIP event, the end of its utterance, the silence gap after the bot's last loud packet (the
-# media engine keeps that time), or a deadline. Polling every call every 40 ms was most of an
-# agent's Python CPU at hundreds of calls; latency is measured from the tapes, not from these steps.
-PUMP_PERIOD_S = 0.020
-MAX_STARTS_PER_TICK = 4  # call starts a tick may catch up on, so the start rate can exceed 1/PUMP_PERIOD_S
-HEARTBEAT_PERIOD_S = 1.0
-MEDIA_WAIT_S = 2.0
-SPOOL_DRAIN_S = 120.0  # how long a finished agent waits for the collector to acknowledge its records
+MEDIA_WAIT_S = 2.0  # how long an answered call may wait for its media to come up
 
 
 @dataclass

@@ -131,3 +131,34 @@ def default_tape_dir() -> Path:
     shm = Path("/dev/shm")
     base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
     return base / "voiceload"
+
+
+WAV_HEADER_BYTES = 44  # a tape's header as pjmedia's recorder writes it (no extra chunks)
+
+
+def read_tape(path: Path) -> np.ndarray:
+    """A closed tape's samples (empty when no frame was ever written or the file is gone)."""
+    try:
+        if path.stat().st_size <= WAV_HEADER_BYTES:
+            return np.zeros(0, dtype=np.int16)
+        data, _rate = sf.read(str(path), dtype="int16")
+    except (OSError, RuntimeError):
+        return np.zeros(0, dtype=np.int16)
+    return np.asarray(data, dtype=np.int16).reshape(-1)
+
+
+def read_tape_span(path: Path, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of a tape that may still be recording, as far as they are on disk.
+
+    While recording, pjmedia's WAV header still says the file is empty and its writer buffers a
+    few hundred ms, so the header is skipped, not parsed, and the span may come back short.
+    """
+    if stop <= start:
+        return np.zeros(0, dtype=np.int16)
+    try:
+        with open(path, "rb") as f:
+            f.seek(WAV_HEADER_BYTES + 2 * start)
+            data = f.read(2 * (stop - start))
+    except OSError:
+        return np.zeros(0, dtype=np.int16)
+    return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.int16)

@@ -36,9 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-import numpy as np
 import pjsua2 as pj
-import soundfile as sf
 
 from voiceload.media.engine import MediaEngine, RtpChannel, offer_with_port
 from voiceload.sip import _pjsua_c
@@ -48,7 +46,6 @@ log = logging.getLogger(__name__)
 
 CLOCK_RATE = 8000  # the bridge runs at G.711's rate: no resampling anywhere on the path
 FRAME_MS = 20
-WAV_HEADER_BYTES = 44
 TAPE_CLOSE_TIMEOUT_S = 1.0
 RTP_PORT_MIN, RTP_PORT_MAX = 10_000, 60_000
 PORTS_PER_CALL = 3  # conference ports: the call's stream, its tape recorder, its current player
@@ -342,34 +339,6 @@ class Tape:
         """The tape sample written at monotonic time `t` (the bridge writes CLOCK_RATE samples a second)."""
         return max(0, round((t - self.started) * CLOCK_RATE))
 
-
-
-def read_tape(path: Path) -> np.ndarray:
-    """A closed tape's samples (empty when no frame was ever written or the file is gone)."""
-    try:
-        if path.stat().st_size <= WAV_HEADER_BYTES:
-            return np.zeros(0, dtype=np.int16)
-        data, _rate = sf.read(str(path), dtype="int16")
-    except (OSError, RuntimeError):
-        return np.zeros(0, dtype=np.int16)
-    return np.asarray(data, dtype=np.int16).reshape(-1)
-
-
-def read_tape_span(path: Path, start: int, stop: int) -> np.ndarray:
-    """Samples [start, stop) of a tape that may still be recording, as far as they are on disk.
-
-    While recording, pjmedia's WAV header still says the file is empty and its writer buffers a
-    few hundred ms, so the header is skipped, not parsed, and the span may come back short.
-    """
-    if stop <= start:
-        return np.zeros(0, dtype=np.int16)
-    try:
-        with open(path, "rb") as f:
-            f.seek(WAV_HEADER_BYTES + 2 * start)
-            data = f.read(2 * (stop - start))
-    except OSError:
-        return np.zeros(0, dtype=np.int16)
-    return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.int16)
 
 
 class _Account(pj.Account):

@@ -47,12 +47,12 @@ from voiceload.audio import wav
 from voiceload.audio.analysis import Played, Reference, analyse_bot_tape
 from voiceload.audio.calibration import BOT_RX_DELAY_MS
 from voiceload.audio.vad import samples_to_ms
-from voiceload.audio.wav import default_tape_dir
+from voiceload.audio.wav import default_tape_dir, read_tape
 from voiceload.core.callflow import Ask, BotAction, BotFlow, Hangup, Play, PlayFile, Scheduler, ThinkTime
 from voiceload.core.scenario import load_scenario
 from voiceload.protocol import SESSION_HEADER
 from voiceload.sip.lite import RedirectFront, call_limit
-from voiceload.sip.ua import CLOCK_RATE, CallEvent, SipCall, SipError, SipStack, read_tape
+from voiceload.sip.ua import CLOCK_RATE, CallEvent, SipCall, SipError, SipStack
 from voiceload.sut.botmodel import DEFAULT_ENDPOINT_MS, WorkerPool
 from voiceload.sut.gateway import BrainReply, RasaGateway, session_id
 
@@ -256,7 +256,10 @@ class BotWorker:
             call, kind = events.popleft()
             if kind is CallEvent.INCOMING:
                 call.app = BotCall(self._new_flow(), sender=session_id(call.header(SESSION_HEADER), call.sip_call_id))
-                self.stack.answer(call, 200)
+                try:
+                    self.stack.answer(call, 200)
+                except SipError as exc:  # the caller cancelled first: that call ends, the worker serves on
+                    log.info("could not answer %s: %s", call.sip_call_id, exc)
                 continue
             bc: BotCall | None = call.app
             if bc is None:

@@ -27,9 +27,9 @@ import numpy.typing as npt
 
 from voiceload.audio import wav
 from voiceload.audio.analysis import Reference
+from voiceload.audio.wav import read_tape_span
 from voiceload.core.scenario import Scenario
 from voiceload.errors import UserError
-from voiceload.sip.ua import read_tape_span
 from voiceload.sut.asr import Recogniser
 from voiceload.sut.tts import Synthesiser
 

@@ -16,9 +16,10 @@ from rich.console import Console
 from voiceload.core.summary import GeneratorHealth, summarize
 from voiceload.errors import UserError
 from voiceload.protocol import AgentState, CallRecord, Heartbeat, TurnResult
+from voiceload.report.text import render_summary
 from voiceload.results import bus
 from voiceload.results.bus import BrokerAddress, Bus
-from voiceload.results.collector import CALLS_FILE, SUMMARY_FILE, Collector, load_calls, render_summary
+from voiceload.results.collector import CALLS_FILE, SUMMARY_FILE, Collector, load_calls
 
 T = TypeVar("T")
 RUN = "run-42"

@@ -117,7 +117,7 @@ def run(
     Exit code: 0 every SLO met, 1 an SLO failed, 2 bad input, 3 run invalid (generator or infrastructure).
     """
     _setup_logging(verbose)
-    from voiceload.results.collector import render_summary
+    from voiceload.report.text import render_summary
     from voiceload.run import coordinator
 
     if shape is not None and (concurrency is not None or calls is not None):

@@ -2,7 +2,8 @@
 
 `report.html` is self-contained (plots are inline PNGs drawn with matplotlib's Agg canvas; no
 scripts, no CDN, no web fonts), so it opens offline and can be mailed or archived as one file.
-One module per file: table (turns.csv), junit, html (+ report.css), plots. See docs/reports.md.
+One module per file: table (turns.csv), junit, html (+ report.css), plots; text is the terminal's
+end-of-run summary. See docs/reports.md.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from voiceload.protocol import (
     GreetingResult,
     Heartbeat,
     ProtocolError,
+    RtpStats,
     TurnResult,
 )
 from voiceload.results import bus as busmod
@@ -315,6 +316,8 @@ def _check_record(rec: CallRecord) -> None:
         raise ProtocolError("call record with malformed turns")
     if rec.greeting is not None and not isinstance(rec.greeting, GreetingResult):
         raise ProtocolError("call record with a malformed greeting")
+    if rec.rtp is not None and not isinstance(rec.rtp, RtpStats):
+        raise ProtocolError("call record with malformed rtp stats")
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:

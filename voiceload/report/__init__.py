@@ -30,7 +30,6 @@ from voiceload.report.rundir import (
     GreetingCounts,
     RunData,
     SloResult,
-    StoredSlo,
     greeting_counts,
     load_run,
     stored_slos,
@@ -39,7 +38,7 @@ from voiceload.report.table import TURNS_CSV_COLUMNS, turns_csv
 
 __all__ = [
     "JUNIT_XML", "REPORT_HTML", "SLOWEST_CALLS", "TURNS_CSV", "TURNS_CSV_COLUMNS", "GreetingCounts", "RunData",
-    "SloResult", "StoredSlo", "fmt_ms", "fmt_pct", "greeting_counts", "junit_xml", "load_run", "plot_capacity",
+    "SloResult", "fmt_ms", "fmt_pct", "greeting_counts", "junit_xml", "load_run", "plot_capacity",
     "plot_completion", "plot_concurrency", "plot_latency_over_time", "plot_latency_vs_concurrency", "plot_outcomes",
     "render_html", "slowest_calls", "stored_slos", "turns_csv", "write_reports",
 ]

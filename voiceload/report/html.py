@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from voiceload.core.summary import reason_key
+from voiceload.core.summary import LatencyStats, Summary, reason_key
 from voiceload.core.timeseries import RunSeries
 from voiceload.protocol import OUTCOME_COMPLETED, CallRecord
 from voiceload.report.formats import fmt_ms, fmt_pct, iso_utc
@@ -63,8 +63,8 @@ def render_html(run: RunData, slos: Sequence[SloResult] = ()) -> str:
     parts.append(_kpis(s, slos))
     if slos:
         parts.append(_slo_table(slos))
-    if isinstance(s.get("capacity"), dict):
-        parts.append(_capacity_section(s["capacity"]))
+    if isinstance(s.capacity, dict):
+        parts.append(_capacity_section(s.capacity))
     parts += ["<h2>Summary</h2>", _summary_tables(s, run.series)]
     parts += ["<h2>Load and latency over time</h2>", _figures(run, slos)]
     parts += ["<h2>Turns</h2>", _turns_table(s, greeting_counts(run.records))]
@@ -72,7 +72,7 @@ def render_html(run: RunData, slos: Sequence[SloResult] = ()) -> str:
     if why:
         parts.append(_failure_table(why))
     parts += [f"<h2>Slowest {SLOWEST_CALLS} calls</h2>", _slowest_table(run.records), _footer(run)]
-    return _page(f"voiceload report · {s['run_id']}", parts)
+    return _page(f"voiceload report · {s.run_id}", parts)
 
 
 def _page(title: str, parts: list[str]) -> str:
@@ -82,18 +82,18 @@ def _page(title: str, parts: list[str]) -> str:
             + "\n".join(parts) + "\n</main></body></html>\n")
 
 
-def _header(s: dict[str, Any]) -> str:
-    return (f"<h1>voiceload report</h1><p class='sub'>run <b>{_e(s['run_id'])}</b>"
-            f" · scenario <b>{_e(s.get('scenario') or '–')}</b> → {_e(s.get('target') or '–')}"
-            f" · target concurrency {_e(s.get('concurrency') or '–')}"
-            f" · started {_e(iso_utc(s.get('started_at')).replace('T', ' ') or '–')} UTC"
-            f" · {float(s.get('duration_s') or 0):.1f} s</p>")
+def _header(s: Summary) -> str:
+    return (f"<h1>voiceload report</h1><p class='sub'>run <b>{_e(s.run_id)}</b>"
+            f" · scenario <b>{_e(s.scenario or '–')}</b> → {_e(s.target or '–')}"
+            f" · target concurrency {_e(s.concurrency or '–')}"
+            f" · started {_e(iso_utc(s.started_at).replace('T', ' ') or '–')} UTC"
+            f" · {float(s.duration_s or 0):.1f} s</p>")
 
 
-def _verdict(s: dict[str, Any], slos: Sequence[SloResult]) -> str:
+def _verdict(s: Summary, slos: Sequence[SloResult]) -> str:
     """Invalid beats an SLO failure (exit 3 before exit 1); then SLOs; then plain validity."""
     failed_slos = [x for x in slos if not x.passed]
-    if not s.get("valid", False):
+    if not s.valid:
         cls, text = "invalid", "INVALID run: the numbers below cannot be trusted"
     elif failed_slos:
         cls, text = "fail", f"FAIL: {len(failed_slos)} of {len(slos)} SLOs not met"
@@ -101,23 +101,23 @@ def _verdict(s: dict[str, Any], slos: Sequence[SloResult]) -> str:
         cls, text = "pass", f"PASS: valid run, all {len(slos)} SLOs met"
     else:
         cls, text = "pass", "VALID run (no SLOs given)"
-    items = [f"<li>{_e(r)}</li>" for r in s.get("invalid_reasons", [])]
+    items = [f"<li>{_e(r)}</li>" for r in s.invalid_reasons]
     items += [f"<li>SLO <code>{_e(x.expr)}</code> failed: {_e(_slo_measured(x))}</li>" for x in failed_slos]
     return f"<div class='verdict {cls}'>{_e(text)}" + (f"<ul>{''.join(items)}</ul>" if items else "") + "</div>"
 
 
-def _kpis(s: dict[str, Any], slos: Sequence[SloResult]) -> str:
-    calls, lat = s["calls"], s["turn_latency_ms"]
+def _kpis(s: Summary, slos: Sequence[SloResult]) -> str:
+    calls, lat = s.calls, s.turn_latency_ms
     met = sum(1 for x in slos if x.passed)
-    rate = float(s["completion_rate"])
+    rate = float(s.completion_rate)
     rate_cls = "good" if rate >= 0.99 else "warn" if rate >= 0.9 else "bad"
-    validity = ("<span class='good'>VALID</span>" if s.get("valid", False) else "<span class='bad'>INVALID</span>")
+    validity = ("<span class='good'>VALID</span>" if s.valid else "<span class='bad'>INVALID</span>")
     return ("<div class='kpis'>"
             + _kpi("Completion", f"<span class='{rate_cls}'>{fmt_pct(rate)}</span>",
-                   f"{calls['completed']} of {calls['placed']} placed calls ({calls['planned']} planned)")
-            + _kpi("Turn latency p50", f"{fmt_ms(lat['p50'])} ms", f"{lat['count']} turns measured")
-            + _kpi("Turn latency p95", f"{fmt_ms(lat['p95'])} ms",
-                   f"p99 {fmt_ms(lat['p99'])} ms, max {fmt_ms(lat['max'])} ms")
+                   f"{calls.completed} of {calls.placed} placed calls ({calls.planned} planned)")
+            + _kpi("Turn latency p50", f"{fmt_ms(lat.p50)} ms", f"{lat.count} turns measured")
+            + _kpi("Turn latency p95", f"{fmt_ms(lat.p95)} ms",
+                   f"p99 {fmt_ms(lat.p99)} ms, max {fmt_ms(lat.max)} ms")
             + _kpi("Validity", validity, f"{met}/{len(slos)} SLOs met" if slos else "no SLOs")
             + "</div>")
 
@@ -137,7 +137,7 @@ def _slo_table(slos: Sequence[SloResult]) -> str:
 def _figures(run: RunData, slos: Sequence[SloResult]) -> str:
     s = run.summary
     return "\n".join([
-        _figure_html(plot_concurrency(run.series, int(s.get("concurrency") or 0)),
+        _figure_html(plot_concurrency(run.series, int(s.concurrency or 0)),
                      "Calls in progress per second (mean and peak within each second), from call start "
                      "to hang-up; unanswered calls until the agent gave up."),
         _figure_html(plot_latency_over_time(run.series, s, slos),
@@ -199,8 +199,6 @@ def _capacity_section(cap: dict[str, Any]) -> str:
     return "".join(out)
 
 
-
-
 def _kpi(label: str, value_html: str, detail: str) -> str:
     return (f"<div class='kpi'><span class='label'>{_e(label)}</span><span class='value'>{value_html}</span>"
             f"<span class='detail'>{_e(detail)}</span></div>")
@@ -211,47 +209,44 @@ def _slo_measured(x: SloResult) -> str:
     return f"{x.metric} = {measured}, threshold {x.op} {x.threshold:g}"
 
 
-def _stat_line(st: dict[str, Any]) -> str:
-    if not st or not st.get("count"):
+def _stat_line(st: LatencyStats) -> str:
+    if not st.count:
         return "–"
-    oor = f", {st['out_of_range']} out of range" if st.get("out_of_range") else ""
-    return (f"p50 {fmt_ms(st['p50'])} · p95 {fmt_ms(st['p95'])} · p99 {fmt_ms(st['p99'])} · "
-            f"max {fmt_ms(st['max'])} ms (n={st['count']}{oor})")
+    oor = f", {st.out_of_range} out of range" if st.out_of_range else ""
+    return (f"p50 {fmt_ms(st.p50)} · p95 {fmt_ms(st.p95)} · p99 {fmt_ms(st.p99)} · "
+            f"max {fmt_ms(st.max)} ms (n={st.count}{oor})")
 
 
 def _counts(d: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in d.items() if v) or "–"
 
 
-def _summary_tables(s: dict[str, Any], series: RunSeries) -> str:
-    calls = s["calls"]
-    gen = s.get("generator", {})
-    cpu, lag = gen.get("max_cpu_percent"), gen.get("max_pump_lag_ms")
-    limits = gen.get("limits", {})
+def _summary_tables(s: Summary, series: RunSeries) -> str:
+    calls, gen = s.calls, s.generator
+    cpu, lag = gen.max_cpu_percent, gen.max_pump_lag_ms
     left = [
-        ("run id", s["run_id"]),
-        ("scenario", s.get("scenario") or "–"),
-        ("target", s.get("target") or "–"),
-        ("target concurrency", s.get("concurrency") or "–"),
+        ("run id", s.run_id),
+        ("scenario", s.scenario or "–"),
+        ("target", s.target or "–"),
+        ("target concurrency", s.concurrency or "–"),
         ("peak calls in progress", series.peak_active),
-        ("started", (iso_utc(s.get("started_at")).replace("T", " ") + " UTC") if s.get("started_at") else "–"),
-        ("duration", f"{float(s.get('duration_s') or 0):.1f} s"),
-        ("calls", f"{calls['planned']} planned, {calls['placed']} placed, {calls['completed']} completed, "
-                  f"{calls['failed']} not completed"),
-        ("completion rate", fmt_pct(float(s["completion_rate"]))),
-        ("outcomes", _counts(s.get("outcomes", {}))),
+        ("started", (iso_utc(s.started_at).replace("T", " ") + " UTC") if s.started_at else "–"),
+        ("duration", f"{float(s.duration_s or 0):.1f} s"),
+        ("calls", f"{calls.planned} planned, {calls.placed} placed, {calls.completed} completed, "
+                  f"{calls.failed} not completed"),
+        ("completion rate", fmt_pct(float(s.completion_rate))),
+        ("outcomes", _counts(s.outcomes)),
     ]
     right = [
-        ("turn latency (ms)", _stat_line(s["turn_latency_ms"])),
-        ("greeting onset (ms)", _stat_line(s.get("greeting_onset_ms", {}))),
-        ("SIP setup (ms)", _stat_line(s.get("setup_ms", {}))),
-        ("SIP codes", _counts(s.get("sip_codes", {}))),
-        ("hung up by", _counts(s.get("hangup_by", {}))),
-        ("generator", f"{gen.get('agents', '–')} agents, {gen.get('heartbeats', '–')} heartbeats"),
-        ("agent CPU, worst",
-         "–" if cpu is None else f"{cpu:.0f} % of a core (limit {limits.get('cpu_percent', '–')} %)"),
-        ("pump lag, worst", "–" if lag is None else f"{lag:.0f} ms (limit {limits.get('pump_lag_ms', '–')} ms)"),
-        ("validity", "valid" if s.get("valid") else "INVALID: " + "; ".join(map(str, s.get("invalid_reasons", [])))),
+        ("turn latency (ms)", _stat_line(s.turn_latency_ms)),
+        ("greeting onset (ms)", _stat_line(s.greeting_onset_ms)),
+        ("SIP setup (ms)", _stat_line(s.setup_ms)),
+        ("SIP codes", _counts(s.sip_codes)),
+        ("hung up by", _counts(s.hangup_by)),
+        ("generator", f"{gen.agents} agents, {gen.heartbeats} heartbeats"),
+        ("agent CPU, worst", "–" if cpu is None else f"{cpu:.0f} % of a core (limit {gen.limits.cpu_percent} %)"),
+        ("pump lag, worst", "–" if lag is None else f"{lag:.0f} ms (limit {gen.limits.pump_lag_ms} ms)"),
+        ("validity", "valid" if s.valid else "INVALID: " + "; ".join(map(str, s.invalid_reasons))),
     ]
     if series.estimated_ends:
         left.append(("estimated call ends", f"{series.estimated_ends} calls (never answered or no duration)"))
@@ -263,24 +258,24 @@ def _summary_tables(s: dict[str, Any], series: RunSeries) -> str:
     return f"<div class='cols'>{table(left)}{table(right)}</div>"
 
 
-def _turns_table(s: dict[str, Any], greeting: GreetingCounts | None) -> str:
+def _turns_table(s: Summary, greeting: GreetingCounts | None) -> str:
     head = ("<table><tr><th>turn</th><th>n</th><th>ok</th><th>not ok</th><th>p50</th><th>p90</th><th>p95</th>"
             "<th>p99</th><th>max</th><th class='text'>top failure reasons</th></tr>")
     rows = []
 
-    def row(name: str, st: dict[str, Any], ok: Any, not_ok: Any, reasons: dict[str, int]) -> None:
+    def row(name: str, st: LatencyStats, ok: Any, not_ok: Any, reasons: dict[str, int]) -> None:
         top = "; ".join(f"{why} ({n})" for why, n in list(reasons.items())[:3])
-        cells = "".join(f"<td>{fmt_ms(st.get(k))}</td>" for k in ("p50", "p90", "p95", "p99", "max"))
+        cells = "".join(f"<td>{fmt_ms(st.stat(k))}</td>" for k in ("p50", "p90", "p95", "p99", "max"))
         bad = " class='bad'" if isinstance(not_ok, int) and not_ok else ""
-        rows.append(f"<tr><td>{_e(name)}</td><td>{st.get('count', 0)}</td><td>{_e(ok)}</td>"
+        rows.append(f"<tr><td>{_e(name)}</td><td>{st.count}</td><td>{_e(ok)}</td>"
                     f"<td{bad}>{_e(not_ok)}</td>{cells}<td class='text'>{_e(top)}</td></tr>")
 
-    if greeting is not None or s.get("greeting_onset_ms", {}).get("count"):
+    if greeting is not None or s.greeting_onset_ms.count:
         g = greeting or GreetingCounts(0, 0, {})
-        row("greeting (onset)", s.get("greeting_onset_ms", {}), g.ok, g.not_ok, g.reasons)
-    for t in s.get("turns", []):
-        row(f"turn {t['index']}", t["latency_ms"], t["ok"], t["not_ok"], t["reasons"])
-    row("all turns", s["turn_latency_ms"], "", "", {})
+        row("greeting (onset)", s.greeting_onset_ms, g.ok, g.not_ok, g.reasons)
+    for t in s.turns:
+        row(f"turn {t.index}", t.latency_ms, t.ok, t.not_ok, t.reasons)
+    row("all turns", s.turn_latency_ms, "", "", {})
     return head + "".join(rows) + "</table><p class='sub'>latencies in ms; n = replies measured (late ones too)</p>"
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from typing import Any
 
+from voiceload.core.summary import Summary
 from voiceload.report.formats import iso_utc
 from voiceload.report.rundir import GreetingCounts, SloResult
 
@@ -18,7 +18,7 @@ def _x(s: str) -> str:
     return _XML_INVALID.sub("?", s)
 
 
-def junit_xml(summary: dict[str, Any], slos: Sequence[SloResult], *, greeting: GreetingCounts | None = None) -> str:
+def junit_xml(summary: Summary, slos: Sequence[SloResult], *, greeting: GreetingCounts | None = None) -> str:
     """JUnit XML: one suite "voiceload"; cases "run valid", one per SLO, "greeting", one per turn."""
     cases: list[ET.Element] = []
 
@@ -29,9 +29,9 @@ def junit_xml(summary: dict[str, Any], slos: Sequence[SloResult], *, greeting: G
             f.text = _x(detail or failure)
         cases.append(tc)
 
-    reasons = [str(r) for r in summary.get("invalid_reasons", [])]
+    reasons = [str(r) for r in summary.invalid_reasons]
     case("voiceload.run", "run valid",
-         None if summary.get("valid", False) else "run invalid: " + "; ".join(reasons or ["no reason given"]),
+         None if summary.valid else "run invalid: " + "; ".join(reasons or ["no reason given"]),
          "\n".join(reasons), "invalid")
     for slo in slos:
         fail = None
@@ -44,21 +44,20 @@ def junit_xml(summary: dict[str, Any], slos: Sequence[SloResult], *, greeting: G
         case("voiceload.turns", "greeting",
              _turn_failure("the greeting", greeting.not_ok, n, greeting.reasons) if greeting.not_ok else None,
              _reasons_text(greeting.reasons), "turn")
-    for t in summary.get("turns", []):
-        n = t["ok"] + t["not_ok"]
-        case("voiceload.turns", f"turn {t['index']}",
-             _turn_failure(f"turn {t['index']}", t["not_ok"], n, t["reasons"]) if t["not_ok"] else None,
-             _reasons_text(t["reasons"]), "turn")
+    for t in summary.turns:
+        case("voiceload.turns", f"turn {t.index}",
+             _turn_failure(f"turn {t.index}", t.not_ok, t.ok + t.not_ok, t.reasons) if t.not_ok else None,
+             _reasons_text(t.reasons), "turn")
 
     failures = sum(1 for c in cases if c.find("failure") is not None)
     attrs = {"tests": str(len(cases)), "failures": str(failures), "errors": "0", "skipped": "0",
-             "time": f"{float(summary.get('duration_s') or 0):.3f}"}
+             "time": f"{float(summary.duration_s or 0):.3f}"}
     root = ET.Element("testsuites", {"name": "voiceload", **attrs})
     suite = ET.SubElement(root, "testsuite",
-                          {"name": "voiceload", "timestamp": iso_utc(summary.get("started_at")), **attrs})
+                          {"name": "voiceload", "timestamp": iso_utc(summary.started_at), **attrs})
     props = ET.SubElement(suite, "properties")
     for key in ("run_id", "scenario", "target", "concurrency", "completion_rate"):
-        ET.SubElement(props, "property", name=key, value=_x(str(summary.get(key, ""))))
+        ET.SubElement(props, "property", name=key, value=_x(str(getattr(summary, key))))
     suite.extend(cases)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from voiceload.core.summary import Summary
 from voiceload.core.timeseries import RunSeries
 from voiceload.protocol import OUTCOMES
 from voiceload.report.formats import fmt_ms
@@ -80,7 +81,7 @@ def plot_concurrency(series: RunSeries, target: int = 0) -> Figure:
     return fig
 
 
-def plot_latency_over_time(series: RunSeries, summary: dict[str, Any], slos: Sequence[SloResult] = ()) -> Figure:
+def plot_latency_over_time(series: RunSeries, summary: Summary, slos: Sequence[SloResult] = ()) -> Figure:
     fig, ax = _titled_plot("Turn latency over time", SINCE_START, "latency (ms)")
     pts = [b for b in series.buckets if b.turns]
     if not pts:
@@ -91,17 +92,17 @@ def plot_latency_over_time(series: RunSeries, summary: dict[str, Any], slos: Seq
             linewidth=1.2, label="p95 per second")
     ax.plot(t, _nan(b.latency_p50 for b in series.buckets), color=BLUE, marker="o", markersize=3.5,
             linewidth=1.2, label="p50 per second")
-    lat = summary["turn_latency_ms"]
-    if lat.get("p95") is not None:
-        ax.axhline(lat["p95"], color=ORANGE, linestyle="--", linewidth=1, label=f"run p95 {fmt_ms(lat['p95'])} ms")
-    if lat.get("p50") is not None:
-        ax.axhline(lat["p50"], color=BLUE, linestyle="--", linewidth=1, label=f"run p50 {fmt_ms(lat['p50'])} ms")
+    lat = summary.turn_latency_ms
+    if lat.p95 is not None:
+        ax.axhline(lat.p95, color=ORANGE, linestyle="--", linewidth=1, label=f"run p95 {fmt_ms(lat.p95)} ms")
+    if lat.p50 is not None:
+        ax.axhline(lat.p50, color=BLUE, linestyle="--", linewidth=1, label=f"run p50 {fmt_ms(lat.p50)} ms")
     for x in slos:
         if "latency" in x.metric and "turn" in x.metric and x.op.startswith("<"):
             ax.axhline(x.threshold, color=RED, linestyle=":", linewidth=1.5, label=f"SLO {x.expr}")
     top = max(v for b in pts for v in (b.latency_p95, b.latency_p50) if v is not None)
     ax.set_ylim(0, max(top, *(x.threshold for x in slos if "latency" in x.metric and "turn" in x.metric),
-                       lat.get("p95") or 0) * 1.4)  # room for the legend
+                       lat.p95 or 0) * 1.4)  # room for the legend
     ax.set_xlim(0, series.buckets[-1].t + series.bucket_s)
     ax.legend(loc="upper right", frameon=False, ncols=3, fontsize=9)
     return fig
@@ -166,13 +167,13 @@ def plot_completion(series: RunSeries) -> Figure:
     return fig
 
 
-def plot_outcomes(summary: dict[str, Any]) -> Figure:
+def plot_outcomes(summary: Summary) -> Figure:
     fig, (ax1, ax2) = _new_figure(height=3.0, cols=2)
     ax1.set_title("Call outcomes", loc="left", fontweight="bold")
     ax2.set_title("Final SIP response", loc="left", fontweight="bold")
-    outcomes = {o: int(summary.get("outcomes", {}).get(o, 0)) for o in OUTCOMES}
+    outcomes = {o: int(summary.outcomes.get(o, 0)) for o in OUTCOMES}
     _bars(ax1, list(outcomes), list(outcomes.values()), [OUTCOME_COLORS.get(o, GRAY) for o in outcomes])
-    codes = summary.get("sip_codes", {})
+    codes = summary.sip_codes
     colors = [GREEN if c.startswith("2") else GRAY if c == "none" else RED for c in codes]
     if codes:
         _bars(ax2, list(codes), [int(v) for v in codes.values()], colors)

@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from voiceload.core.summary import SUMMARY_SCHEMA, GeneratorHealth, reason_key, summarize
+from voiceload.core.summary import SUMMARY_SCHEMA, GeneratorHealth, Summary, reason_key, summarize
 from voiceload.core.timeseries import RunSeries, build_series
 from voiceload.errors import UserError
 from voiceload.protocol import CallRecord
@@ -40,23 +40,11 @@ class SloResult(Protocol):
     def passed(self) -> bool: ...
 
 
-@dataclass(frozen=True)
-class StoredSlo:
-    """An SLO result as the run stored it in summary.json (`"slo": [{expr, metric, op, ...}]`)."""
-
-    expr: str
-    metric: str
-    op: str
-    threshold: float
-    value: float | None
-    passed: bool
-
-
 @dataclass
 class RunData:
     run_dir: Path
     records: list[CallRecord]
-    summary: dict[str, Any]
+    summary: Summary
     series: RunSeries
     note: str | None  # why the summary was recomputed, if it was
 
@@ -69,13 +57,15 @@ def load_run(run_dir: Path) -> RunData:
         raise UserError(f"{run_dir}: no {CALLS_FILE} here (not a voiceload run directory?)")
     records = load_calls(calls)
     series = build_series(records)
-    summary, note = None, None
+    summary: Summary | None = None
+    note = None
     spath = run_dir / SUMMARY_FILE
     if spath.is_file():
         try:
-            summary = json.loads(spath.read_text(encoding="utf-8"))
-            if not isinstance(summary, dict) or summary.get("schema") != SUMMARY_SCHEMA:
+            body = json.loads(spath.read_text(encoding="utf-8"))
+            if not isinstance(body, dict) or body.get("schema") != SUMMARY_SCHEMA:
                 raise ValueError(f"not a schema {SUMMARY_SCHEMA} summary")
+            summary = Summary.from_dict(body, on_bad_slo=_bad_slo)
         except (OSError, ValueError) as exc:
             log.warning("%s: %s; recomputing it from %s", spath, exc, CALLS_FILE)
             summary, note = None, f"{SUMMARY_FILE} unreadable ({exc}): recomputed from {CALLS_FILE}"
@@ -87,21 +77,16 @@ def load_run(run_dir: Path) -> RunData:
     return RunData(run_dir, records, summary, series, note)
 
 
-def stored_slos(summary: dict[str, Any]) -> list[SloResult]:
-    """summary.json's `slo` list back into results; a malformed entry is skipped with a warning."""
-    out: list[SloResult] = []
-    items = summary.get("slo") or []
-    for item in items if isinstance(items, list) else []:
-        try:
-            value = item["value"]
-            out.append(StoredSlo(str(item["expr"]), str(item["metric"]), str(item["op"]), float(item["threshold"]),
-                                 None if value is None else float(value), bool(item["passed"])))
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("ignored a malformed SLO result in %s: %r (%s)", SUMMARY_FILE, item, exc)
-    return out
+def stored_slos(summary: Summary) -> list[SloResult]:
+    """The SLO results the run stored in summary.json (key `slo`), if any."""
+    return list(summary.slo or [])
 
 
-def _recompute(records: list[CallRecord], series: RunSeries, run_dir: Path) -> dict[str, Any]:
+def _bad_slo(why: str) -> None:
+    log.warning("ignored a malformed SLO result in %s: %s", SUMMARY_FILE, why)
+
+
+def _recompute(records: list[CallRecord], series: RunSeries, run_dir: Path) -> Summary:
     started = series.t0
     ended = started + len(series.buckets) * series.bucket_s
     return summarize(

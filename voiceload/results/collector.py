@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from voiceload.core.stats import LatencyHistogram
-from voiceload.core.summary import DEFAULT_THRESHOLDS, GeneratorHealth, HealthThresholds, summarize
+from voiceload.core.summary import DEFAULT_THRESHOLDS, GeneratorHealth, HealthThresholds, Summary, summarize
 from voiceload.errors import UserError
 from voiceload.protocol import (
     OUTCOME_AGENT_LOST,
@@ -62,7 +62,7 @@ class Progress:
 
 
 class Collector:
-    """Collects one run: `await Collector().run(bus, ...)` returns the summary dict it also wrote."""
+    """Collects one run: `await Collector().run(bus, ...)` returns the summary it also wrote."""
 
     def __init__(self, *, on_record: Callable[[CallRecord], None] | None = None,
                  on_heartbeat: Callable[[Heartbeat], None] | None = None,
@@ -120,7 +120,7 @@ class Collector:
         target: str = "",
         concurrency: int = 0,
         started_at: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> Summary:
         """Collect until `expected_calls` distinct records arrived, `finish()`, or `deadline_s` passed.
 
         Given a broker address rather than a Bus, the collector opens its own persistent session
@@ -320,10 +320,19 @@ def _check_record(rec: CallRecord) -> None:
         raise ProtocolError("call record with malformed rtp stats")
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
+def write_summary(path: Path, summary: Summary) -> None:
     """Write atomically: a reader never sees half a summary."""
+    _write_atomic(path, summary.to_json())
+
+
+def write_json(path: Path, body: dict[str, Any]) -> None:
+    """Another JSON file of the run dir (capacity.json), written as summary.json is."""
+    _write_atomic(path, json.dumps(body, indent=2) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -13,12 +13,13 @@ from typing import Any, TypeVar
 import pytest
 from rich.console import Console
 
-from voiceload.core.summary import GeneratorHealth, summarize
+from voiceload.core.summary import GeneratorHealth, Summary, summarize
 from voiceload.errors import UserError
 from voiceload.protocol import AgentState, CallRecord, Heartbeat, TurnResult
+from voiceload.report.text import render_summary
 from voiceload.results import bus
 from voiceload.results.bus import BrokerAddress, Bus
-from voiceload.results.collector import CALLS_FILE, SUMMARY_FILE, Collector, load_calls, render_summary
+from voiceload.results.collector import CALLS_FILE, SUMMARY_FILE, Collector, load_calls
 
 T = TypeVar("T")
 RUN = "run-42"
@@ -66,7 +67,7 @@ async def collect(addr: BrokerAddress, out: Path, expected: int, deadline_s: flo
                                            concurrency=4))
         await asyncio.wait_for(col.ready.wait(), 10)
         await agents()
-        return await task
+        return (await task).to_dict()  # summary.json's content
 
 
 @pytest.mark.real
@@ -153,7 +154,7 @@ def test_resume_from_an_existing_calls_file(tmp_path: Path) -> None:
 
     summary = run(lambda: col.run(NoBus(), run_id=RUN, out_dir=tmp_path, expected_calls=3,  # type: ignore[arg-type]
                                   deadline_s=5.0))
-    assert summary["calls"]["placed"] == 3 and summary["valid"] is False  # no heartbeats from a1
+    assert summary.calls.placed == 3 and summary.valid is False  # no heartbeats from a1
     with pytest.raises(UserError, match="holds calls of run"):
         run(lambda: Collector().run(NoBus(), run_id="another", out_dir=tmp_path,  # type: ignore[arg-type]
                                     expected_calls=1, deadline_s=1.0))
@@ -170,7 +171,7 @@ def test_load_calls_skips_a_torn_last_line_and_rebuilds_the_summary(tmp_path: Pa
     health.observe(heartbeat("a1"))
     s = summarize(recs, run_id=RUN, scenario_name="happy", target="sip:bot", concurrency=1, calls_planned=4,
                   started_at=0.0, ended_at=1.0, health=health)
-    assert s["calls"]["completed"] == 4 and s["valid"] is True
+    assert s.calls.completed == 4 and s.valid is True
 
 
 def test_load_calls_names_the_bad_line(tmp_path: Path) -> None:
@@ -203,7 +204,7 @@ def test_run_with_a_broker_address_opens_its_own_session(
 ) -> None:
     col = Collector()
 
-    async def main() -> dict[str, Any]:
+    async def main() -> Summary:
         task = asyncio.create_task(col.run(embedded_broker, run_id=RUN, out_dir=tmp_path, expected_calls=2,
                                            deadline_s=20.0))
         await asyncio.wait_for(col.ready.wait(), 10)
@@ -211,7 +212,7 @@ def test_run_with_a_broker_address_opens_its_own_session(
         return await task
 
     summary = run(main)
-    assert summary["calls"]["completed"] == 2 and summary["valid"] is True
+    assert summary.calls.completed == 2 and summary.valid is True
 
 
 def test_interval_histograms_from_heartbeats_are_merged_per_turn() -> None:

@@ -11,6 +11,7 @@ import soundfile as sf
 
 from voiceload.audio import g711, wav
 from voiceload.media.engine import MediaEngine, encode_pcmu, offer_with_port, split_address
+from voiceload.protocol import RtpStats
 
 OFFER = (
     "v=0\r\no=- 3909 3909 IN IP4 127.0.0.1\r\ns=pjmedia\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -59,10 +60,11 @@ def test_two_channels_on_loopback_tape_each_others_audio_at_wire_time(tmp_path: 
         heard = b.last_loud()
         assert heard is not None and sent < heard < sent + 1.1
         sa, sb = a.close(), b.close()
-        assert a.close() == {}  # idempotent
+        assert a.close() == RtpStats()  # idempotent
     finally:
         eng.shutdown()
-    assert sb["rx_packets"] >= 80 and sb["rx_lost"] == 0 and sa["tx_packets"] >= 80
+    assert sb.rx_packets is not None and sb.rx_packets >= 80 and sb.rx_lost == 0
+    assert sa.tx_packets is not None and sa.tx_packets >= 80
     tape_a, _ = sf.read(tmp_path / "a.wav", dtype="int16")
     tape_b, _ = sf.read(tmp_path / "b.wav", dtype="int16")
     on_a = ta + np.flatnonzero(np.abs(tape_a) > 1000)[0] / 8000  # sent, on a's tape

@@ -14,6 +14,7 @@ from voiceload.protocol import (
     GreetingResult,
     Heartbeat,
     ProtocolError,
+    RtpStats,
     TurnResult,
 )
 
@@ -28,7 +29,7 @@ def full_record() -> CallRecord:
                        bot_end_ms=6000.0, latency_ms=550.0, ok=True, prompt_score=0.9),
             TurnResult(index=1, ok=False, reason="no_reply"),
         ],
-        rtp={"rx_packets": 450, "tx_packets": 449, "loss": 0, "jitter_ms": 0.4},
+        rtp=RtpStats(rx_packets=450, tx_packets=449, rx_jitter_ms_max=1.25),
     )
 
 
@@ -38,6 +39,29 @@ def test_call_record_roundtrip_keeps_nested_results() -> None:
     assert back == rec
     assert isinstance(back.greeting, GreetingResult)
     assert all(isinstance(t, TurnResult) for t in back.turns)
+    assert isinstance(back.rtp, RtpStats) and back.rtp.rx_packets == 450
+
+
+ENGINE_RTP = {"rx_packets": 592, "rx_lost": 0, "rx_other_pt": 1, "rx_jitter_ms_mean": 0.3,
+              "rx_jitter_ms_max": 1.1, "tx_packets": 590, "tx_errors": 0, "late_samples": 0}
+PJSUA_RTP = {"rx_packets": 450, "rx_lost": 2, "rx_discarded": 0, "rx_jitter_ms_mean": 0.25, "rx_jitter_ms_max": 3.0,
+             "tx_packets": 449, "jbuf_delay_ms_mean": 40, "jbuf_empty": 3, "jbuf_discard": 0}
+
+
+@pytest.mark.parametrize("rtp", [
+    ENGINE_RTP, PJSUA_RTP, {}, None,
+    {"rx_packets": 450, "tx_packets": 449},  # an older record: fewer keys
+    {"rx_packets": 450, "tx_packets": 449, "loss": 0, "jitter_ms": 0.4},  # keys this version does not know
+])
+def test_rtp_stats_json_is_what_was_written(rtp: dict[str, object] | None) -> None:
+    """Each source's keys, in its order, and nothing else: calls.jsonl lines read back as they were."""
+    line = json.dumps({**full_record().to_dict(), "rtp": rtp}, separators=(",", ":"))
+    rec = CallRecord.from_dict(json.loads(line))
+    assert rec.rtp is None if rtp is None else isinstance(rec.rtp, RtpStats)
+    assert json.dumps(rec.to_dict(), separators=(",", ":")) == line
+    assert json.loads(CallRecord.from_json(rec.to_json()).to_json())["rtp"] == rtp
+    if rtp == ENGINE_RTP:
+        assert rec.rtp is not None and (rec.rtp.rx_other_pt, rec.rtp.late_samples, rec.rtp.jbuf_empty) == (1, 0, None)
 
 
 @pytest.mark.parametrize("msg", [

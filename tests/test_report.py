@@ -75,7 +75,7 @@ def make_run(tmp_path: Path, recs: list[CallRecord] | None = None, *, with_summa
                                      cpu_percent=20.0, pump_lag_ms_max=3.0, max_calls=4))
     summary = summarize(recs, run_id="r1", scenario_name="happy", target="sip:bot@127.0.0.1:5080",
                         concurrency=4, calls_planned=len(recs), started_at=T0, ended_at=T0 + 9.0, health=health,
-                        extra_invalid_reasons=extra_invalid)
+                        extra_invalid_reasons=extra_invalid).to_dict()
     if with_summary:
         (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir, summary

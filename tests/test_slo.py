@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from voiceload.core.slo import Slo, SloResult, evaluate, exit_code, parse_slo, parse_slos, value_of
-from voiceload.core.summary import GeneratorHealth, summarize
+from voiceload.core.summary import GeneratorHealth, Summary, summarize
 from voiceload.errors import EXIT_INVALID_RUN, EXIT_OK, EXIT_SLO_FAILED, UserError
 from voiceload.protocol import CallRecord, GreetingResult, Heartbeat, TurnResult
 
@@ -114,7 +114,7 @@ def stats(p50: float | None, p95: float | None, count: int = 10) -> dict[str, An
             "count": count, "out_of_range": 0}
 
 
-SUMMARY: dict[str, Any] = {
+SUMMARY_JSON: dict[str, Any] = {
     "calls": {"planned": 40, "placed": 40, "completed": 39, "failed": 1},
     "completion_rate": 0.975,
     "turn_latency_ms": stats(430.0, 470.0),
@@ -127,6 +127,7 @@ SUMMARY: dict[str, Any] = {
     "setup_ms": stats(12.0, 14.5),
     "valid": True,
 }
+SUMMARY = Summary.from_dict(SUMMARY_JSON)
 
 
 @pytest.mark.parametrize(("metric", "value"), [
@@ -163,7 +164,8 @@ def test_evaluate_passes_fails_and_no_data() -> None:
 
 
 def test_nothing_placed_is_no_data_for_rates() -> None:
-    empty = {**SUMMARY, "calls": {"planned": 4, "placed": 0, "completed": 0, "failed": 0}, "completion_rate": 0.0}
+    empty = Summary.from_dict({**SUMMARY_JSON, "calls": {"planned": 4, "placed": 0, "completed": 0, "failed": 0},
+                               "completion_rate": 0.0})
     (c, e) = evaluate([parse_slo("completion_rate>=0"), parse_slo("error_rate<=1")], empty)
     assert (c.value, c.passed, e.value, e.passed) == (None, False, None, False)
 
@@ -171,19 +173,24 @@ def test_nothing_placed_is_no_data_for_rates() -> None:
 def test_a_partial_or_foreign_summary_gives_no_data_not_a_crash() -> None:
     results = evaluate([parse_slo(t) for t in ("completion_rate>=0.5", "failed_calls<=0", "setup_p95_ms<=1",
                                                "turn0_p95_latency_ms<=1", "p95_turn_latency_ms<=1")],
-                       {"turns": [None, {"index": "0"}], "setup_ms": {"count": 3, "p95": "fast"}})
+                       Summary.from_dict({"turns": [{"index": "0"}], "setup_ms": {"count": 3, "p95": "fast"},
+                                          "calls": {"failed": None}}))
     assert [r.value for r in results] == [None] * 5
+    for bad in ({"turns": [None]}, {"turns": {"index": 0}}, {"calls": [1]}):  # not the shape of a summary
+        with pytest.raises(ValueError, match="summary"):
+            Summary.from_dict(bad)
 
 
 def test_exit_code_invalid_wins_over_slo_failure() -> None:
     ok = SloResult("a", "completion_rate", ">=", 0.5, 0.9, True)
     bad = SloResult("b", "completion_rate", ">=", 0.99, 0.9, False)
-    assert exit_code({"valid": True}, [ok]) == EXIT_OK == 0
-    assert exit_code({"valid": True}, []) == EXIT_OK
-    assert exit_code({"valid": True}, [ok, bad]) == EXIT_SLO_FAILED == 1
-    assert exit_code({"valid": False}, [ok, bad]) == EXIT_INVALID_RUN == 3
-    assert exit_code({"valid": False}, [ok]) == EXIT_INVALID_RUN
-    assert exit_code({}, []) == EXIT_INVALID_RUN  # no verdict on validity: not trusted
+    valid, invalid = Summary(valid=True), Summary(valid=False)
+    assert exit_code(valid, [ok]) == EXIT_OK == 0
+    assert exit_code(valid, []) == EXIT_OK
+    assert exit_code(valid, [ok, bad]) == EXIT_SLO_FAILED == 1
+    assert exit_code(invalid, [ok, bad]) == EXIT_INVALID_RUN == 3
+    assert exit_code(invalid, [ok]) == EXIT_INVALID_RUN
+    assert exit_code(Summary.from_dict({}), []) == EXIT_INVALID_RUN  # no verdict on validity: not trusted
 
 
 def test_against_a_real_summary() -> None:
@@ -196,10 +203,10 @@ def test_against_a_real_summary() -> None:
     health = GeneratorHealth()
     health.observe(Heartbeat(run_id="r", agent_id="a0", at=0.0, active_calls=1, placed=1, finished=0,
                              cpu_percent=10.0, pump_lag_ms_max=1.0, max_calls=4))
-    summary = json.loads(json.dumps(summarize(
+    summary = Summary.from_dict(json.loads(summarize(
         [rec(0, "completed", 500.0), rec(1, "completed", 520.0), rec(2, "failed", None)],
         run_id="r", scenario_name="s", target="sip:x@127.0.0.1", concurrency=1, calls_planned=3,
-        started_at=0.0, ended_at=1.0, health=health)))
+        started_at=0.0, ended_at=1.0, health=health).to_json()))
     values = {m: value_of(m, summary) for m in (
         "completion_rate", "error_rate", "failed_calls", "max_turn_latency_ms", "turn0_max_latency_ms",
         "turn1_max_latency_ms", "setup_max_ms", "greeting_p50_onset_ms")}

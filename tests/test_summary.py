@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
+from voiceload.core.slo import SloResult, evaluate, parse_slos
 from voiceload.core.summary import (
     MAX_AGENT_CPU_PERCENT,
     MAX_PUMP_LAG_MS,
     SUMMARY_SCHEMA,
     GeneratorHealth,
     HealthThresholds,
+    Summary,
     summarize,
 )
 from voiceload.protocol import CallRecord, GreetingResult, Heartbeat, TurnResult
@@ -49,11 +51,12 @@ def healthy(*agents: str) -> GeneratorHealth:
 
 
 def run(records: list[CallRecord], health: GeneratorHealth | None = None, **kw: Any) -> dict[str, Any]:
+    """summary.json's content, as a dict."""
     args: dict[str, Any] = dict(run_id="r1", scenario_name="happy", target="sip:bot@127.0.0.1:5080",
                                 concurrency=4, calls_planned=len(records), started_at=1000.0, ended_at=1060.5,
                                 health=healthy() if health is None else health)
     args.update(kw)
-    return summarize(records, **args)
+    return summarize(records, **args).to_dict()
 
 
 def test_counts_and_completion() -> None:
@@ -174,3 +177,46 @@ def test_an_audio_clock_that_slipped_makes_the_run_invalid() -> None:
     s = run([healthy, slipped])
     assert not s["valid"]
     assert any("audio clock fell behind" in r and "agent a1" in r for r in s["invalid_reasons"])
+
+
+# --- Summary: the file as records -----------------------------------------------------------------
+
+SUMMARY_KEYS = ["schema", "run_id", "scenario", "target", "concurrency", "started_at", "ended_at", "duration_s",
+                "calls", "outcomes", "completion_rate", "turn_latency_ms", "turns", "greeting_onset_ms", "setup_ms",
+                "sip_codes", "hangup_by", "valid", "invalid_reasons", "generator"]
+
+
+def test_summary_json_keys_in_order_and_the_post_run_keys_only_once_set() -> None:
+    s = summarize([rec(0), rec(1, "failed", turns=[(None, False, "no_reply")])], run_id="r1", scenario_name="happy",
+                  target="sip:bot@127.0.0.1", concurrency=2, calls_planned=2, started_at=0.0, ended_at=1.0,
+                  health=healthy())
+    assert list(s.to_dict()) == SUMMARY_KEYS
+    assert list(s.to_dict()["turn_latency_ms"]) == ["p50", "p90", "p95", "p99", "max", "min", "mean", "count",
+                                                    "out_of_range"]
+    assert list(s.to_dict()["generator"]) == ["agents", "heartbeats", "max_cpu_percent", "max_pump_lag_ms",
+                                              "max_media_lag_ms", "limits", "per_agent", "clock_slip_ms"]
+    s.capacity = {"knee": 10}
+    s.slo = evaluate(parse_slos(["completion_rate>=0.9"]), s)
+    s.exit_code = 1
+    body = s.to_dict()
+    assert list(body) == [*SUMMARY_KEYS, "capacity", "slo", "exit_code"]
+    assert body["slo"] == [{"expr": "completion_rate>=0.9", "metric": "completion_rate", "op": ">=",
+                            "threshold": 0.9, "value": 0.5, "passed": False}]
+    assert s.to_json() == json.dumps(body, indent=2) + "\n"
+    assert Summary.from_dict(json.loads(s.to_json())) == s  # what `voiceload report` reads back
+
+
+def test_an_older_or_partial_summary_reads_with_defaults() -> None:
+    s = Summary.from_dict({"schema": 1, "run_id": "r0", "valid": True, "turns": [{"index": 0, "ok": 3}],
+                           "turn_latency_ms": {"p50": 400.0, "count": 3}, "something_new": 1})
+    assert (s.run_id, s.valid, s.turns[0].ok, s.turns[0].latency_ms.count) == ("r0", True, 3, 0)
+    assert s.turn_latency_ms.p50 == 400.0 and s.setup_ms.count == 0 and s.generator.agents == 0
+    assert s.slo is None and s.exit_code is None and "slo" not in s.to_dict()
+
+
+def test_a_malformed_stored_slo_verdict_is_left_out_and_told() -> None:
+    told: list[str] = []
+    s = Summary.from_dict({"slo": [{"expr": "broken"}, {"expr": "a<=1", "metric": "a", "op": "<=", "threshold": 1,
+                                                         "value": None, "passed": False}]}, on_bad_slo=told.append)
+    assert s.slo == [SloResult("a<=1", "a", "<=", 1.0, None, False)]
+    assert len(told) == 1 and "broken" in told[0]

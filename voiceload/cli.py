@@ -11,11 +11,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from voiceload.errors import EXIT_BAD_INPUT, EXIT_INVALID_RUN, ScenarioError, UserError
+
+if TYPE_CHECKING:
+    from voiceload.core.summary import Summary
 
 app = typer.Typer(
     name="voiceload",
@@ -117,7 +120,7 @@ def run(
     Exit code: 0 every SLO met, 1 an SLO failed, 2 bad input, 3 run invalid (generator or infrastructure).
     """
     _setup_logging(verbose)
-    from voiceload.results.collector import render_summary
+    from voiceload.report.text import render_summary
     from voiceload.run import coordinator
 
     if shape is not None and (concurrency is not None or calls is not None):
@@ -143,7 +146,7 @@ def run(
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
 
-    def go() -> dict[str, Any]:
+    def go() -> Summary:
         try:
             return coordinator.run(settings)
         except (UserError, KeyboardInterrupt):
@@ -155,12 +158,12 @@ def run(
     from rich.console import Console
 
     Console().print(render_summary(summary))
-    for result in summary.get("slo", []):
-        verdict = "PASS" if result["passed"] else "FAIL"
-        value = "no data" if result["value"] is None else f"value {result['value']:g}"
-        typer.echo(f"SLO {verdict} {result['expr']} ({value})")
+    for result in summary.slo or []:
+        verdict = "PASS" if result.passed else "FAIL"
+        value = "no data" if result.value is None else f"value {result.value:g}"
+        typer.echo(f"SLO {verdict} {result.expr} ({value})")
     typer.echo(f"run dir: {settings.out_dir} (report.html, calls.jsonl, summary.json, turns.csv, junit.xml)")
-    raise typer.Exit(int(summary.get("exit_code", EXIT_INVALID_RUN)))
+    raise typer.Exit(EXIT_INVALID_RUN if summary.exit_code is None else summary.exit_code)
 
 
 @app.command()
@@ -208,7 +211,7 @@ def capacity(
         max_host_cpu=max_host_cpu,
     )
 
-    def go() -> dict[str, Any]:
+    def go() -> Summary:
         try:
             return capacity_mod.run(cs)
         except (UserError, KeyboardInterrupt):
@@ -217,7 +220,8 @@ def capacity(
             raise _fail(f"capacity search failed: {exc}", EXIT_INVALID_RUN) from None
 
     summary = _guard(go)
-    result = summary["capacity"]
+    result = summary.capacity
+    assert result is not None  # the search always answers
     _print_steps(result["steps"])
     typer.echo(result["headline"])
     typer.echo(f"run dir: {settings.out_dir} (report.html, capacity.json, calls.jsonl, summary.json)")
@@ -455,11 +459,12 @@ def demo(
         rc = subprocess.call([sys.executable, "-m", "voiceload", "run", str(scenario), "--target", target,
                               "--concurrency", str(concurrency), "--calls", str(calls), "--out", str(out)])
         typer.echo(f"demo finished in {time.time() - started:.0f} s; summary: {out / 'summary.json'}")
-        summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-        if summary:
-            typer.echo(f"completion {summary.get('completion_rate', 0):.0%}, "
-                       f"turn latency p50 {summary['turn_latency_ms'].get('p50')} ms, "
-                       f"p95 {summary['turn_latency_ms'].get('p95')} ms")
+        if (out / "summary.json").exists():
+            from voiceload.core.summary import Summary
+
+            s = Summary.from_dict(json.loads((out / "summary.json").read_text()))
+            typer.echo(f"completion {s.completion_rate:.0%}, turn latency p50 {s.turn_latency_ms.p50} ms, "
+                       f"p95 {s.turn_latency_ms.p95} ms")
     finally:
         bot_proc.terminate()
         try:

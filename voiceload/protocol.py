@@ -49,8 +49,12 @@ class Message:
     KIND: ClassVar[str] = ""
 
     def to_json(self) -> bytes:
-        body = {"kind": self.KIND, "v": PROTOCOL_VERSION, **asdict(self)}
+        body = {"kind": self.KIND, "v": PROTOCOL_VERSION, **self.to_dict()}
         return json.dumps(body, separators=(",", ":")).encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire body without the envelope fields."""
+        return asdict(self)
 
     @classmethod
     def from_json(cls: type[M], payload: bytes | str) -> M:
@@ -113,6 +117,40 @@ class GreetingResult:
 
 
 @dataclass
+class RtpStats:
+    """A call's RTP counters, read before its stream is torn down (docs/results.md, `rtp` keys).
+
+    The agents' C engine and pjsua's own stream (the reference bot) count different things: a key
+    its source did not report stays None and is left out of the JSON, so records read as they were
+    written. Keys this version does not know are kept in `extra`, in their order, after the known ones.
+    """
+
+    rx_packets: int | None = None
+    rx_lost: int | None = None
+    rx_other_pt: int | None = None  # engine: packets of another payload type (e.g. telephone-event)
+    rx_discarded: int | None = None  # pjsua
+    rx_jitter_ms_mean: float | None = None
+    rx_jitter_ms_max: float | None = None
+    tx_packets: int | None = None
+    tx_errors: int | None = None  # engine: sends the kernel refused
+    late_samples: int | None = None  # engine: received after their part of the tape was written
+    jbuf_delay_ms_mean: int | None = None  # pjsua's jitter buffer
+    jbuf_empty: int | None = None
+    jbuf_discard: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        known = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**{k: v for k, v in known.items() if v is not None}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> RtpStats:
+        names = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in body.items() if k in names},
+                   extra={k: v for k, v in body.items() if k not in names})
+
+
+@dataclass
 class CallRecord(Message):
     """Exactly one per placed call: the unit the collector counts and deduplicates."""
 
@@ -132,7 +170,7 @@ class CallRecord(Message):
     hangup_by: str | None = None  # "caller" | "bot" | None
     greeting: GreetingResult | None = None
     turns: list[TurnResult] = field(default_factory=list)
-    rtp: dict[str, Any] | None = None  # rx/tx packet counts, loss, jitter, read before stream teardown
+    rtp: RtpStats | None = None  # rx/tx packet counts, loss, jitter, read before stream teardown
     clock_slip_ms: float | None = None  # generator health: the agent's audio clock vs wall time
 
     @classmethod
@@ -141,11 +179,15 @@ class CallRecord(Message):
         if isinstance(rec.greeting, dict):
             rec.greeting = GreetingResult(**rec.greeting)
         rec.turns = [TurnResult(**t) if isinstance(t, dict) else t for t in rec.turns]
+        if isinstance(rec.rtp, dict):
+            rec.rtp = RtpStats.from_dict(rec.rtp)
         return rec
 
     def to_dict(self) -> dict[str, Any]:
         """The calls.jsonl line (schema 1): the wire body without the envelope fields."""
-        return asdict(self)
+        body = asdict(self)
+        body["rtp"] = None if self.rtp is None else self.rtp.to_dict()
+        return body
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> CallRecord:

@@ -220,16 +220,16 @@ def judge_step(
     s = summarize(recs, run_id="", scenario_name="", target="", concurrency=concurrency, calls_planned=len(recs),
                   started_at=window.judge_from, ended_at=window.end, health=health, thresholds=thresholds)
     results = evaluate(slos, s)
-    invalid = list(s["invalid_reasons"])
+    invalid = list(s.invalid_reasons)
     host = host_cpu_reason(host_cpu, max_host_cpu)
     if host:
         invalid.append(host)
-    lat = s["turn_latency_ms"]
+    lat = s.turn_latency_ms
     completed = sum(r.outcome == OUTCOME_COMPLETED for r in recs)
     return StepVerdict(
         concurrency=concurrency, attempt=attempt, calls=len(recs), completed=completed,
-        turns=int(lat.get("count") or 0), calls_per_s=round(completed / max(window.hold_s, 1e-9), 3),
-        p50_ms=lat.get("p50"), p95_ms=lat.get("p95"),
+        turns=lat.count, calls_per_s=round(completed / max(window.hold_s, 1e-9), 3),
+        p50_ms=lat.p50, p95_ms=lat.p95,
         passed=all(r.passed for r in results),
         failed_slos=tuple(f"{r.expr} ({'no data' if r.value is None else f'{r.value:g}'})"
                           for r in results if not r.passed),

@@ -1,4 +1,4 @@
-"""SLO gate: `METRIC OP NUMBER` expressions checked against a summary.json dict. Pure.
+"""SLO gate: `METRIC OP NUMBER` expressions checked against a run's Summary. Pure.
 
     p95_turn_latency_ms <= 1500      completion_rate>=0.99      setup_p95_ms<=500
 
@@ -16,9 +16,12 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voiceload.errors import EXIT_INVALID_RUN, EXIT_OK, EXIT_SLO_FAILED, UserError
+
+if TYPE_CHECKING:  # summary.py stores SloResults: it imports this module
+    from voiceload.core.summary import LatencyStats, Summary
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
@@ -90,6 +93,13 @@ class SloResult:
         shown = "no data" if self.value is None else f"value {_fmt(self.value)}"
         return f"{'PASS' if self.passed else 'FAIL'} {self.expr} ({shown})"
 
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> SloResult:
+        """A verdict as summary.json stores it (KeyError, TypeError or ValueError when malformed)."""
+        value = body["value"]
+        return cls(str(body["expr"]), str(body["metric"]), str(body["op"]), float(body["threshold"]),
+                   None if value is None else float(value), bool(body["passed"]))
+
 
 def parse_slo(text: str) -> Slo:
     """Parse `METRIC OP NUMBER`; UserError naming the expression and the valid metrics otherwise."""
@@ -130,32 +140,31 @@ def parse_slos(texts: Iterable[str]) -> tuple[Slo, ...]:
     return tuple(out.values())
 
 
-def value_of(metric: str, summary: Mapping[str, Any]) -> float | None:
-    """The metric's value in a summary.json dict; None when there is no data for it."""
-    calls = summary.get("calls")
-    placed = _number(calls.get("placed")) if isinstance(calls, Mapping) else None
+def value_of(metric: str, summary: Summary) -> float | None:
+    """The metric's value in a summary; None when there is no data for it."""
+    placed = _number(summary.calls.placed)
     if metric in RATE_METRICS:
-        rate = _number(summary.get("completion_rate"))
+        rate = _number(summary.completion_rate)
         if rate is None or not placed:  # nothing placed: a rate of nothing is no data, not 0 %
             return None
         return rate if metric == "completion_rate" else round(1.0 - rate, 6)
     if metric == "failed_calls":
-        return _number(calls.get("failed")) if isinstance(calls, Mapping) else None
+        return _number(summary.calls.failed)
     if metric in _LATENCY:
         key, stat = _LATENCY[metric]
-        return _stat(summary.get(key), stat)
+        return _stat(getattr(summary, key), stat)
     m = _TURN.fullmatch(metric)
     if m is None:
         raise ValueError(f"unknown SLO metric {metric!r}")
     index, stat = int(m.group(1)), m.group(2)
-    for turn in summary.get("turns") or ():
-        if isinstance(turn, Mapping) and turn.get("index") == index:
-            return _stat(turn.get("latency_ms"), stat)
+    for turn in summary.turns:
+        if turn.index == index:
+            return _stat(turn.latency_ms, stat)
     return None
 
 
-def evaluate(slos: Iterable[Slo], summary: Mapping[str, Any]) -> list[SloResult]:
-    """Check each SLO against a summary.json dict, in order."""
+def evaluate(slos: Iterable[Slo], summary: Summary) -> list[SloResult]:
+    """Check each SLO against a summary, in order."""
     results = []
     for slo in slos:
         value = value_of(slo.metric, summary)
@@ -164,17 +173,17 @@ def evaluate(slos: Iterable[Slo], summary: Mapping[str, Any]) -> list[SloResult]
     return results
 
 
-def exit_code(summary: Mapping[str, Any], results: Iterable[SloResult]) -> int:
+def exit_code(summary: Summary, results: Iterable[SloResult]) -> int:
     """3 if the run is invalid (wins over SLOs), 1 if an SLO failed, else 0."""
-    if not summary.get("valid", False):
+    if not summary.valid:
         return EXIT_INVALID_RUN
     return EXIT_OK if all(r.passed for r in results) else EXIT_SLO_FAILED
 
 
-def _stat(stats: Any, stat: str) -> float | None:
-    if not isinstance(stats, Mapping) or not stats.get("count"):
+def _stat(stats: LatencyStats, stat: str) -> float | None:
+    if not stats.count:
         return None
-    return _number(stats.get(stat))
+    return _number(stats.stat(stat))
 
 
 def _number(v: Any) -> float | None:

@@ -2,16 +2,19 @@
 
 A run whose generator was overloaded measured the generator, not the target; such a run is
 marked invalid (with reasons) rather than reported as if it were fine. See docs/results.md.
+`Summary` is the file as typed records: `to_dict()`/`to_json()` write it, `from_dict()` reads it back.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
 
+from voiceload.core.slo import SloResult
 from voiceload.core.stats import LatencyHistogram
 from voiceload.protocol import OUTCOME_COMPLETED, OUTCOMES, CallRecord, Heartbeat
 
@@ -104,25 +107,22 @@ class GeneratorHealth:
             reasons.append(f"agent {agent_id}: placed calls but sent no heartbeat (health unknown)")
         return reasons
 
-    def to_dict(self, thresholds: HealthThresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
-        return {
-            "agents": len(self.agents),
-            "heartbeats": self.heartbeats,
-            "max_cpu_percent": _round(self.max_cpu_percent),
-            "max_pump_lag_ms": _round(self.max_pump_lag_ms),
-            "max_media_lag_ms": _round(max((a.media_lag_ms_max for a in self.agents.values()), default=None)),
-            "limits": {"cpu_percent": thresholds.max_cpu_percent, "pump_lag_ms": thresholds.max_pump_lag_ms,
-                       "media_lag_ms": thresholds.max_media_lag_ms, "clock_slip_ms": thresholds.max_clock_slip_ms},
-            "per_agent": {
-                agent_id: {
-                    "heartbeats": a.heartbeats,
-                    "max_cpu_percent": _round(a.cpu_percent_max),
-                    "max_pump_lag_ms": _round(a.pump_lag_ms_max),
-                    "max_media_lag_ms": _round(a.media_lag_ms_max),
-                }
+    def summary(self, thresholds: HealthThresholds, clock_slip_ms: LatencyStats) -> GeneratorSummary:
+        return GeneratorSummary(
+            agents=len(self.agents),
+            heartbeats=self.heartbeats,
+            max_cpu_percent=_round(self.max_cpu_percent),
+            max_pump_lag_ms=_round(self.max_pump_lag_ms),
+            max_media_lag_ms=_round(max((a.media_lag_ms_max for a in self.agents.values()), default=None)),
+            limits=HealthLimits(thresholds.max_cpu_percent, thresholds.max_pump_lag_ms, thresholds.max_media_lag_ms,
+                                thresholds.max_clock_slip_ms),
+            per_agent={
+                agent_id: AgentSummary(a.heartbeats, round(a.cpu_percent_max, 3), round(a.pump_lag_ms_max, 3),
+                                       round(a.media_lag_ms_max, 3))
                 for agent_id, a in sorted(self.agents.items())
             },
-        }
+            clock_slip_ms=clock_slip_ms,
+        )
 
 
 @dataclass
@@ -146,8 +146,8 @@ def summarize(
     health: GeneratorHealth,
     thresholds: HealthThresholds = DEFAULT_THRESHOLDS,
     extra_invalid_reasons: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Aggregate one pass over the records into the summary.json dict (schema 1)."""
+) -> Summary:
+    """Aggregate one pass over the records into the summary (summary.json, schema 1)."""
     placed = completed = 0
     outcomes: Counter[str] = Counter({o: 0 for o in OUTCOMES})
     sip_codes: Counter[str] = Counter()
@@ -192,39 +192,30 @@ def summarize(
         f"in {n} calls (generator overloaded)"
         for agent_id, n in sorted(slipped.items())
     ]
-    return {
-        "schema": SUMMARY_SCHEMA,
-        "run_id": run_id,
-        "scenario": scenario_name,
-        "target": target,
-        "concurrency": concurrency,
-        "started_at": started_at,
-        "ended_at": ended_at,
-        "duration_s": round(max(ended_at - started_at, 0.0), 3),
-        "calls": {
-            "planned": calls_planned, "placed": placed, "completed": completed, "failed": placed - completed,
-        },
-        "outcomes": dict(outcomes),
-        "completion_rate": round(completed / placed, 6) if placed else 0.0,
-        "turn_latency_ms": _latency(all_turns),
-        "turns": [
-            {
-                "index": index,
-                "latency_ms": _latency(ts.latency),
-                "ok": ts.ok,
-                "not_ok": ts.not_ok,
-                "reasons": dict(ts.reasons.most_common()),
-            }
+    return Summary(
+        run_id=run_id,
+        scenario=scenario_name,
+        target=target,
+        concurrency=concurrency,
+        started_at=started_at,
+        ended_at=ended_at,
+        duration_s=round(max(ended_at - started_at, 0.0), 3),
+        calls=CallCounts(planned=calls_planned, placed=placed, completed=completed, failed=placed - completed),
+        outcomes=dict(outcomes),
+        completion_rate=round(completed / placed, 6) if placed else 0.0,
+        turn_latency_ms=LatencyStats.of(all_turns),
+        turns=[
+            TurnSummary(index, LatencyStats.of(ts.latency), ts.ok, ts.not_ok, dict(ts.reasons.most_common()))
             for index, ts in sorted(turns.items())
         ],
-        "greeting_onset_ms": _latency(greeting),
-        "setup_ms": _latency(setup),
-        "sip_codes": dict(sorted(sip_codes.items())),
-        "hangup_by": dict(sorted(hangup_by.items())),
-        "valid": not invalid,
-        "invalid_reasons": invalid,
-        "generator": {**health.to_dict(thresholds), "clock_slip_ms": _latency(slip)},
-    }
+        greeting_onset_ms=LatencyStats.of(greeting),
+        setup_ms=LatencyStats.of(setup),
+        sip_codes=dict(sorted(sip_codes.items())),
+        hangup_by=dict(sorted(hangup_by.items())),
+        valid=not invalid,
+        invalid_reasons=invalid,
+        generator=health.summary(thresholds, LatencyStats.of(slip)),
+    )
 
 
 def reason_key(reason: str | None) -> str:
@@ -232,9 +223,200 @@ def reason_key(reason: str | None) -> str:
     return _NUMBER.sub("N", reason) if reason else "unknown"
 
 
-def _latency(h: LatencyHistogram) -> dict[str, Any]:
-    return {**h.percentiles(), "out_of_range": h.out_of_range}
-
-
 def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
+
+
+# --- summary.json as records ---------------------------------------------------------------------
+
+
+@dataclass
+class LatencyStats:
+    """One statistics object: HDR percentiles in ms (None when nothing was measured)."""
+
+    p50: float | None = None
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    max: float | None = None
+    min: float | None = None
+    mean: float | None = None
+    count: int = 0
+    out_of_range: int = 0  # values the histogram could not hold (negative or over an hour)
+
+    @classmethod
+    def of(cls, h: LatencyHistogram) -> LatencyStats:
+        return cls(**h.percentiles(), out_of_range=h.out_of_range)
+
+    def stat(self, name: str) -> Any:
+        """A statistic by its summary.json name ("p95", "max", ...)."""
+        return getattr(self, name)
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> LatencyStats:
+        return _record(cls, body)
+
+
+@dataclass
+class CallCounts:
+    planned: int = 0
+    placed: int = 0
+    completed: int = 0
+    failed: int = 0  # placed but not completed
+
+
+@dataclass
+class TurnSummary:
+    index: int
+    latency_ms: LatencyStats = field(default_factory=LatencyStats)
+    ok: int = 0
+    not_ok: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # reason_key -> calls, most common first
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> TurnSummary:
+        return _record(cls, {**body, "latency_ms": LatencyStats.from_dict(_obj(body, "latency_ms"))})
+
+
+@dataclass
+class HealthLimits:
+    """The HealthThresholds the run was judged by, as summary.json names them."""
+
+    cpu_percent: float = MAX_AGENT_CPU_PERCENT
+    pump_lag_ms: float = MAX_PUMP_LAG_MS
+    media_lag_ms: float = MAX_MEDIA_LAG_MS
+    clock_slip_ms: float = MAX_CLOCK_SLIP_MS
+
+
+@dataclass
+class AgentSummary:
+    heartbeats: int = 0
+    max_cpu_percent: float = 0.0
+    max_pump_lag_ms: float = 0.0
+    max_media_lag_ms: float = 0.0
+
+
+@dataclass
+class GeneratorSummary:
+    """The load generator's worst health over the run (None: no heartbeat was heard)."""
+
+    agents: int = 0
+    heartbeats: int = 0
+    max_cpu_percent: float | None = None
+    max_pump_lag_ms: float | None = None
+    max_media_lag_ms: float | None = None
+    limits: HealthLimits = field(default_factory=HealthLimits)
+    per_agent: dict[str, AgentSummary] = field(default_factory=dict)
+    clock_slip_ms: LatencyStats = field(default_factory=LatencyStats)
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> GeneratorSummary:
+        per_agent = {str(k): _record(AgentSummary, _as_obj(v, f"per_agent.{k}"))
+                     for k, v in _obj(body, "per_agent").items()}
+        return _record(cls, {**body, "limits": _record(HealthLimits, _obj(body, "limits")), "per_agent": per_agent,
+                             "clock_slip_ms": LatencyStats.from_dict(_obj(body, "clock_slip_ms"))})
+
+
+@dataclass
+class Summary:
+    """summary.json. The last three are set after the run: absent from the file while None."""
+
+    schema: int = SUMMARY_SCHEMA
+    run_id: str = ""
+    scenario: str = ""
+    target: str = ""
+    concurrency: int = 0
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    duration_s: float = 0.0
+    calls: CallCounts = field(default_factory=CallCounts)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    completion_rate: float = 0.0
+    turn_latency_ms: LatencyStats = field(default_factory=LatencyStats)
+    turns: list[TurnSummary] = field(default_factory=list)
+    greeting_onset_ms: LatencyStats = field(default_factory=LatencyStats)
+    setup_ms: LatencyStats = field(default_factory=LatencyStats)
+    sip_codes: dict[str, int] = field(default_factory=dict)  # final response code ("none": no response) -> calls
+    hangup_by: dict[str, int] = field(default_factory=dict)
+    valid: bool = False
+    invalid_reasons: list[str] = field(default_factory=list)
+    generator: GeneratorSummary = field(default_factory=GeneratorSummary)
+    capacity: dict[str, Any] | None = None  # `voiceload capacity`'s answer (also capacity.json)
+    slo: list[SloResult] | None = None  # the SLO verdicts, in order
+    exit_code: int | None = None  # the command's exit code
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        for key in _SET_AFTER_THE_RUN:
+            if body[key] is None:
+                del body[key]
+        return body
+
+    def to_json(self) -> str:
+        """The text of summary.json."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any], *, on_bad_slo: Callable[[str], None] | None = None) -> Summary:
+        """A summary.json back; missing keys take their defaults, a wrong shape is a ValueError.
+
+        A malformed SLO verdict is left out (and described to `on_bad_slo`): the rest still reads.
+        """
+        turns = body.get("turns") or []
+        if not isinstance(turns, list):
+            raise ValueError(f"summary key 'turns' is a {type(turns).__name__}, not a list")
+        capacity = body.get("capacity")
+        return _record(cls, {
+            **body,
+            "calls": _record(CallCounts, _obj(body, "calls")),
+            "turn_latency_ms": LatencyStats.from_dict(_obj(body, "turn_latency_ms")),
+            "turns": [TurnSummary.from_dict(_as_obj(t, "turns[]")) for t in turns],
+            "greeting_onset_ms": LatencyStats.from_dict(_obj(body, "greeting_onset_ms")),
+            "setup_ms": LatencyStats.from_dict(_obj(body, "setup_ms")),
+            "generator": GeneratorSummary.from_dict(_obj(body, "generator")),
+            "capacity": capacity if isinstance(capacity, dict) else None,
+            "slo": None if "slo" not in body else _slo_results(body["slo"], on_bad_slo),
+        })
+
+
+_SET_AFTER_THE_RUN = ("capacity", "slo", "exit_code")
+
+
+class _Dataclass(Protocol):
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+_R = TypeVar("_R", bound=_Dataclass)
+
+
+def _record(cls: type[_R], body: Mapping[str, Any]) -> _R:
+    """The dataclass `cls` from the keys of `body` it has (others are ignored); TypeError becomes ValueError."""
+    names = cls.__dataclass_fields__
+    try:
+        return cls(**{k: v for k, v in body.items() if k in names})
+    except TypeError as exc:
+        raise ValueError(f"not a summary {cls.__name__}: {exc}") from None
+
+
+def _obj(body: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    return _as_obj(body.get(key), key)
+
+
+def _as_obj(value: Any, what: str) -> Mapping[str, Any]:
+    """A JSON object of summary.json; a missing one reads as empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"summary key {what!r} is a {type(value).__name__}, not an object")
+    return value
+
+
+def _slo_results(items: Any, on_bad: Callable[[str], None] | None) -> list[SloResult]:
+    out = []
+    for item in items if isinstance(items, list) else []:
+        try:
+            out.append(SloResult.from_dict(item))
+        except (KeyError, TypeError, ValueError) as exc:
+            if on_bad is not None:
+                on_bad(f"{item!r} ({exc})")
+    return out

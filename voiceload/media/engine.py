@@ -29,6 +29,7 @@ import numpy as np
 
 from voiceload.audio import wav
 from voiceload.media import _rtpengine  # the C engine; types in _rtpengine.pyi
+from voiceload.protocol import RtpStats
 
 _M_AUDIO = re.compile(r"^m=audio \d+ ", re.MULTILINE)
 _A_RTCP = re.compile(r"^a=rtcp:[^\r\n]*\r?\n", re.MULTILINE)
@@ -83,15 +84,15 @@ class RtpChannel:
         t = float(self.engine._engine.last_loud(self.index))
         return t if t > 0 else None
 
-    def close(self) -> dict[str, Any]:
+    def close(self) -> RtpStats:
         """Stop sending, complete the tape, free the socket; the call's RTP stats. Idempotent."""
         if self.closed:
-            return {}
+            return RtpStats()
         self.closed = True
         stats: dict[str, Any] = dict(self.engine._engine.close(self.index))
         for key in ("rx_jitter_ms_mean", "rx_jitter_ms_max"):
             stats[key] = round(stats[key], 2)
-        return stats
+        return RtpStats.from_dict(stats)
 
 
 @dataclass(frozen=True)

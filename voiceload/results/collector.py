@@ -18,13 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from rich import box
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
-
 from voiceload.core.stats import LatencyHistogram
-from voiceload.core.summary import DEFAULT_THRESHOLDS, GeneratorHealth, HealthThresholds, summarize
+from voiceload.core.summary import DEFAULT_THRESHOLDS, GeneratorHealth, HealthThresholds, Summary, summarize
 from voiceload.errors import UserError
 from voiceload.protocol import (
     OUTCOME_AGENT_LOST,
@@ -36,6 +31,7 @@ from voiceload.protocol import (
     GreetingResult,
     Heartbeat,
     ProtocolError,
+    RtpStats,
     TurnResult,
 )
 from voiceload.results import bus as busmod
@@ -66,7 +62,7 @@ class Progress:
 
 
 class Collector:
-    """Collects one run: `await Collector().run(bus, ...)` returns the summary dict it also wrote."""
+    """Collects one run: `await Collector().run(bus, ...)` returns the summary it also wrote."""
 
     def __init__(self, *, on_record: Callable[[CallRecord], None] | None = None,
                  on_heartbeat: Callable[[Heartbeat], None] | None = None,
@@ -124,7 +120,7 @@ class Collector:
         target: str = "",
         concurrency: int = 0,
         started_at: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> Summary:
         """Collect until `expected_calls` distinct records arrived, `finish()`, or `deadline_s` passed.
 
         Given a broker address rather than a Bus, the collector opens its own persistent session
@@ -320,12 +316,23 @@ def _check_record(rec: CallRecord) -> None:
         raise ProtocolError("call record with malformed turns")
     if rec.greeting is not None and not isinstance(rec.greeting, GreetingResult):
         raise ProtocolError("call record with a malformed greeting")
+    if rec.rtp is not None and not isinstance(rec.rtp, RtpStats):
+        raise ProtocolError("call record with malformed rtp stats")
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
+def write_summary(path: Path, summary: Summary) -> None:
     """Write atomically: a reader never sees half a summary."""
+    _write_atomic(path, summary.to_json())
+
+
+def write_json(path: Path, body: dict[str, Any]) -> None:
+    """Another JSON file of the run dir (capacity.json), written as summary.json is."""
+    _write_atomic(path, json.dumps(body, indent=2) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -353,56 +360,3 @@ def load_calls(path: Path) -> list[CallRecord]:
                 continue
             raise UserError(f"{path}:{lineno}: not a call record ({exc})") from None
     return records
-
-
-# --- rendering ------------------------------------------------------------------------------------
-
-
-def _fmt_ms(v: Any) -> str:
-    return "-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
-
-
-def render_summary(summary: dict[str, Any]) -> RenderableType:
-    """The end-of-run report for the terminal; plain text with simple rules when not a terminal."""
-    calls = summary["calls"]
-    valid = summary["valid"]
-    head = Text()
-    head.append(f"Run {summary['run_id']}", style="bold")
-    head.append(f"  scenario {summary['scenario'] or '-'} -> {summary['target'] or '-'}, "
-                f"concurrency {summary['concurrency']}, {summary['duration_s']:.1f} s\n")
-    head.append("VALID" if valid else "INVALID", style="bold green" if valid else "bold red")
-    for reason in summary["invalid_reasons"]:
-        head.append(f"\n  - {reason}", style="red")
-    head.append(f"\nCompletion {100 * summary['completion_rate']:.1f} %", style="bold")
-    head.append(f"  placed {calls['placed']} of {calls['planned']} planned, "
-                f"completed {calls['completed']}, failed {calls['failed']}")
-    outcomes = ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items() if v)
-    if outcomes:
-        head.append(f"\nOutcomes: {outcomes}")
-
-    table = Table(title="Bot response latency (ms, wire)", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in ("turn", "n", "ok", "not ok", "p50", "p95", "p99", "max", "top failure"):
-        table.add_column(col, justify="left" if col in ("turn", "top failure") else "right")
-
-    def row(name: str, lat: dict[str, Any], ok: str = "", not_ok: str = "", why: str = "") -> None:
-        table.add_row(name, str(lat["count"]), ok, not_ok, _fmt_ms(lat["p50"]), _fmt_ms(lat["p95"]),
-                      _fmt_ms(lat["p99"]), _fmt_ms(lat["max"]), why)
-
-    row("greeting", summary["greeting_onset_ms"])
-    for t in summary["turns"]:
-        top = next(iter(t["reasons"].items()), None)
-        row(str(t["index"]), t["latency_ms"], str(t["ok"]), str(t["not_ok"]),
-            f"{top[0]} ({top[1]})" if top else "")
-    row("all turns", summary["turn_latency_ms"])
-
-    setup = summary["setup_ms"]
-    gen = summary["generator"]
-    tail = Text()
-    tail.append(f"SIP setup p50 {_fmt_ms(setup['p50'])} ms, p95 {_fmt_ms(setup['p95'])} ms; codes: ")
-    tail.append(", ".join(f"{code} x{n}" for code, n in summary["sip_codes"].items()) or "-")
-    cpu, lag = gen["max_cpu_percent"], gen["max_pump_lag_ms"]
-    cpu_s = "-" if cpu is None else f"{cpu:.0f} %"
-    lag_s = "-" if lag is None else f"{lag:.0f} ms"
-    tail.append(f"\nGenerator: {gen['agents']} agents, {gen['heartbeats']} heartbeats, "
-                f"max CPU {cpu_s}, max pump lag {lag_s}")
-    return Group(head, table, tail)

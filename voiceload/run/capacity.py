@@ -14,8 +14,7 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import psutil
 
@@ -24,10 +23,11 @@ from voiceload.core.scenario import Scenario
 from voiceload.core.scenario_audio import ScenarioAudio
 from voiceload.core.search import MAX_HOST_CPU_PERCENT, CapacitySearch, StepVerdict, Window, judge_step
 from voiceload.core.slo import evaluate
+from voiceload.core.summary import Summary
 from voiceload.errors import UserError
 from voiceload.protocol import Heartbeat
 from voiceload.report import write_reports
-from voiceload.results.collector import SUMMARY_FILE, write_summary
+from voiceload.results.collector import SUMMARY_FILE, write_json, write_summary
 from voiceload.run.coordinator import (
     UNBOUNDED_CALLS,
     Fleet,
@@ -85,7 +85,7 @@ def check(cs: CapacitySettings) -> None:
         raise UserError(f"--max-rate {cs.max_rate:g}: must be above 0 calls/s")
 
 
-async def capacity_async(cs: CapacitySettings) -> dict[str, Any]:
+async def capacity_async(cs: CapacitySettings) -> Summary:
     """The search; returns summary.json's content with the answer under `capacity`."""
     check(cs)
     cs.run.concurrency, cs.run.calls = cs.start, 1  # validate() checks these
@@ -134,19 +134,19 @@ async def capacity_async(cs: CapacitySettings) -> dict[str, Any]:
     async with run_infrastructure(cs.run) as address:
         summary = await orchestrate(cs.run, scenario, address, plan, on_heartbeat=heartbeats.append)
     result = search.result()
-    summary["capacity"] = {
+    summary.capacity = {
         **result.to_dict(), "start": cs.start, "step": cs.step, "max": cs.max_concurrency,
         "hold_s": cs.hold_s, "settle_s": round(settle, 1), "slos": [s.expr for s in slos],
     }
-    summary["slo"] = [asdict(r) for r in evaluate(slos, summary)]  # whole-run view, for the report
-    summary["exit_code"] = result.exit_code
+    summary.slo = evaluate(slos, summary)  # whole-run view, for the report
+    summary.exit_code = result.exit_code
     write_summary(cs.run.out_dir / SUMMARY_FILE, summary)
-    write_summary(cs.run.out_dir / CAPACITY_FILE, summary["capacity"])
+    write_json(cs.run.out_dir / CAPACITY_FILE, summary.capacity)
     write_reports(cs.run.out_dir)
     return summary
 
 
-def run(cs: CapacitySettings) -> dict[str, Any]:
+def run(cs: CapacitySettings) -> Summary:
     return asyncio.run(capacity_async(cs))
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from voiceload.core.scenario import Scenario, load_scenario, rest_problems
 from voiceload.core.scenario_audio import ScenarioAudio
 from voiceload.core.shape import LoadShape, parse_shape
 from voiceload.core.slo import Slo, evaluate, exit_code, parse_slos
+from voiceload.core.summary import Summary
 from voiceload.errors import UserError
 from voiceload.protocol import CHANNEL_REST, CHANNEL_SIP, CHANNELS, Assign, Heartbeat
 from voiceload.rasa import REST_CALL_LIMIT, parse_rasa_url, probe_rasa
@@ -124,7 +125,7 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
     return scenario, sa, slos
 
 
-async def run_async(settings: RunSettings) -> dict[str, Any]:
+async def run_async(settings: RunSettings) -> Summary:
     """The whole run; returns summary.json's content, SLO verdicts included under `slo`."""
     scenario, sa, slos = validate(settings)
     shape = effective_shape(settings, scenario)
@@ -144,8 +145,8 @@ async def run_async(settings: RunSettings) -> dict[str, Any]:
             )
         summary = await orchestrate(settings, scenario, address, plan)
     results = evaluate(slos, summary)
-    summary["slo"] = [asdict(r) for r in results]
-    summary["exit_code"] = exit_code(summary, results)
+    summary.slo = results
+    summary.exit_code = exit_code(summary, results)
     write_summary(settings.out_dir / SUMMARY_FILE, summary)
     write_reports(settings.out_dir, slo_results=results)
     return summary
@@ -230,7 +231,7 @@ def shape_driver(shape: LoadShape, max_rate: float | None, *, drain_s: float) ->
 async def orchestrate(
     settings: RunSettings, scenario: Scenario, address: bus.BrokerAddress, plan: RunPlan,
     *, on_heartbeat: Callable[[Heartbeat], None] | None = None,
-) -> dict[str, Any]:
+) -> Summary:
     """Collector up, agents spawned as the driver needs them, load driven, everything stopped."""
     build_limit = REST_CALL_LIMIT if settings.channel == CHANNEL_REST else call_limit()
     if settings.agent_limit is not None and settings.agent_limit > build_limit:
@@ -506,5 +507,5 @@ async def _live(collector: Collector, fleet: Fleet, settings: RunSettings, scena
             await asyncio.sleep(LIVE_PERIOD_S)
 
 
-def run(settings: RunSettings) -> dict[str, Any]:
+def run(settings: RunSettings) -> Summary:
     return asyncio.run(run_async(settings))

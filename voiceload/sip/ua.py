@@ -39,6 +39,7 @@ from typing import Any, ParamSpec, TypeVar
 import pjsua2 as pj
 
 from voiceload.media.engine import MediaEngine, RtpChannel, offer_with_port
+from voiceload.protocol import RtpStats
 from voiceload.sip import _pjsua_c
 from voiceload.sip.message import SipMessage
 
@@ -135,7 +136,7 @@ class SipCall(pj.Call):
         self.status_text = ""
         self._state = pj.PJSIP_INV_STATE_NULL
         self.media: pj.AudioMedia | None = None
-        self.rtp: dict[str, Any] | None = None
+        self.rtp: RtpStats | None = None
         self.remote_hangup = False
         self.local_hangup = False
         self.tape: Tape | None = None
@@ -226,23 +227,23 @@ class SipCall(pj.Call):
         """pjsua reports the call disconnected: it carries nothing more (its slot may still be held)."""
         return bool(self._state == pj.PJSIP_INV_STATE_DISCONNECTED)
 
-    def read_rtp_stats(self) -> dict[str, Any] | None:
+    def read_rtp_stats(self) -> RtpStats | None:
         try:
             st = self.getStreamStat(0)
         except pj.Error:
             return None
         rx, tx, jb = st.rtcp.rxStat, st.rtcp.txStat, st.jbuf
-        return {
-            "rx_packets": int(rx.pkt),
-            "rx_lost": int(rx.loss),
-            "rx_discarded": int(rx.discard),
-            "rx_jitter_ms_mean": round(rx.jitterUsec.mean / 1000, 2),
-            "rx_jitter_ms_max": round(rx.jitterUsec.max / 1000, 2),
-            "tx_packets": int(tx.pkt),
-            "jbuf_delay_ms_mean": int(jb.avgDelayMsec),
-            "jbuf_empty": int(jb.empty),
-            "jbuf_discard": int(jb.discard),
-        }
+        return RtpStats(
+            rx_packets=int(rx.pkt),
+            rx_lost=int(rx.loss),
+            rx_discarded=int(rx.discard),
+            rx_jitter_ms_mean=round(rx.jitterUsec.mean / 1000, 2),
+            rx_jitter_ms_max=round(rx.jitterUsec.max / 1000, 2),
+            tx_packets=int(tx.pkt),
+            jbuf_delay_ms_mean=int(jb.avgDelayMsec),
+            jbuf_empty=int(jb.empty),
+            jbuf_discard=int(jb.discard),
+        )
 
     def level(self) -> int:
         """Level (0..100) of the audio the remote sends us, last bridge frame (cheap C call)."""

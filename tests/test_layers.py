@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "protocol": {"errors"},
     "audio": {"errors", "protocol"},
     "core": {"errors", "protocol", "audio"},
-    "media": {"errors", "audio"},
+    "media": {"errors", "protocol", "audio"},
     "sip": {"errors", "protocol", "media"},
     "rasa": {"errors"},
     "results": {"errors", "protocol", "core"},

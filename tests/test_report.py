@@ -20,7 +20,9 @@ from voiceload.cli import app
 from voiceload.core.summary import GeneratorHealth, summarize
 from voiceload.errors import UserError
 from voiceload.protocol import CallRecord, GreetingResult, Heartbeat, TurnResult
-from voiceload.report import TURNS_CSV_COLUMNS, fmt_ms, fmt_pct, write_reports
+from voiceload.report import write_reports
+from voiceload.report.formats import fmt_ms, fmt_pct
+from voiceload.report.table import TURNS_CSV_COLUMNS
 
 T0 = 1_700_000_000.0
 

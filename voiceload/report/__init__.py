@@ -12,36 +12,20 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from voiceload.report.formats import fmt_ms, fmt_pct
-from voiceload.report.html import SLOWEST_CALLS, render_html, slowest_calls
+from voiceload.report.html import render_html
 from voiceload.report.junit import junit_xml
-from voiceload.report.plots import (
-    plot_capacity,
-    plot_completion,
-    plot_concurrency,
-    plot_latency_over_time,
-    plot_latency_vs_concurrency,
-    plot_outcomes,
-)
 from voiceload.report.rundir import (
     JUNIT_XML,
     REPORT_HTML,
     TURNS_CSV,
-    GreetingCounts,
-    RunData,
     SloResult,
     greeting_counts,
     load_run,
     stored_slos,
 )
-from voiceload.report.table import TURNS_CSV_COLUMNS, turns_csv
+from voiceload.report.table import turns_csv
 
-__all__ = [
-    "JUNIT_XML", "REPORT_HTML", "SLOWEST_CALLS", "TURNS_CSV", "TURNS_CSV_COLUMNS", "GreetingCounts", "RunData",
-    "SloResult", "fmt_ms", "fmt_pct", "greeting_counts", "junit_xml", "load_run", "plot_capacity",
-    "plot_completion", "plot_concurrency", "plot_latency_over_time", "plot_latency_vs_concurrency", "plot_outcomes",
-    "render_html", "slowest_calls", "stored_slos", "turns_csv", "write_reports",
-]
+__all__ = ["JUNIT_XML", "REPORT_HTML", "TURNS_CSV", "SloResult", "write_reports"]
 
 
 def write_reports(run_dir: Path, *, slo_results: Sequence[SloResult] | None = None) -> list[Path]:

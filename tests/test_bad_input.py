@@ -149,3 +149,21 @@ def test_bad_slo(tmp_path: Path, sip_responder: str) -> None:
     code, err = run_scenario(tmp_path, DEMO, sip_responder, "--slo", "p95_turn_latncy_ms<=500")
     assert code == 2
     assert "p95_turn_latncy_ms" in one_line_error(err)
+
+
+def truncated_copy(source: Path, dest: Path) -> None:
+    """The first half of a WAV: its header still claims the whole file's audio."""
+    data = source.read_bytes()
+    dest.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_wav(tmp_path: Path, sip_responder: str) -> None:
+    truncated_copy(DEMO.parent.parent / "recordings/demo/caller-01-order.wav", tmp_path / "cut.wav")
+    sc = tmp_path / "s.yaml"
+    sc.write_text("version: 1\nname: x\nturns:\n  - caller: cut.wav\n")
+    code, err = run_scenario(tmp_path, sc, sip_responder)
+    assert code == 2
+    assert f"{sc}:4: turns[0].caller: cut.wav: truncated: its header says" in one_line_error(err)
+    res = voiceload("scenario", "validate", str(sc), timeout=30)
+    assert res.code == 2
+    assert "turns[0].caller: cut.wav: truncated: its header says" in one_line_error(res.stderr)

@@ -167,3 +167,15 @@ def test_truncated_wav(tmp_path: Path, sip_responder: str) -> None:
     res = voiceload("scenario", "validate", str(sc), timeout=30)
     assert res.code == 2
     assert "turns[0].caller: cut.wav: truncated: its header says" in one_line_error(res.stderr)
+
+
+@pytest.mark.parametrize("command", ["run", "capacity"])
+def test_out_is_a_file(tmp_path: Path, sip_responder: str, command: str) -> None:
+    out = tmp_path / "taken"
+    out.write_text("not a run dir\n")
+    extra = ["--slo", "p95_turn_latency_ms<=900"] if command == "capacity" else []
+    for given, says in ((out, "it is a file"), (out / "run", f"{out} is a file")):
+        res = voiceload(command, str(DEMO), "--target", sip_responder, "--out", str(given), *extra, timeout=60)
+        assert res.code == 2, res.stderr
+        assert one_line_error(res.stderr) == f"voiceload: error: --out {given}: {says}, not a directory"
+    assert out.read_text() == "not a run dir\n"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Mosquitto
 from tests.refbot import DEMO, voiceload
 from voiceload.results.broker import free_port
 from voiceload.sip.lite import RedirectFront
@@ -179,3 +180,10 @@ def test_out_is_a_file(tmp_path: Path, sip_responder: str, command: str) -> None
         assert res.code == 2, res.stderr
         assert one_line_error(res.stderr) == f"voiceload: error: --out {given}: {says}, not a directory"
     assert out.read_text() == "not a run dir\n"
+
+
+def test_broker_refusing_the_login(tmp_path: Path, sip_responder: str, locked_mosquitto: Mosquitto) -> None:
+    url = locked_mosquitto.address.url
+    code, err = run_scenario(tmp_path, DEMO, sip_responder, "--broker", url)
+    assert code == 2
+    assert f"--broker {url}: the broker refused the credentials (Not authorized)" in one_line_error(err)

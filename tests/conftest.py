@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -18,17 +20,25 @@ from voiceload.results.bus import BrokerAddress
 __all__ = ["Mosquitto", "free_port"]
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 START_TIMEOUT_S = 10.0
 
 
 class Mosquitto:
     """A mosquitto process on one port, restartable on that same port (for reconnect tests)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, anonymous: bool = True) -> None:
         self.port = free_port()
         self.address = BrokerAddress("127.0.0.1", self.port)
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        conf = f"listener {self.port} 127.0.0.1\nallow_anonymous {str(anonymous).lower()}\n"
+        if not anonymous:  # logins only, with a password file, as a locked-down broker is set up
+            passwd = workdir / "mosquitto.passwd"
+            subprocess.run([MOSQUITTO_PASSWD, "-c", "-b", str(passwd), "voiceload", "s3cret"], check=True,
+                           capture_output=True, timeout=10)
+            # started as root, mosquitto reads the file as its own user, who may not: stay who we are
+            conf += f"password_file {passwd}\nuser {pwd.getpwuid(os.getuid()).pw_name}\n"
+        self.conf.write_text(conf)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -57,6 +67,19 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed (scripts/setup.sh --test installs it)")
     m = Mosquitto(tmp_path)
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+def locked_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A mosquitto that takes no anonymous clients (a user with a password only)."""
+    if not Path(MOSQUITTO).exists() or not Path(MOSQUITTO_PASSWD).exists():
+        pytest.skip("mosquitto is not installed (scripts/setup.sh --test installs it)")
+    m = Mosquitto(tmp_path, anonymous=False)
     m.start()
     try:
         yield m

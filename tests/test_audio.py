@@ -72,3 +72,29 @@ def test_a_non_wav_sound_file_is_refused(tmp_path: Path) -> None:
     sf.write(str(path), tone(), 8000, format="FLAC")
     _, problems = wavfile.call_wav_problems(path)
     assert problems == ["not a readable WAV file: it is FLAC, not WAV"]
+
+
+def test_a_truncated_wav_is_refused(tmp_path: Path) -> None:
+    """libsndfile plays what is left of a cut-off file; its header says how much there should be."""
+    whole = tmp_path / "whole.wav"
+    wavfile.write_wav(whole, tone())
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[:-1000])
+    problem = f"truncated: its header says {len(data) - 44} bytes of audio, the file holds {len(data) - 44 - 1000}"
+    assert wavfile.call_wav_problems(cut)[1] == [problem]
+    assert wavfile.check_call_wav(cut) == [f"{cut}: {problem}"]
+    with pytest.raises(UserError, match=r"cut\.wav: truncated"):
+        wavfile.load_wav(cut)
+    assert wavfile.check_call_wav(whole) == []
+
+
+def test_a_streamed_wav_without_a_length_and_extra_chunks_are_fine(tmp_path: Path) -> None:
+    body = tone().tobytes()
+    fmt = b"fmt " + (16).to_bytes(4, "little") + bytes.fromhex("01000100401f0000803e00000200" "1000")
+    odd = b"LIST" + (3).to_bytes(4, "little") + b"abc\0"  # an odd-sized chunk, padded to even
+    for size in (0xFFFFFFFF, len(body)):  # "length unknown", as a streaming writer leaves it; the real size
+        path = tmp_path / f"{size}.wav"
+        path.write_bytes(b"RIFF" + (0xFFFFFFFF).to_bytes(4, "little") + b"WAVE" + fmt + odd
+                         + b"data" + size.to_bytes(4, "little") + body)
+        assert wavfile.check_call_wav(path) == [], size

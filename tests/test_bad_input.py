@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Mosquitto
 from tests.refbot import DEMO, voiceload
 from voiceload.results.broker import free_port
 from voiceload.sip.lite import RedirectFront
@@ -149,3 +150,40 @@ def test_bad_slo(tmp_path: Path, sip_responder: str) -> None:
     code, err = run_scenario(tmp_path, DEMO, sip_responder, "--slo", "p95_turn_latncy_ms<=500")
     assert code == 2
     assert "p95_turn_latncy_ms" in one_line_error(err)
+
+
+def truncated_copy(source: Path, dest: Path) -> None:
+    """The first half of a WAV: its header still claims the whole file's audio."""
+    data = source.read_bytes()
+    dest.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_wav(tmp_path: Path, sip_responder: str) -> None:
+    truncated_copy(DEMO.parent.parent / "recordings/demo/caller-01-order.wav", tmp_path / "cut.wav")
+    sc = tmp_path / "s.yaml"
+    sc.write_text("version: 1\nname: x\nturns:\n  - caller: cut.wav\n")
+    code, err = run_scenario(tmp_path, sc, sip_responder)
+    assert code == 2
+    assert f"{sc}:4: turns[0].caller: cut.wav: truncated: its header says" in one_line_error(err)
+    res = voiceload("scenario", "validate", str(sc), timeout=30)
+    assert res.code == 2
+    assert "turns[0].caller: cut.wav: truncated: its header says" in one_line_error(res.stderr)
+
+
+@pytest.mark.parametrize("command", ["run", "capacity"])
+def test_out_is_a_file(tmp_path: Path, sip_responder: str, command: str) -> None:
+    out = tmp_path / "taken"
+    out.write_text("not a run dir\n")
+    extra = ["--slo", "p95_turn_latency_ms<=900"] if command == "capacity" else []
+    for given, says in ((out, "it is a file"), (out / "run", f"{out} is a file")):
+        res = voiceload(command, str(DEMO), "--target", sip_responder, "--out", str(given), *extra, timeout=60)
+        assert res.code == 2, res.stderr
+        assert one_line_error(res.stderr) == f"voiceload: error: --out {given}: {says}, not a directory"
+    assert out.read_text() == "not a run dir\n"
+
+
+def test_broker_refusing_the_login(tmp_path: Path, sip_responder: str, locked_mosquitto: Mosquitto) -> None:
+    url = locked_mosquitto.address.url
+    code, err = run_scenario(tmp_path, DEMO, sip_responder, "--broker", url)
+    assert code == 2
+    assert f"--broker {url}: the broker refused the credentials (Not authorized)" in one_line_error(err)

@@ -143,6 +143,35 @@ def test_check_broker_on_a_closed_port_is_a_user_error_in_time() -> None:
 
 
 @pytest.mark.real
+def test_a_broker_refusing_the_login_says_so(locked_mosquitto: Any) -> None:
+    """Not "cannot reach": the broker answered, and its ACL is what the user has to change."""
+    addr = locked_mosquitto.address
+    want = rf"--broker mqtt://127\.0\.0\.1:{addr.port}: the broker refused the credentials \(Not authorized\)"
+    with pytest.raises(UserError, match=want):
+        run(lambda: check_broker(addr, timeout_s=2.0))
+    with pytest.raises(UserError, match=want):
+        run(lambda: Bus(addr, client_id="t-anon", connect_timeout_s=1.0).__aenter__())
+
+
+def test_every_login_refusal_code_reads_as_refused_credentials() -> None:
+    """MQTT 3.1.1's CONNACK 4 and 5, MQTT 5's 134 and 135; other refusals stay handshake failures."""
+    from aiomqtt.exceptions import MqttConnectError, MqttError
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    addr = BrokerAddress("127.0.0.1", 1883)
+    bad_login, not_authorized = "Bad user name or password", "Not authorized"
+    refusals = [(4, bad_login), (5, not_authorized), (ReasonCode(PacketTypes.CONNACK, identifier=134), bad_login),
+                (ReasonCode(PacketTypes.CONNACK, identifier=135), not_authorized)]
+    for rc, why in refusals:
+        assert str(bus._login_refused(addr, MqttConnectError(rc))) == (
+            f"--broker mqtt://127.0.0.1:1883: the broker refused the credentials ({why}); "
+            "voiceload connects anonymously, so the broker must allow anonymous clients")
+    assert bus._login_refused(addr, MqttConnectError(3)) is None  # server unavailable
+    assert bus._login_refused(addr, MqttError("[Errno 111] Connection refused")) is None
+
+
+@pytest.mark.real
 def test_check_broker_on_a_silent_listener_times_out() -> None:
     """A port that accepts TCP but never speaks MQTT must not hang the CLI."""
     with socket.socket() as srv:

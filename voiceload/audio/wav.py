@@ -8,6 +8,7 @@ media path plays samples unconverted, so a file at another rate would play at th
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,11 @@ def call_wav_problems(path: str | Path) -> tuple[WavInfo | None, list[str]]:
     info = _probe(Path(path))
     if isinstance(info, str):
         return None, [info]
-    return info, format_problems(info)
+    problems = format_problems(info)
+    truncated = _truncation(info.path)
+    if truncated:
+        problems.append(truncated)
+    return info, problems
 
 
 def check_call_wav(path: str | Path) -> list[str]:
@@ -97,6 +102,30 @@ def write_wav(path: str | Path, samples: npt.NDArray[np.integer]) -> None:
             raise ValueError(f"write_wav wants integer samples, got {x.dtype}")
         x = np.clip(x, -32768, 32767).astype(np.int16)
     sf.write(str(path), x, SAMPLE_RATE, subtype=SUBTYPE, format="WAV")
+
+
+def _truncation(path: Path) -> str | None:
+    """Why a WAV's data chunk is cut short, or None. libsndfile quietly plays what is there, so a file
+    cut off in a copy or a download would pass as a shorter recording (and its prompt never match)."""
+    try:
+        with open(path, "rb") as f:
+            riff = f.read(12)
+            order = {b"RIFF": "<", b"RIFX": ">"}.get(riff[:4])
+            if order is None or riff[8:12] != b"WAVE":
+                return None  # not a RIFF WAV: the header check says what it is
+            size = path.stat().st_size
+            while len(head := f.read(8)) == 8:
+                (length,) = struct.unpack(order + "I", head[4:])
+                if head[:4] == b"data":
+                    held = size - f.tell()
+                    # 0 and 0xFFFFFFFF are a streaming writer's "length unknown", not a claim
+                    if length not in (0, 0xFFFFFFFF) and length > held:
+                        return f"truncated: its header says {length} bytes of audio, the file holds {held}"
+                    return None
+                f.seek(length + (length & 1), os.SEEK_CUR)  # chunks are padded to an even length
+    except OSError:
+        return None  # unreadable files are reported by the header check
+    return None
 
 
 def _probe(p: Path) -> WavInfo | str:

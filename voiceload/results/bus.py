@@ -19,6 +19,7 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from voiceload.errors import UserError
 from voiceload.protocol import Message
@@ -106,8 +107,28 @@ async def check_broker(addr: BrokerAddress, timeout_s: float = 3.0) -> None:
     except OSError as exc:
         reason = exc.strerror or str(exc)
     except aiomqtt.MqttError as exc:
+        refused = _login_refused(addr, exc)
+        if refused is not None:
+            raise refused from None
         reason = f"MQTT handshake failed: {exc}"
     raise UserError(f"cannot reach MQTT broker at {addr.url}: {reason}")
+
+
+# CONNACK return codes of MQTT 3.1.1 (4, 5) and reason codes of MQTT 5 (134, 135) that refuse the login
+_LOGIN_REFUSED = {4: "Bad user name or password", 5: "Not authorized",
+                  134: "Bad user name or password", 135: "Not authorized"}
+
+
+def _login_refused(addr: BrokerAddress, exc: BaseException) -> UserError | None:
+    """The broker answered but refused the login: say so, not "cannot reach" (the fix is the broker's ACL)."""
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return None
+    code = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc  # paho gives a ReasonCode or an int
+    why = _LOGIN_REFUSED.get(code) if code is not None else None
+    if why is None:
+        return None
+    return UserError(f"--broker {addr.url}: the broker refused the credentials ({why}); voiceload connects "
+                     "anonymously, so the broker must allow anonymous clients")
 
 
 # --- topics ---------------------------------------------------------------------------------------
@@ -243,6 +264,9 @@ class Bus:
             await asyncio.wait_for(asyncio.shield(first), 2 * self.connect_timeout_s + 1.0)
         except (TimeoutError, aiomqtt.MqttError, OSError) as exc:
             await self._stop()
+            refused = _login_refused(self.addr, exc)
+            if refused is not None:
+                raise refused from None
             timed_out = isinstance(exc, TimeoutError) or str(exc) == "Operation timed out"
             why = f"no answer within {self.connect_timeout_s:g} s" if timed_out else exc
             raise UserError(f"cannot reach MQTT broker at {self.addr.url}: {why}") from None

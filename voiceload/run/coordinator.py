@@ -115,6 +115,7 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
             raise UserError(problems[0])
     else:
         split_targets(settings.target)
+    _check_out_dir(settings.out_dir)
     if (settings.out_dir / "calls.jsonl").exists():
         raise UserError(f"--out {settings.out_dir}: holds an earlier run's calls.jsonl; use a fresh directory")
     slos = parse_slos([*scenario.slos, *settings.slos])
@@ -123,6 +124,16 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
         if problem:
             raise UserError(problem)
     return scenario, sa, slos
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """The run dir is made only once calls start: a file in its way must be refused before that."""
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "it is" if path == out_dir else f"{path} is"
+                raise UserError(f"--out {out_dir}: {what} a file, not a directory")
+            return
 
 
 async def run_async(settings: RunSettings) -> Summary:

@@ -7,6 +7,7 @@ import of the `run` process's modules to prove that neither pjsua2 nor the media
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,18 @@ def test_the_reference_bot_loads_no_caller_side() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "", f"the bot loaded {out.stdout.strip()}"
+
+
+def test_the_layers_table_in_docs_lists_every_module_of_the_tree() -> None:
+    """docs/architecture.md's "Layers" table names each sub-package's files: it must match the tree."""
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    section = doc.split("### Layers", 1)[1].split("\n\n", 2)[1]
+    for row in section.splitlines():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`") or not cells[0].endswith("/`"):
+            continue
+        package = PACKAGE / cells[0].strip("`/")
+        named = set(re.findall(r"`([\w.]+\.(?:py|c|h|css))`", cells[2]))
+        on_disk = {p.name for p in package.iterdir() if p.suffix in (".py", ".c", ".h", ".css")} - {"__init__.py"}
+        assert named == on_disk, f"{cells[0]}: the table names {sorted(named - on_disk)} that are not there " \
+                                 f"and misses {sorted(on_disk - named)}"

@@ -4,6 +4,7 @@
 scripts, no CDN, no web fonts), so it opens offline and can be mailed or archived as one file.
 One module per file: table (turns.csv), junit, html (+ report.css), plots; text is the terminal's
 end-of-run summary. See docs/reports.md.
+Imports `voiceload.core`, `voiceload.protocol` and `voiceload.results`; matplotlib, no network.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,9 +105,12 @@ def test_the_shipped_caller_recordings_are_recognised_exactly(scenario: Path) ->
     sc = load_scenario(scenario)
     rec = asr.Recogniser.for_scenario(sc)
     for turn in sc.turns:
-        result = rec.recognise(_line(wav.load_wav(turn.caller)))
+        line = _line(wav.load_wav(turn.caller))
+        began = time.perf_counter()
+        result = rec.recognise(line)
+        took_ms = (time.perf_counter() - began) * 1000
         assert result.text == " ".join(asr.normalise(turn.transcript or "")), turn.caller.name
-        assert 0 < result.decode_ms < 1000
+        assert 0 < result.decode_ms <= took_ms + 0.1  # in ms (rounded to 0.1), its own; how long is the box's business
         assert result.speech_ms > 500
 
 

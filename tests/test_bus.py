@@ -136,8 +136,8 @@ def test_check_broker_on_a_closed_port_is_a_user_error_in_time() -> None:
     t0 = time.monotonic()
     want = rf"cannot reach MQTT broker at mqtt://127\.0\.0\.1:{port}: connection refused"
     with pytest.raises(UserError, match=want):
-        run(lambda: check_broker(addr, timeout_s=2.0))
-    assert time.monotonic() - t0 < 2.0
+        run(lambda: check_broker(addr, timeout_s=20.0))
+    assert time.monotonic() - t0 < 10.0  # refused at once, not after the timeout (a busy box adds seconds)
     with pytest.raises(UserError, match="cannot reach MQTT broker"):
         run(lambda: Bus(addr, client_id="t-none", connect_timeout_s=1.0).__aenter__())
 
@@ -181,7 +181,7 @@ def test_check_broker_on_a_silent_listener_times_out() -> None:
         t0 = time.monotonic()
         with pytest.raises(UserError, match="no answer within 1 s"):
             run(lambda: check_broker(addr, timeout_s=1.0))
-        assert time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 < 10.0  # bounded: the timeout plus what a busy box adds
 
 
 @pytest.mark.real

@@ -5,10 +5,20 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.refbot import REPO, RefBot, start_bot, voiceload
+from tests.refbot import (
+    LOAD_REASONS,
+    REPO,
+    RefBot,
+    RunResult,
+    assert_completed,
+    checked_summary,
+    start_bot,
+    voiceload,
+)
 from voiceload.core.timeseries import build_series
 from voiceload.protocol import CallRecord
 
@@ -30,11 +40,10 @@ def test_a_shape_ramps_holds_and_ends_with_one_record_per_placed_call(quick_bot:
     out = tmp_path / "run"
     res = voiceload("run", str(QUICK), "--target", quick_bot.target, "--shape", "ramp:0-4/6s,constant:4/8s",
                     "--out", str(out), out=out, timeout=120)
-    assert res.code == 0, res.stderr[-2000:]
+    summary = checked_summary(res)
     calls = res.calls()
     assert len({c["call_id"] for c in calls}) == len(calls) >= 8
-    assert all(c["outcome"] == "completed" for c in calls), [c["reason"] for c in calls]
-    summary = res.summary()
+    assert_completed(summary, calls)
     assert summary["calls"]["placed"] == summary["calls"]["planned"] == len(calls)
     series = build_series([CallRecord.from_dict(c) for c in calls])
     assert series.peak_active == 4  # the constant segment's level, never more
@@ -43,13 +52,33 @@ def test_a_shape_ramps_holds_and_ends_with_one_record_per_placed_call(quick_bot:
     assert summary["concurrency"] == 4
 
 
+def skip_if_stopped_by_a_busy_box(res: RunResult, cap: dict[str, Any]) -> None:
+    """A step whose generator health was spoiled, which only a busy box does to these few calls (agents
+    at 2-4 % of a core), ends the search there: check it says so (exit 3, "at least" the last level
+    that held), then skip, as the level this test is about was never judged."""
+    *before, last = cap["steps"]
+    if last["valid"]:
+        return
+    assert res.code == 3, res.stderr[-2000:]
+    assert cap["saturated_at"] == last and "saturated" in res.stdout
+    assert all(any(k in r for k in LOAD_REASONS) for r in last["invalid_reasons"]), last["invalid_reasons"]
+    assert all(s["valid"] for s in before)
+    held = [s["concurrency"] for s in before if s["passed"]]
+    assert cap["knee"] == (max(held) if held else None)
+    pytest.skip(f"a busy box spoiled the generator's health at {last['concurrency']} calls: "
+                f"{'; '.join(last['invalid_reasons'])}")
+
+
 def test_capacity_search_against_an_unlimited_bot_reaches_max(quick_bot: RefBot, tmp_path: Path) -> None:
+    """`--max-host-cpu 100`: the host-CPU guard counts every process on the box, and on a shared box
+    the others would end the search (test_a_saturated_generator... trips that guard on purpose)."""
     out = tmp_path / "cap"
     res = voiceload("capacity", str(QUICK), "--target", quick_bot.target, "--slo", "p95_turn_latency_ms<=900",
                     "--start", "2", "--step", "2", "--max", "4", "--hold", "8s", "--settle", "4s",
-                    "--out", str(out), out=out, timeout=180)
-    assert res.code == 0, res.stderr[-2000:]
+                    "--max-host-cpu", "100", "--out", str(out), out=out, timeout=180)
     cap = json.loads((out / "capacity.json").read_text())
+    skip_if_stopped_by_a_busy_box(res, cap)
+    assert res.code == 0, res.stderr[-2000:]
     assert cap["knee"] == 4 and cap["at_least"] is True
     assert [s["concurrency"] for s in cap["steps"]] == [2, 4]
     assert all(s["passed"] and s["valid"] and s["calls"] > 0 for s in cap["steps"])
@@ -102,8 +131,9 @@ def test_capacity_search_finds_the_knee_of_a_bot_with_known_capacity(tmp_path: P
                         "--max-host-cpu", "100", "--out", str(out), out=out, timeout=400)
     finally:
         bot.stop()
-    assert res.code == 0, res.stderr[-3000:]
     cap = json.loads((out / "capacity.json").read_text())
+    skip_if_stopped_by_a_busy_box(res, cap)
+    assert res.code == 0, res.stderr[-3000:]
     assert cap["first_failing"] is not None, cap["headline"]
     assert abs(cap["knee"] - predicted) <= 1, cap["headline"]
     failing = cap["first_failing"]

@@ -83,8 +83,8 @@ def test_collects_dedups_and_summarizes(mosquitto_broker: BrokerAddress, tmp_pat
         await fake_agent(mosquitto_broker, "a2", a2)
 
     t0 = time.monotonic()
-    summary = run(lambda: collect(mosquitto_broker, tmp_path, n, 20.0, agents, col))
-    assert time.monotonic() - t0 < 15.0  # finished on the count, not the deadline
+    summary = run(lambda: collect(mosquitto_broker, tmp_path, n, 120.0, agents, col), timeout_s=150.0)
+    assert time.monotonic() - t0 < 60.0  # finished on the count, long before the deadline
 
     lines = (tmp_path / CALLS_FILE).read_text().splitlines()
     assert len(lines) == n
@@ -107,7 +107,7 @@ def test_deadline_marks_missing_calls_invalid(embedded_broker: BrokerAddress, tm
 
     t0 = time.monotonic()
     summary = run(lambda: collect(embedded_broker, tmp_path, 5, 1.5, agents))
-    assert 1.0 < time.monotonic() - t0 < 10.0
+    assert 1.0 < time.monotonic() - t0 < 20.0  # waited for the deadline, and no longer than a busy box makes it
     assert summary["calls"]["placed"] == 3
     assert summary["valid"] is False
     assert summary["invalid_reasons"] == ["2 calls missing"]

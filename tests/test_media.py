@@ -58,7 +58,8 @@ def test_two_channels_on_loopback_tape_each_others_audio_at_wire_time(tmp_path: 
         sent = a.play(tmp_path / "tone.wav")
         time.sleep(1.5)
         heard = b.last_loud()
-        assert heard is not None and sent < heard < sent + 1.1
+        late_s = eng.health().late_max_ms / 1000  # a tick a busy box woke late sent its frame that much later
+        assert heard is not None and sent < heard < sent + 1.1 + late_s
         sa, sb = a.close(), b.close()
         assert a.close() == RtpStats()  # idempotent
     finally:

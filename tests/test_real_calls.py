@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.refbot import DEMO, RefBot, latency_errors, start_bot, voiceload
+from tests.refbot import (
+    DEMO,
+    RefBot,
+    assert_completed,
+    assert_latencies_match_the_wire,
+    checked_summary,
+    latency_errors,
+    loopback_capture,
+    start_bot,
+    voiceload,
+)
 from voiceload.audio.analysis import PROMPT_MATCH_THRESHOLD
 from voiceload.results.bus import BrokerAddress
 
@@ -24,20 +34,25 @@ def bot(tmp_path: Path) -> Iterator[RefBot]:
         b.stop()
 
 
-def test_concurrent_calls_complete_and_match_the_bots_truth(bot: RefBot, tmp_path: Path) -> None:
-    """Concurrency 8 (two agent processes with the 4-call wheel), embedded broker, every turn checked."""
+def test_concurrent_calls_complete_and_match_the_wire(bot: RefBot, tmp_path: Path) -> None:
+    """Concurrency 8 (two agent processes with the 4-call wheel), embedded broker, every turn checked.
+
+    The referee for each turn's latency is a loopback capture, not the bot's truth: the bot tapes
+    through pjmedia's jitter buffer, which grows by 10 ms frames whenever a busy box holds its
+    threads back (seen with two CPU hogs: bot truth up to 15 ms off the wire, voiceload within 4 ms of it).
+    """
     out = tmp_path / "run"
-    res = voiceload("run", str(DEMO), "--target", bot.target, "-c", "8", "-n", "16", "--out", str(out), out=out)
-    assert res.code == 0, res.stderr[-2000:]
+    with loopback_capture(tmp_path / "lo.pcap") as capture:
+        res = voiceload("run", str(DEMO), "--target", bot.target, "-c", "8", "-n", "16", "--out", str(out),
+                        out=out)
+    summary = checked_summary(res)
     calls = res.calls()
     assert len(calls) == 16
     assert len({c["call_id"] for c in calls}) == 16
-    assert all(c["outcome"] == "completed" for c in calls), [c["reason"] for c in calls]
-    summary = res.summary()
-    assert summary["calls"]["placed"] == 16 and summary["calls"]["completed"] == 16
-    assert summary["completion_rate"] == 1.0
-    assert summary["valid"], summary["invalid_reasons"]
-    assert summary["sip_codes"] == {"200": 16}
+    assert summary["calls"]["placed"] == 16 and summary["sip_codes"] == {"200": 16}
+    assert_completed(summary, calls)
+    calls = [c for c in calls if c["outcome"] == "completed"]
+    assert summary["calls"]["completed"] == len(calls)
     for call in calls:
         assert call["greeting"]["ok"]
         assert [t["index"] for t in call["turns"]] == [0, 1]
@@ -45,12 +60,15 @@ def test_concurrent_calls_complete_and_match_the_bots_truth(bot: RefBot, tmp_pat
             assert turn["ok"] and turn["prompt_score"] >= PROMPT_MATCH_THRESHOLD  # a PLC frame can cost some
             assert turn["utterance_start_ms"] < turn["utterance_end_ms"] < turn["bot_onset_ms"] < turn["bot_end_ms"]
     bot.stop()  # flushes the truth file
-    errors = latency_errors(calls, bot.truth_lines())
-    assert len(errors) == 32  # every turn of every call has the bot's own truth
-    within_20 = sum(abs(e) <= 20 for e in errors) / len(errors)
+    truth = bot.truth_lines()
+    errors = latency_errors(calls, truth)
     print(f"voiceload - bot truth (ms): {sorted(round(e, 1) for e in errors)}")
-    assert within_20 >= 0.95
-    assert max(abs(e) for e in errors) <= 40
+    assert len(errors) == 2 * len(calls)  # every turn of every call has the bot's own truth
+    for call in calls:  # the bot's truth sits within its tick phase (+-10 ms) of the wire, or later by
+        # jitter-buffer frames; voiceload's reply onset is early by the packet's jitter at most
+        for e in latency_errors([call], truth):
+            assert e >= -20 - call["rtp"]["rx_jitter_ms_max"], (call["call_id"], e)
+    assert_latencies_match_the_wire(capture, summary, calls)
 
 
 def test_run_through_an_external_mosquitto_broker(bot: RefBot, mosquitto_broker: BrokerAddress,
@@ -58,9 +76,10 @@ def test_run_through_an_external_mosquitto_broker(bot: RefBot, mosquitto_broker:
     out = tmp_path / "run"
     res = voiceload("run", str(DEMO), "--target", bot.target, "-c", "2", "-n", "2", "--out", str(out),
                     "--broker", mosquitto_broker.url, out=out)
-    assert res.code == 0, res.stderr[-2000:]
-    assert [c["outcome"] for c in res.calls()] == ["completed", "completed"]
-    assert "Completion 100.0 %" in res.stdout
+    summary = checked_summary(res)
+    assert len(res.calls()) == 2
+    assert_completed(summary, res.calls())
+    assert f"Completion {100 * summary['completion_rate']:.1f} %" in res.stdout
 
 
 def test_a_wrong_prompt_fails_the_turn_with_a_reason(tmp_path: Path) -> None:
@@ -76,7 +95,7 @@ def test_a_wrong_prompt_fails_the_turn_with_a_reason(tmp_path: Path) -> None:
         res = voiceload("run", str(scenario), "--target", b.target, "-c", "1", "-n", "1", "--out", str(out), out=out)
     finally:
         b.stop()
-    assert res.code == 0, res.stderr[-2000:]
+    checked_summary(res)
     (call,) = res.calls()
     assert call["outcome"] == "failed"
     assert "turn 0: reply does not match the expected prompt" in call["reason"]
@@ -87,7 +106,7 @@ def test_an_unmeetable_slo_exits_1_with_a_failing_junit_case(bot: RefBot, tmp_pa
     out = tmp_path / "run"
     res = voiceload("run", str(DEMO), "--target", bot.target, "-c", "2", "-n", "2", "--out", str(out),
                     "--slo", "p95_turn_latency_ms<=100", "--slo", "completion_rate>=0.99", out=out)
-    assert res.code == 1, res.stderr[-2000:]
+    summary = checked_summary(res, ok=1)  # an invalid run exits 3 whatever its SLOs (tests/test_slo.py)
     assert "SLO FAIL p95_turn_latency_ms<=100" in res.stdout
     assert "SLO PASS completion_rate>=0.99" in res.stdout
     import xml.etree.ElementTree as ET
@@ -96,8 +115,7 @@ def test_an_unmeetable_slo_exits_1_with_a_failing_junit_case(bot: RefBot, tmp_pa
     assert cases["p95_turn_latency_ms<=100"].find("failure") is not None
     assert cases["completion_rate>=0.99"].find("failure") is None
     assert (out / "report.html").exists() and (out / "turns.csv").exists()
-    summary = res.summary()
-    assert summary["exit_code"] == 1 and [r["passed"] for r in summary["slo"]] == [False, True]
+    assert summary["exit_code"] == res.code and [r["passed"] for r in summary["slo"]] == [False, True]
 
 
 def test_calls_go_round_robin_over_a_list_of_targets(tmp_path: Path) -> None:
@@ -110,9 +128,9 @@ def test_calls_go_round_robin_over_a_list_of_targets(tmp_path: Path) -> None:
         out = tmp_path / "run"
         res = voiceload("run", str(DEMO), "--target", ",".join(b.target for b in bots), "-c", "4", "-n", "8",
                         "--out", str(out), out=out)
-        assert res.code == 0, res.stderr
         calls = res.calls()
-        assert [c["outcome"] for c in calls] == ["completed"] * 8
+        assert len(calls) == 8
+        assert_completed(checked_summary(res), calls)
     finally:
         for b in bots:
             b.stop()
@@ -127,8 +145,8 @@ def test_a_bot_split_over_worker_processes_answers_every_call(tmp_path: Path) ->
     try:
         out = tmp_path / "run"
         res = voiceload("run", str(DEMO), "--target", bot.target, "-c", "4", "-n", "8", "--out", str(out), out=out)
-        assert res.code == 0, res.stderr
-        assert [c["outcome"] for c in res.calls()] == ["completed"] * 8, [c["reason"] for c in res.calls()]
+        assert len(res.calls()) == 8
+        assert_completed(checked_summary(res), res.calls())
     finally:
         bot.stop()
     truth = bot.truth_lines()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakerasa import FakeRasa, Script, serve
-from tests.refbot import DEMO, start_bot, voiceload
+from tests.refbot import DEMO, checked_summary, start_bot, voiceload
 from voiceload.core.scenario import load_scenario
 from voiceload.results.broker import free_port
 
@@ -52,7 +52,7 @@ def test_text_baseline_completes_with_latencies(rasa: FakeRasa, scenario: Path, 
     began = time.monotonic()
     res = voiceload("run", str(scenario), "--channel", "rest", "--rasa-url", rasa.url, "-c", "4", "-n", "8",
                     "--out", str(out), out=out, timeout=60)
-    assert res.code == 0, res.stderr[-2000:]
+    summary = checked_summary(res)
     assert time.monotonic() - began < 60
     calls = res.calls()
     assert len(calls) == 8 and len({c["call_id"] for c in calls}) == 8
@@ -62,8 +62,7 @@ def test_text_baseline_completes_with_latencies(rasa: FakeRasa, scenario: Path, 
         assert all(t["ok"] and t["latency_ms"] is not None and t["latency_ms"] >= 0 for t in call["turns"])
         # the turns are a silence gap apart, as on a voice call
         assert call["turns"][1]["utterance_start_ms"] - call["turns"][0]["bot_onset_ms"] >= 500
-    summary = res.summary()
-    assert summary["calls"]["completed"] == 8 and summary["valid"], summary["invalid_reasons"]
+    assert summary["calls"]["completed"] == 8
     assert summary["turn_latency_ms"]["p50"] is not None
     # one conversation per call, each its own sender, each tracker asked once
     assert sorted(rasa.messages) == sorted(c["call_id"] for c in calls)
@@ -78,7 +77,7 @@ def test_a_wrong_intent_in_the_tracker_fails_those_calls(scenario: Path, tmp_pat
     with serve(script) as fake:
         res = voiceload("run", str(scenario), "--channel", "rest", "--rasa-url", fake.url, "-c", "4", "-n", "8",
                         "--out", str(out), out=out, timeout=60)
-    assert res.code == 0, res.stderr[-2000:]
+    checked_summary(res)
     calls = res.calls()
     assert len(calls) == 8
     wrong = {c["call_id"] for c in calls if even_seq(c["call_id"])}
@@ -100,7 +99,7 @@ def test_a_wrong_reply_fails_the_turn(tmp_path: Path) -> None:
         out = tmp_path / "run"
         res = voiceload("run", str(DEMO), "--channel", "rest", "--rasa-url", fake.url, "-n", "1",
                         "--out", str(out), out=out, timeout=60)
-    assert res.code == 0, res.stderr[-2000:]
+    checked_summary(res)
     (call,) = res.calls()
     assert call["outcome"] == "failed"
     assert call["reason"] == ("turn 1: replied 'Sorry, I did not understand.', expected 'Thanks Alex, your latte "
@@ -120,7 +119,7 @@ def test_sip_calls_are_checked_against_the_tracker(scenario: Path, tmp_path: Pat
                             "-n", "2", "--out", str(out), out=out, timeout=60)
     finally:
         bot.stop()
-    assert res.code == 0, res.stderr[-2000:]
+    checked_summary(res)
     calls = sorted(res.calls(), key=lambda c: c["seq"])
     assert [c["outcome"] for c in calls] == ["completed", "failed"], [c["reason"] for c in calls]
     assert calls[1]["reason"] == "tracker: turn 1 expected intent tell_name, got order_drink"

@@ -48,11 +48,17 @@ DEFAULT_THRESHOLDS = HealthThresholds()
 
 
 @dataclass
-class _AgentHealth:
+class AgentSummary:
     heartbeats: int = 0
-    cpu_percent_max: float = 0.0
-    pump_lag_ms_max: float = 0.0
-    media_lag_ms_max: float = 0.0
+    max_cpu_percent: float = 0.0
+    max_pump_lag_ms: float = 0.0
+    max_media_lag_ms: float = 0.0
+
+
+@dataclass
+class _AgentHealth(AgentSummary):
+    """An agent's worst health so far (what summary.json's per_agent shows), and what else the run tracks of it."""
+
     placed: int = 0  # the agent's own count, from its latest heartbeat
     last_seen: float = 0.0  # unix time of its latest heartbeat
 
@@ -66,9 +72,9 @@ class GeneratorHealth:
     def observe(self, hb: Heartbeat) -> None:
         a = self.agents.setdefault(hb.agent_id, _AgentHealth())
         a.heartbeats += 1
-        a.cpu_percent_max = max(a.cpu_percent_max, float(hb.cpu_percent))
-        a.pump_lag_ms_max = max(a.pump_lag_ms_max, float(hb.pump_lag_ms_max))
-        a.media_lag_ms_max = max(a.media_lag_ms_max, float(hb.media_lag_ms_max))
+        a.max_cpu_percent = max(a.max_cpu_percent, float(hb.cpu_percent))
+        a.max_pump_lag_ms = max(a.max_pump_lag_ms, float(hb.pump_lag_ms_max))
+        a.max_media_lag_ms = max(a.max_media_lag_ms, float(hb.media_lag_ms_max))
         a.placed = max(a.placed, int(hb.placed))
         a.last_seen = max(a.last_seen, float(hb.at))
 
@@ -83,25 +89,25 @@ class GeneratorHealth:
 
     @property
     def max_cpu_percent(self) -> float | None:
-        return max((a.cpu_percent_max for a in self.agents.values()), default=None)
+        return max((a.max_cpu_percent for a in self.agents.values()), default=None)
 
     @property
     def max_pump_lag_ms(self) -> float | None:
-        return max((a.pump_lag_ms_max for a in self.agents.values()), default=None)
+        return max((a.max_pump_lag_ms for a in self.agents.values()), default=None)
 
     def invalid_reasons(self, thresholds: HealthThresholds = DEFAULT_THRESHOLDS,
                         agents_with_calls: Iterable[str] = ()) -> list[str]:
         """Why this generator's numbers cannot be trusted; empty when they can."""
         reasons = []
         for agent_id, a in sorted(self.agents.items()):
-            if a.cpu_percent_max > thresholds.max_cpu_percent:
-                reasons.append(f"agent {agent_id}: CPU {a.cpu_percent_max:.0f} % of a core "
+            if a.max_cpu_percent > thresholds.max_cpu_percent:
+                reasons.append(f"agent {agent_id}: CPU {a.max_cpu_percent:.0f} % of a core "
                                f"(limit {thresholds.max_cpu_percent:g} %)")
-            if a.pump_lag_ms_max > thresholds.max_pump_lag_ms:
-                reasons.append(f"agent {agent_id}: event pump {a.pump_lag_ms_max:.0f} ms late "
+            if a.max_pump_lag_ms > thresholds.max_pump_lag_ms:
+                reasons.append(f"agent {agent_id}: event pump {a.max_pump_lag_ms:.0f} ms late "
                                f"(limit {thresholds.max_pump_lag_ms:g} ms)")
-            if a.media_lag_ms_max > thresholds.max_media_lag_ms:
-                reasons.append(f"agent {agent_id}: media clock {a.media_lag_ms_max:.0f} ms late "
+            if a.max_media_lag_ms > thresholds.max_media_lag_ms:
+                reasons.append(f"agent {agent_id}: media clock {a.max_media_lag_ms:.0f} ms late "
                                f"(limit {thresholds.max_media_lag_ms:g} ms)")
         for agent_id in sorted(set(agents_with_calls) - set(self.agents)):
             reasons.append(f"agent {agent_id}: placed calls but sent no heartbeat (health unknown)")
@@ -113,12 +119,12 @@ class GeneratorHealth:
             heartbeats=self.heartbeats,
             max_cpu_percent=_round(self.max_cpu_percent),
             max_pump_lag_ms=_round(self.max_pump_lag_ms),
-            max_media_lag_ms=_round(max((a.media_lag_ms_max for a in self.agents.values()), default=None)),
+            max_media_lag_ms=_round(max((a.max_media_lag_ms for a in self.agents.values()), default=None)),
             limits=HealthLimits(thresholds.max_cpu_percent, thresholds.max_pump_lag_ms, thresholds.max_media_lag_ms,
                                 thresholds.max_clock_slip_ms),
             per_agent={
-                agent_id: AgentSummary(a.heartbeats, round(a.cpu_percent_max, 3), round(a.pump_lag_ms_max, 3),
-                                       round(a.media_lag_ms_max, 3))
+                agent_id: AgentSummary(a.heartbeats, round(a.max_cpu_percent, 3), round(a.max_pump_lag_ms, 3),
+                                       round(a.max_media_lag_ms, 3))
                 for agent_id, a in sorted(self.agents.items())
             },
             clock_slip_ms=clock_slip_ms,
@@ -286,14 +292,6 @@ class HealthLimits:
     pump_lag_ms: float = MAX_PUMP_LAG_MS
     media_lag_ms: float = MAX_MEDIA_LAG_MS
     clock_slip_ms: float = MAX_CLOCK_SLIP_MS
-
-
-@dataclass
-class AgentSummary:
-    heartbeats: int = 0
-    max_cpu_percent: float = 0.0
-    max_pump_lag_ms: float = 0.0
-    max_media_lag_ms: float = 0.0
 
 
 @dataclass

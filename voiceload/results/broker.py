@@ -143,7 +143,7 @@ class EmbeddedBroker:
 def _child_env() -> dict[str, str]:
     """Our environment, plus the directory holding this package: the child must import it even uninstalled."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # voiceload/results/broker.py -> the dir holding voiceload/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
 

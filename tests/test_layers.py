@@ -125,6 +125,11 @@ def test_the_reference_bot_loads_no_caller_side() -> None:
     assert loaded_by(("voiceload.sut.bot", "voiceload.sut.gateway"), ("voiceload.agent", "voiceload.run")) == []
 
 
+def test_the_rest_agent_loads_no_pjsua2_and_no_media_engine() -> None:
+    rest = ("voiceload.agent.main", "voiceload.agent.rest")
+    assert loaded_by(rest, ("pjsua2", "voiceload.media", "voiceload.sip.ua")) == []
+
+
 def test_the_layers_table_in_docs_lists_every_module_of_the_tree() -> None:
     """docs/architecture.md's "Layers" table names each sub-package's files: it must match the tree."""
     doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()

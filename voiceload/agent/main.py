@@ -6,13 +6,8 @@ import asyncio
 from pathlib import Path
 
 from voiceload.agent.base import AgentBase, AgentSettings
-from voiceload.agent.caller import Agent
 from voiceload.errors import UserError
-from voiceload.protocol import (
-    CHANNEL_REST,
-    CHANNEL_SIP,
-    CHANNELS,
-)
+from voiceload.protocol import CHANNEL_REST, CHANNEL_SIP, CHANNELS
 from voiceload.rasa import parse_rasa_url
 from voiceload.results import bus
 
@@ -23,8 +18,6 @@ def run(
     bind: str | None = None, channel: str = CHANNEL_SIP, rasa_url: str | None = None, rasa_token: str | None = None,
 ) -> None:
     """Entry point of `voiceload agent` (the coordinator spawns these, containers run them directly)."""
-    from voiceload.agent.rest import RestAgent
-
     if channel not in CHANNELS:
         raise UserError(f"--channel {channel!r}: must be one of {', '.join(CHANNELS)}")
     if rasa_url is not None:
@@ -44,5 +37,13 @@ def run(
         settings.tape_dir = tape_dir
     if rx_delay_ms is not None:
         settings.rx_delay_ms = rx_delay_ms
-    agent: AgentBase = RestAgent(settings) if channel == CHANNEL_REST else Agent(settings)
+    agent: AgentBase
+    if channel == CHANNEL_REST:  # each channel's module loads only its own library: no pjsua2 for text
+        from voiceload.agent.rest import RestAgent
+
+        agent = RestAgent(settings)
+    else:
+        from voiceload.agent.caller import Agent
+
+        agent = Agent(settings)
     asyncio.run(agent.run())

@@ -82,14 +82,15 @@ def test_imports_stay_inside_the_allowed_layers(path: Path) -> None:
     if part in ("", "cli", "__main__"):
         return
     assert part in ALLOWED, f"{me}: a new part of voiceload; give it a rule in ALLOWED (and docs/architecture.md)"
-    for target in sorted(imports_of(path)):
+    imported = imports_of(path)
+    for target in sorted(imported):
         root = target.split(".")[0]
         if root == "voiceload":
             inner = target.removeprefix("voiceload").lstrip(".")
             if not inner or part_of(inner) == part:
                 continue
             # `from voiceload.sip import lite` adds both voiceload.sip and voiceload.sip.lite: judge the deeper one
-            if any(t.startswith(target + ".") for t in imports_of(path)):
+            if any(t.startswith(target + ".") for t in imported):
                 continue
             rule = sorted(ALLOWED[part])
             assert allows(ALLOWED[part], inner), f"{me} imports {target}: {part} may import only {rule}"

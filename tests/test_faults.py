@@ -17,10 +17,12 @@ import pytest
 from tests.conftest import Mosquitto
 from tests.refbot import DEMO, REPO, assert_completed, start_bot
 
-pytestmark = pytest.mark.real
+# the run's own deadline (about 330 s for 6 rounds of the demo call) must fire before pytest's timeout,
+# so a run that overstays fails with its own account of what it waited for
+pytestmark = [pytest.mark.real, pytest.mark.timeout(600)]
 
 CALLS, CONCURRENCY = 60, 10
-RUN_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 420
 
 
 def start_run(out: Path, target: str, *extra: str) -> subprocess.Popen[str]:
@@ -43,13 +45,19 @@ def records(out: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (out / "calls.jsonl").read_text().splitlines() if x.strip()]
 
 
-def finish(run: subprocess.Popen[str]) -> tuple[int, str, str]:
+def agent_logs(out: Path) -> str:
+    """The last lines each agent wrote: what a failed run's agents were doing."""
+    return "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                     for log in sorted((out / "logs").glob("agent-*.log")))
+
+
+def finish(run: subprocess.Popen[str], out: Path) -> tuple[int, str, str]:
     try:
         stdout, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         run.kill()
         stdout, stderr = run.communicate()
-        raise AssertionError(f"run did not finish: {stderr[-3000:]}") from None
+        raise AssertionError(f"run did not finish: {stderr[-3000:]}\n{agent_logs(out)}") from None
     return run.returncode, stdout, stderr
 
 
@@ -64,13 +72,13 @@ def test_broker_killed_and_restarted_mid_run(mosquitto: Mosquitto, tmp_path: Pat
         mosquitto.proc.wait(5)
         time.sleep(5)
         mosquitto.start()
-        code, _stdout, stderr = finish(run)
+        code, _stdout, stderr = finish(run, out)
     finally:
         bot.stop()
     recs = records(out)
     ids = Counter(r["call_id"] for r in recs)
     print(f"records {len(recs)}, outcomes {Counter(r['outcome'] for r in recs)}")
-    assert len(recs) == CALLS, stderr[-3000:]
+    assert len(recs) == CALLS, f"{stderr[-3000:]}\n{agent_logs(out)}"
     assert max(ids.values()) == 1  # exactly one record per placed call
     summary = json.loads((out / "summary.json").read_text())
     assert summary["calls"]["placed"] == CALLS
@@ -89,13 +97,13 @@ def test_agent_killed_mid_run(tmp_path: Path) -> None:
                   if "agent" in p.cmdline() and "a1" in p.cmdline()]
         assert len(agents) == 1
         agents[0].send_signal(signal.SIGKILL)
-        code, _stdout, stderr = finish(run)
+        code, _stdout, stderr = finish(run, out)
     finally:
         bot.stop()
     recs = records(out)
     outcomes = Counter(r["outcome"] for r in recs)
     print(f"records {len(recs)}, outcomes {outcomes}")
-    assert len(recs) == CALLS, stderr[-3000:]
+    assert len(recs) == CALLS, f"{stderr[-3000:]}\n{agent_logs(out)}"
     assert max(Counter(r["call_id"] for r in recs).values()) == 1
     lost = [r for r in recs if r["outcome"] == "agent_lost"]
     assert lost and all(r["agent_id"] == "a1" for r in lost)

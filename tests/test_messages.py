@@ -43,7 +43,7 @@ def test_call_record_roundtrip_keeps_nested_results() -> None:
 
 
 ENGINE_RTP = {"rx_packets": 592, "rx_lost": 0, "rx_other_pt": 1, "rx_jitter_ms_mean": 0.3,
-              "rx_jitter_ms_max": 1.1, "tx_packets": 590, "tx_errors": 0, "late_samples": 0}
+              "rx_jitter_ms_max": 1.1, "rx_delay_ms_max": 2.4, "tx_packets": 590, "tx_errors": 0, "late_samples": 0}
 PJSUA_RTP = {"rx_packets": 450, "rx_lost": 2, "rx_discarded": 0, "rx_jitter_ms_mean": 0.25, "rx_jitter_ms_max": 3.0,
              "tx_packets": 449, "jbuf_delay_ms_mean": 40, "jbuf_empty": 3, "jbuf_discard": 0}
 

@@ -131,6 +131,7 @@ class RtpStats:
     rx_discarded: int | None = None  # pjsua
     rx_jitter_ms_mean: float | None = None
     rx_jitter_ms_max: float | None = None
+    rx_delay_ms_max: float | None = None  # engine: the most a packet was taped ahead of its arrival
     tx_packets: int | None = None
     tx_errors: int | None = None  # engine: sends the kernel refused
     late_samples: int | None = None  # engine: received after their part of the tape was written

@@ -64,6 +64,7 @@ typedef struct {
     unsigned long long rx_packets, rx_other_pt, tx_packets, tx_errors, late_samples;
     long long rx_lost;
     double rx_jitter_ms_mean, rx_jitter_ms_max;
+    double rx_delay_ms_max;       /* the most a packet was taped ahead of its arrival */
 } rtpe_stats;
 
 /* The clock's lateness and load since the previous rtpe_health_take(). */

@@ -90,7 +90,7 @@ class RtpChannel:
             return RtpStats()
         self.closed = True
         stats: dict[str, Any] = dict(self.engine._engine.close(self.index))
-        for key in ("rx_jitter_ms_mean", "rx_jitter_ms_max"):
+        for key in ("rx_jitter_ms_mean", "rx_jitter_ms_max", "rx_delay_ms_max"):
             stats[key] = round(stats[key], 2)
         return RtpStats.from_dict(stats)
 

@@ -128,9 +128,10 @@ static PyObject *Engine_close(Engine *self, PyObject *args) {
     ENGINE_CALL(rc = rtpe_close(&self->eng, i, &s, &old))
     if (rc != RTPE_OK) return no_chan(i);
     Py_XDECREF((PyObject *)old);
-    return Py_BuildValue("{s:K,s:L,s:K,s:d,s:d,s:K,s:K,s:K}",
+    return Py_BuildValue("{s:K,s:L,s:K,s:d,s:d,s:d,s:K,s:K,s:K}",
                          "rx_packets", s.rx_packets, "rx_lost", s.rx_lost, "rx_other_pt", s.rx_other_pt,
                          "rx_jitter_ms_mean", s.rx_jitter_ms_mean, "rx_jitter_ms_max", s.rx_jitter_ms_max,
+                         "rx_delay_ms_max", s.rx_delay_ms_max,
                          "tx_packets", s.tx_packets, "tx_errors", s.tx_errors, "late_samples", s.late_samples);
 }
 

@@ -43,7 +43,7 @@ log() { echo "build-pjsua2: $*"; }
 if [ ! -f "$wheel" ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     need=()
-    for p in build-essential swig dpkg-dev xz-utils; do
+    for p in build-essential swig dpkg-dev xz-utils libssl-dev; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
     done
     if [ ${#need[@]} -gt 0 ]; then
@@ -93,12 +93,12 @@ if [ ! -f "$wheel" ]; then
         patch -d "$build" -p1 -s <"$p"
     done
 
-    log "configuring pjproject $PJ_VERSION (epoll, no video, no sound device)"
+    log "configuring pjproject $PJ_VERSION (epoll, OpenSSL for TLS, no video, no sound device)"
     cd "$build"
     chmod +x configure aconfigure 2>/dev/null || true
     CFLAGS="-O2 -fPIC -DNDEBUG" CXXFLAGS="-O2 -fPIC -DNDEBUG" ./configure --enable-epoll \
         --disable-video --disable-sound --disable-gsm-codec --disable-speex-codec --disable-speex-aec \
-        --disable-ilbc-codec --disable-g7221-codec --disable-opus --disable-ssl --disable-libyuv \
+        --disable-ilbc-codec --disable-g7221-codec --disable-opus --disable-libyuv \
         --disable-libwebrtc --disable-sdl --disable-ffmpeg --disable-v4l2 --disable-openh264 \
         --disable-silk --disable-bcg729 >"$build/configure.log" 2>&1 \
         || { tail -20 "$build/configure.log" >&2; exit 1; }

@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "audio": {"errors", "protocol"},
     "core": {"errors", "protocol", "audio"},
     "media": {"errors", "protocol", "audio"},
-    "sip": {"errors", "protocol", "media"},
+    "sip": {"errors", "protocol", "core", "media"},
     "rasa": {"errors"},
     "results": {"errors", "protocol", "core"},
     "report": {"errors", "protocol", "core", "results"},

@@ -89,6 +89,35 @@ RasaUrl = Annotated[str | None, typer.Option(
     help="http://HOST:PORT of the Rasa server: each completed call's tracker is checked against the scenario's "
          "intent:/action: fields; with --channel rest, the server to talk to.")]
 RasaToken = Annotated[str | None, typer.Option(help="Rasa's --auth-token.", envvar="VOICELOAD_RASA_TOKEN")]
+# How calls present themselves to a real gateway (docs/gateways.md); each replaces the scenario's `sip:` value
+Auth = Annotated[str | None, typer.Option(
+    help="Digest credentials USER:PASSWORD, answered to every 401/407 challenge. Prefer the environment "
+         "variable: any local user can read a process's arguments.", envvar="VOICELOAD_AUTH", show_envvar=True)]
+Proxy = Annotated[str | None, typer.Option(
+    help="Outbound proxy URI: every request goes there first, e.g. sip:sbc.example.com;transport=tcp.")]
+TlsCa = Annotated[Path | None, typer.Option(help="PEM file of the CA(s) that signed the gateway's TLS certificate.")]
+TlsCert = Annotated[Path | None, typer.Option(help="Our TLS certificate (PEM), for a gateway that asks for one.")]
+TlsKey = Annotated[Path | None, typer.Option(help="The private key (PEM) of --tls-cert.")]
+TlsVerify = Annotated[bool | None, typer.Option(
+    "--tls-verify/--no-tls-verify", help="Check the gateway's certificate [default: check].")]
+Register = Annotated[bool | None, typer.Option(
+    "--register/--no-register", help="Each agent REGISTERs (refreshed) before its calls, unREGISTERs at the end.")]
+Probe = Annotated[bool, typer.Option(
+    "--probe/--no-probe", help="Send OPTIONS to each target before the run (any SIP answer counts).")]
+
+
+def _sip_settings(auth: str | None, proxy: str | None, tls_ca: Path | None, tls_cert: Path | None,
+                  tls_key: Path | None, tls_verify: bool | None, register: bool | None) -> dict[str, Any]:
+    """The SIP flags as RunSettings fields (checked against the scenario's `sip:` by the coordinator)."""
+    from voiceload.core.sipprofile import AUTH_ENV, Credentials
+
+    try:
+        creds = Credentials.parse(auth, f"--auth (or {AUTH_ENV})") if auth else None
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    tls = {"ca_file": tls_ca, "cert_file": tls_cert, "key_file": tls_key, "verify_server": tls_verify}
+    return {"auth": creds, "proxy": proxy, "register": register,
+            "tls": {k: str(v) if isinstance(v, Path) else v for k, v in tls.items()}}
 
 
 @app.command()
@@ -113,6 +142,14 @@ def run(
     channel: Channel = "sip",
     rasa_url: RasaUrl = None,
     rasa_token: RasaToken = None,
+    auth: Auth = None,
+    proxy: Proxy = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_verify: TlsVerify = None,
+    register: Register = None,
+    probe: Probe = True,
     verbose: Verbose = False,
 ) -> None:
     """Place CALLS calls with CONCURRENCY in flight (or follow a --shape) against TARGET; write the run dir.
@@ -141,7 +178,8 @@ def run(
         out_dir=out or Path(), broker_url=broker, keep_tapes=keep_tapes, slos=list(slo or []), shape=shape,
         max_rate=max_rate, scenario_load=concurrency is None and calls is None,
         channel=channel, rasa_url=rasa_url, rasa_token=rasa_token if rasa_url else None,
-        agent_limit=calls_per_agent,
+        agent_limit=calls_per_agent, probe=probe,
+        **_sip_settings(auth, proxy, tls_ca, tls_cert, tls_key, tls_verify, register),
     )
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
@@ -183,6 +221,14 @@ def capacity(
         help="Mean CPU of this host (% of all cores) over a level above which the generator is not trusted.")] = 90.0,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<run id>).")] = None,
     broker: Broker = None,
+    auth: Auth = None,
+    proxy: Proxy = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_verify: TlsVerify = None,
+    register: Register = None,
+    probe: Probe = True,
     verbose: Verbose = False,
 ) -> None:
     """Raise concurrency level by level until an SLO breaks (confirmed by a retry): the highest level that held.
@@ -202,7 +248,8 @@ def capacity(
             raise _fail(f"{flag} {text!r}: {exc}") from None
 
     settings = coordinator.RunSettings(scenario_path=scenario, target=target, concurrency=start, calls=1,
-                                       out_dir=out or Path(), broker_url=broker, slos=list(slo or []))
+                                       out_dir=out or Path(), broker_url=broker, slos=list(slo or []), probe=probe,
+                                       **_sip_settings(auth, proxy, tls_ca, tls_cert, tls_key, tls_verify, register))
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
     cs = capacity_mod.CapacitySettings(

@@ -18,7 +18,9 @@ from voiceload.agent.tracker import TrackerCheck
 from voiceload.audio.calibration import AGENT_RX_DELAY_MS
 from voiceload.audio.wav import default_tape_dir
 from voiceload.core.scenario import load_scenario
+from voiceload.core.sipprofile import SipProfile
 from voiceload.core.stats import LatencyHistogram
+from voiceload.errors import UserError
 from voiceload.protocol import (
     CHANNEL_SIP,
     OUTCOME_COMPLETED,
@@ -62,6 +64,7 @@ class AgentSettings:
     channel: str = CHANNEL_SIP  # sip: calls through pjsua2; rest: the same turns as text to Rasa's REST channel
     rasa_url: str | None = None  # check each completed call's Rasa tracker here (and the REST channel's server)
     rasa_token: str | None = None
+    sip: SipProfile = field(default_factory=SipProfile)  # credentials, proxy, TLS, registration
 
 
 
@@ -149,9 +152,14 @@ class AgentBase(abc.ABC):
                 return
 
     async def run(self) -> None:
-        await self._open()
         run_id, agent_id = self.s.run_id, self.s.agent_id
         async with bus.Bus(self.s.broker, client_id=f"vl-agent-{run_id}-{agent_id}") as b:
+            try:
+                await self._open()
+            except UserError as exc:  # e.g. a refused REGISTER: the run reports it and exits 2
+                await self._state(b, "error", str(exc))
+                await self._close()
+                raise
             await b.subscribe(bus.topic_control(run_id, agent_id))
             await b.subscribe(bus.topic_ack(run_id, agent_id))
             await self._state(b, "ready")

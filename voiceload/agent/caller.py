@@ -24,7 +24,9 @@ from voiceload.audio.analysis import Played, analyse_caller_tape
 from voiceload.audio.wav import read_tape
 from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Hangup, Play
 from voiceload.core.scenario_audio import ScenarioAudio
+from voiceload.core.sipprofile import SipUri, parse_sip_uri
 from voiceload.core.stats import LatencyHistogram
+from voiceload.errors import UserError
 from voiceload.media.engine import MediaEngine
 from voiceload.protocol import (
     OUTCOME_COMPLETED,
@@ -38,11 +40,12 @@ from voiceload.protocol import (
     TurnResult,
     session_id,
 )
-from voiceload.sip.lite import local_address_for, parse_sip_uri, split_targets
+from voiceload.sip.lite import local_address_for, split_targets
 from voiceload.sip.ua import CLOCK_RATE, SLOT_RETRY_S, CallEvent, SipCall, SipError, SipStack, SlotsBusy
 
 log = logging.getLogger("voiceload.agent")
 
+REGISTER_TIMEOUT_S = 10.0  # a registrar that does not answer within this fails the agent's start
 MEDIA_WAIT_S = 2.0  # how long an answered call may wait for its media to come up
 
 
@@ -80,11 +83,16 @@ class Agent(AgentBase):
         self.targets = split_targets(settings.target)
         self._first_target = sum(map(ord, settings.agent_id)) % len(self.targets)
         first = parse_sip_uri(self.targets[0])
-        host = settings.bind or local_address_for(first.host, first.port)
+        profile = settings.sip
+        hop = parse_sip_uri(profile.proxy, "--proxy") if profile.proxy else first  # where our packets go
+        host = settings.bind or local_address_for(hop.host, hop.port)
         # pjsua slots beyond the assigned calls: an ended call holds its slot until its BYE is answered
         wanted = settings.max_calls + max(1, settings.max_calls // 8) if settings.max_calls else 1024
         self.media = MediaEngine(host, wanted, loud_level=LEVEL_SPEECH)
-        self.stack = SipStack(host=host, max_calls=wanted, user=f"agent-{settings.agent_id}", media=self.media)
+        registrar = str(SipUri("", first.host, first.port, first.transport, first.secure))
+        self.stack = SipStack(host=host, max_calls=wanted, user=f"agent-{settings.agent_id}", media=self.media,
+                              profile=profile, transports=profile.transports(self.targets), domain=first.host,
+                              registrar=registrar)
         self.tape_dir = settings.tape_dir / f"{settings.run_id}-{settings.agent_id}"
         self._due: list[tuple[float, int, SipCall]] = []  # (when, seq, call): a heap of calls to step
         # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
@@ -98,9 +106,25 @@ class Agent(AgentBase):
         self.tape_dir.mkdir(parents=True, exist_ok=True)
         self.stack.tape_dir = self.tape_dir
         self.stack.start()
+        if self.s.sip.register:
+            await self._registered()
         cap = self.stack.max_calls if self.s.max_calls is None else min(self.s.max_calls, self.stack.max_calls)
         self.capacity = cap
         log.info("agent %s up: pjsua2 call limit %d, SIP %s", self.s.agent_id, cap, self.stack.address)
+
+    async def _registered(self) -> None:
+        """Wait (bounded) for the agent's REGISTER to succeed; a refusal is the user's to fix."""
+        end = time.monotonic() + REGISTER_TIMEOUT_S
+        while self.stack.registration is None and time.monotonic() < end:
+            self.stack.pump(20)
+            await asyncio.sleep(0)
+        reg = self.stack.registration
+        where = self.stack.registrar
+        if reg is None:
+            raise UserError(f"REGISTER to {where}: no answer within {REGISTER_TIMEOUT_S:.0f} s")
+        if not reg.ok:
+            raise UserError(f"REGISTER to {where}: {reg.code} {reg.reason}")
+        log.info("agent %s registered at %s for %d s", self.s.agent_id, where, reg.expires_s)
 
     async def _close(self) -> None:
         self.stack.shutdown()

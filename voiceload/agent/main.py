@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from voiceload.agent.base import AgentBase, AgentSettings
+from voiceload.core.scenario import load_scenario
+from voiceload.core.sipprofile import AUTH_ENV, PROFILE_ENV, Credentials, SipProfile
 from voiceload.errors import UserError
 from voiceload.protocol import CHANNEL_REST, CHANNEL_SIP, CHANNELS
 from voiceload.rasa import parse_rasa_url
 from voiceload.results import bus
+
+
+def sip_profile(scenario: Path) -> SipProfile:
+    """The run's profile from the environment (a spawned agent), else the scenario's `sip:` section
+    with VOICELOAD_AUTH over it (an agent started by hand on another host)."""
+    text = os.environ.get(PROFILE_ENV)
+    if text:
+        return SipProfile.from_json(text)
+    profile = load_scenario(scenario).sip
+    auth = os.environ.get(AUTH_ENV)
+    return profile.merged(auth=Credentials.parse(auth, AUTH_ENV) if auth else None)
 
 
 def run(
@@ -31,7 +45,7 @@ def run(
     settings = AgentSettings(
         run_id=run_id, agent_id=agent_id, scenario_path=scenario, target=target,
         broker=bus.parse_broker_url(broker_url), keep_tapes=keep_tapes, max_calls=max_calls, bind=bind,
-        channel=channel, rasa_url=rasa_url, rasa_token=rasa_token,
+        channel=channel, rasa_url=rasa_url, rasa_token=rasa_token, sip=sip_profile(scenario),
     )
     if tape_dir is not None:
         settings.tape_dir = tape_dir

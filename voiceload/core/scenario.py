@@ -16,6 +16,7 @@ import yaml
 from voiceload.audio import wav as wavfile
 from voiceload.core import slo as slomod
 from voiceload.core.shape import LoadShape, parse_shape
+from voiceload.core.sipprofile import ProfileError, SipProfile, profile_from_scenario
 from voiceload.errors import ScenarioError, UserError
 
 SCHEMA_VERSION = 1
@@ -57,6 +58,7 @@ class Scenario:
     slos: tuple[str, ...] = ()  # SLO expressions (`slo:`), each valid for voiceload.core.slo.parse_slo
     load_shape: LoadShape | None = None  # `load.shape`: the run follows it; `--shape` replaces it
     max_rate: float | None = None  # `load.max_rate`: new calls per second at most, over the whole run
+    sip: SipProfile = field(default_factory=SipProfile)  # `sip:`: credentials, proxy, TLS (the CLI overrides)
 
 
 # --- loading and validation --------------------------------------------------------------------
@@ -86,7 +88,7 @@ RANGES: dict[str, tuple[int, int]] = {
 
 TOP_KEYS = (
     "version", "name", "description", "silence_gap_ms", "answer_timeout_ms", "max_call_ms",
-    "greeting", "turns", "hangup", "slo", "load",
+    "greeting", "turns", "hangup", "slo", "load", "sip",
 )
 PROMPT_KEYS = ("prompt", "max_wait_ms", "transcript")
 TURN_KEYS = ("caller", "transcript", "reply", "intent", "action")
@@ -206,6 +208,7 @@ class _Validator:
         n_turns = len(turns) if turns is not None else None
         slos = self.slos(top["slo"], n_turns, has_greeting) if "slo" in top else ()
         load_shape, max_rate = self.load(top["load"]) if "load" in top else (None, None)
+        sip = self.sip(top["sip"]) if "sip" in top else SipProfile()
 
         if (
             self.problems or name is None or turns is None or silence_gap_ms is None
@@ -217,7 +220,7 @@ class _Validator:
             path=abspath, name=name, description=description, greeting=greeting, turns=turns,
             silence_gap_ms=silence_gap_ms, hangup_by=hangup_by, hangup_after_ms=hangup_after_ms,
             answer_timeout_ms=answer_timeout_ms, max_call_ms=max_call_ms, slos=slos,
-            load_shape=load_shape, max_rate=max_rate,
+            load_shape=load_shape, max_rate=max_rate, sip=sip,
         )
 
     # -- sections ---------------------------------------------------------------------------
@@ -383,6 +386,14 @@ class _Validator:
             else:
                 max_rate = float(value)
         return shape, max_rate
+
+    def sip(self, node: yaml.Node) -> SipProfile:
+        """`sip:`: how calls present themselves (voiceload.core.sipprofile), checked now."""
+        try:
+            return profile_from_scenario(_construct(node), self.base)
+        except ProfileError as exc:
+            self.add(node, exc.fld, exc.message)
+            return SipProfile()
 
     # -- values -----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any
 from voiceload.core.scenario import Scenario, load_scenario, rest_problems
 from voiceload.core.scenario_audio import ScenarioAudio
 from voiceload.core.shape import LoadShape, parse_shape
+from voiceload.core.sipprofile import PROFILE_ENV, Credentials, SipProfile
 from voiceload.core.slo import Slo, evaluate, exit_code, parse_slos
 from voiceload.core.summary import Summary
 from voiceload.errors import UserError
@@ -35,7 +37,7 @@ from voiceload.results import bus
 from voiceload.results.broker import EmbeddedBroker
 from voiceload.results.collector import SUMMARY_FILE, Collector, write_summary
 from voiceload.run.live import AgentHealth, LiveSnapshot, LiveView, RateMeter
-from voiceload.sip.lite import call_limit, probe_target, split_targets
+from voiceload.sip.lite import call_limit, pjsua2_build, probe_target, split_targets
 
 log = logging.getLogger("voiceload.run.coordinator")
 
@@ -69,6 +71,13 @@ class RunSettings:
     channel: str = CHANNEL_SIP  # rest: the turns as text to Rasa's REST channel (target: the Rasa URL)
     rasa_url: str | None = None  # --rasa-url: check each completed call's tracker; the server of --channel rest
     rasa_token: str | None = None  # --rasa-token; reaches agents through their environment, not their argv
+    # SIP presentation: each set one replaces the scenario's `sip:` value (voiceload.core.sipprofile)
+    auth: Credentials | None = None  # --auth / VOICELOAD_AUTH
+    proxy: str | None = None  # --proxy
+    tls: dict[str, Any] = field(default_factory=dict)  # TlsSettings fields from --tls-ca/-cert/-key/--no-tls-verify
+    register: bool | None = None  # --register
+    probe: bool = True  # OPTIONS each target before the run (--no-probe skips it)
+    sip: SipProfile = field(default_factory=SipProfile)  # the effective profile, set by validate()
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -114,7 +123,14 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
         if problems:
             raise UserError(problems[0])
     else:
-        split_targets(settings.target)
+        targets = split_targets(settings.target)
+        tls = dataclasses.replace(scenario.sip.tls, **{k: v for k, v in settings.tls.items() if v is not None})
+        settings.sip = scenario.sip.merged(
+            auth=settings.auth, proxy=settings.proxy, tls=tls, register=settings.register
+        ).checked(targets)
+        if "tls" in settings.sip.transports(targets) and not pjsua2_build().tls:
+            raise UserError(f"--target {settings.target}: TLS, but this pjsua2 build has no TLS "
+                            "(run `make pjsua2` to build voiceload's own, with OpenSSL)")
     _check_out_dir(settings.out_dir)
     if (settings.out_dir / "calls.jsonl").exists():
         raise UserError(f"--out {settings.out_dir}: holds an earlier run's calls.jsonl; use a fresh directory")
@@ -176,7 +192,7 @@ def effective_shape(settings: RunSettings, scenario: Scenario) -> LoadShape | No
 @contextlib.asynccontextmanager
 async def run_infrastructure(settings: RunSettings) -> AsyncIterator[bus.BrokerAddress]:
     """Probe the target (and Rasa), then give the run a broker: the user's (checked) or an embedded one."""
-    if settings.channel != CHANNEL_REST:
+    if settings.channel != CHANNEL_REST and settings.probe:
         for uri in split_targets(settings.target):
             await probe_target(uri)
     if settings.rasa_url is not None:
@@ -441,6 +457,7 @@ def _spawn_agent(
         cmd += ["--rasa-url", settings.rasa_url]
     env = dict(os.environ)
     env.pop("VOICELOAD_RASA_TOKEN", None)
+    env[PROFILE_ENV] = settings.sip.to_json()  # it may hold a password: not in argv
     if settings.rasa_token:  # not in argv, where any local user could read it
         env["VOICELOAD_RASA_TOKEN"] = settings.rasa_token
     if settings.keep_tapes:
@@ -462,8 +479,8 @@ async def _await_ready(collector: Collector, agent_ids: list[str], procs: list[s
     while True:
         states = [collector.agent_states.get(a) for a in agent_ids]
         failed = [st for st in states if st is not None and st.state == "error"]
-        if failed:
-            raise RuntimeError(f"agent {failed[0].agent_id} failed: {failed[0].detail}")
+        if failed:  # an agent refuses to start only over what the user gave it (a refused REGISTER, say)
+            raise UserError(f"agent {failed[0].agent_id}: {failed[0].detail}")
         if all(st is not None and st.state in ("ready", "done") for st in states):
             return
         dead = [p for p in procs if p.poll() is not None]

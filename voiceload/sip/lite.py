@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import random
 import socket
 import string
@@ -20,37 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from voiceload.core.sipprofile import parse_sip_uri
 from voiceload.errors import UserError
 from voiceload.sip.message import SipMessage
-
-
-@dataclass(frozen=True)
-class SipUri:
-    user: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        user = f"{self.user}@" if self.user else ""
-        return f"sip:{user}{self.host}:{self.port}"
-
-
-def parse_sip_uri(uri: str) -> SipUri:
-    """`sip:[user@]host[:port]` -> SipUri; anything else is a UserError naming the URI."""
-    if not uri.startswith("sip:"):
-        raise UserError(f"--target {uri!r}: expected a SIP URI like sip:bot@127.0.0.1:5060")
-    rest = uri[4:].split(";", 1)[0]
-    user, _, hostport = rest.rpartition("@")
-    host, _, port_s = hostport.partition(":")
-    if not host:
-        raise UserError(f"--target {uri!r}: no host")
-    try:
-        port = int(port_s) if port_s else 5060
-    except ValueError:
-        raise UserError(f"--target {uri!r}: port {port_s!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise UserError(f"--target {uri!r}: port {port} out of range")
-    return SipUri(user, host, port)
 
 
 def split_targets(targets: str) -> list[str]:
@@ -200,9 +174,23 @@ class RedirectFront(asyncio.DatagramProtocol):
         self.transport.sendto(response_to(msg, 302, "Moved Temporarily", [("Contact", f"<sip:{user}@{worker}>")]), addr)
 
 
-def call_limit() -> int:
-    """The installed pjsua2's per-process call limit, probed in a child (one Endpoint per process)."""
+@dataclass(frozen=True)
+class Pjsua2Build:
+    """What the installed pjsua2 can do, asked of a child process (one Endpoint per process)."""
+
+    max_calls: int
+    tls: bool
+
+
+@functools.cache
+def pjsua2_build() -> Pjsua2Build:
     out = subprocess.run(
         [sys.executable, "-m", "voiceload.sip.ua"], capture_output=True, text=True, timeout=30, check=True
     )
-    return int(out.stdout.strip().splitlines()[-1])
+    facts = json.loads(out.stdout.strip().splitlines()[-1])
+    return Pjsua2Build(int(facts["max_calls"]), bool(facts["tls"]))
+
+
+def call_limit() -> int:
+    """The installed pjsua2's per-process call limit."""
+    return pjsua2_build().max_calls

@@ -24,6 +24,7 @@ import contextlib
 import enum
 import functools
 import gc
+import json
 import logging
 import os
 import random
@@ -31,13 +32,14 @@ import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import pjsua2 as pj
 
+from voiceload.core.sipprofile import SipProfile
 from voiceload.media.engine import MediaEngine, RtpChannel, offer_with_port
 from voiceload.protocol import RtpStats
 from voiceload.sip import _pjsua_c
@@ -51,6 +53,7 @@ TAPE_CLOSE_TIMEOUT_S = 1.0
 RTP_PORT_MIN, RTP_PORT_MAX = 10_000, 60_000
 PORTS_PER_CALL = 3  # conference ports: the call's stream, its tape recorder, its current player
 PJ_ETOOMANY = 70010  # pj_status_t of "no free call slot"
+REGISTER_EXPIRES_S = 300
 SLOT_RETRY_S = 0.02  # how soon a caller refused with SlotsBusy should try again (a BYE round trip or so)
 
 
@@ -342,10 +345,26 @@ class Tape:
 
 
 
+@dataclass(frozen=True)
+class RegState:
+    """A REGISTER transaction's outcome as the account saw it."""
+
+    code: int
+    reason: str
+    expires_s: int
+
+    @property
+    def ok(self) -> bool:
+        return self.code // 100 == 2
+
+
 class _Account(pj.Account):
     def __init__(self, stack: SipStack) -> None:
         super().__init__()
         self.stack = stack
+
+    def onRegState(self, prm: pj.OnRegStateParam) -> None:
+        self.stack.registration = RegState(int(prm.code), str(prm.reason), int(prm.expiration))
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
         call = self.stack.adopt(prm.callId)
@@ -358,13 +377,26 @@ class _Account(pj.Account):
 
 
 class SipStack:
-    """The process's single pjsua2 endpoint with one UDP transport and one local account."""
+    """The process's single pjsua2 endpoint: a UDP transport (plus TCP/TLS when asked) and one account.
+
+    The account carries the caller side's `SipProfile`: digest credentials for any challenge, an
+    outbound proxy as its route set, and an optional registration. pjsua picks each request's
+    transport from the target URI (`;transport=tcp`, `sips:`), so one account serves them all.
+    """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, max_calls: int = 1024,
-                 log_level: int | None = None, user: str = "voiceload", media: MediaEngine | None = None) -> None:
+                 log_level: int | None = None, user: str = "voiceload", media: MediaEngine | None = None,
+                 profile: SipProfile | None = None, transports: Iterable[str] = ("udp",),
+                 domain: str | None = None, registrar: str | None = None) -> None:
         self.host, self.port, self.max_calls_wanted = host, port, max_calls
         self.log_level = log_level if log_level is not None else int(os.environ.get("VOICELOAD_PJSIP_LOG", "0"))
         self.user = user
+        self.profile = profile or SipProfile()
+        self.transports = {"udp", *transports}
+        self.domain = domain  # the From's host with credentials (the gateway's domain), else our address
+        self.registrar = registrar  # REGISTER here (profile.register), e.g. sip:gw.example.com;transport=tcp
+        self.registration: RegState | None = None  # the last REGISTER's outcome, when registering
+        self.local_ports: dict[str, int] = {}
         self.events: deque[tuple[SipCall, CallEvent]] = deque()
         self.calls: set[SipCall] = set()
         self._parked: list[SipCall] = []
@@ -403,11 +435,9 @@ class SipStack:
         with _quiet_stdout():
             ep.libInit(cfg)
         self.max_calls = _lib().call_get_max_count()
-        tcfg = pj.TransportConfig()
-        tcfg.port = self.port
-        tcfg.boundAddress = self.host
-        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
-        self.port = int(str(ep.transportGetInfo(tid).localName).rsplit(":", 1)[1])
+        for kind in sorted(self.transports, key=("udp", "tcp", "tls").index):
+            self.local_ports[kind] = self._create_transport(ep, kind)
+        self.port = self.local_ports["udp"]
         ep.audDevManager().setNullDev()
         ep.libStart()
         _favour_media_threads(_thread_ids() - threads_before)
@@ -415,7 +445,20 @@ class SipStack:
         for codec in ep.codecEnum2():
             ep.codecSetPriority(codec.codecId, 255 if codec.codecId.startswith("PCMU/") else 0)
         acfg = pj.AccountConfig()
-        acfg.idUri = f"sip:{self.user}@{self.host}:{self.port}"
+        auth = self.profile.auth
+        if auth is not None:  # gateways match the From user against the credentials' user
+            acfg.idUri = f"sip:{auth.user}@{self.domain or f'{self.host}:{self.port}'}"
+            acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", auth.realm, auth.user, 0, auth.password))
+        else:
+            acfg.idUri = f"sip:{self.user}@{self.host}:{self.port}"
+        if self.profile.proxy is not None:  # loose routing: the request URI stays the target's
+            acfg.sipConfig.proxies.append(self.profile.proxy if ";lr" in self.profile.proxy
+                                          else f"{self.profile.proxy};lr")
+        if self.profile.register and self.registrar is not None:
+            acfg.regConfig.registrarUri = self.registrar
+            acfg.regConfig.registerOnAdd = True
+            acfg.regConfig.timeoutSec = REGISTER_EXPIRES_S  # pjsua refreshes it before it lapses
+            acfg.regConfig.retryIntervalSec = 0  # a failed REGISTER is reported, not retried in a loop
         acfg.mediaConfig.transportConfig.boundAddress = self.host
         # pjsua starts every process's RTP ports at 4000 and steps up on EADDRINUSE: many processes
         # starting at once race for the same ports (seen: makeCall failing). A random even base
@@ -428,6 +471,22 @@ class SipStack:
         self.account = _Account(self)
         self.account.create(acfg)
         self.ep = ep
+
+    def _create_transport(self, ep: pj.Endpoint, kind: str) -> int:
+        """One listening transport of `kind` on our host; its local port."""
+        tcfg = pj.TransportConfig()
+        tcfg.boundAddress = self.host
+        tcfg.port = self.port if kind == "udp" else 0
+        if kind == "tls":
+            tls = self.profile.tls
+            tcfg.tlsConfig.CaListFile = tls.ca_file or ""
+            tcfg.tlsConfig.certFile = tls.cert_file or ""
+            tcfg.tlsConfig.privKeyFile = tls.key_file or ""
+            tcfg.tlsConfig.verifyServer = tls.verify_server
+            tcfg.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
+        types = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP, "tls": pj.PJSIP_TRANSPORT_TLS}
+        tid = ep.transportCreate(types[kind], tcfg)
+        return int(str(ep.transportGetInfo(tid).localName).rsplit(":", 1)[1])
 
     def slots_in_use(self) -> int:
         """Call slots pjsua holds: live calls, and calls that already look DISCONNECTED to us.
@@ -565,6 +624,18 @@ class SipStack:
             self._pool.append(call)
 
     @_sip_errors
+    def unregister(self, timeout_s: float = 2.0) -> None:
+        """Take a live registration back (REGISTER with Expires: 0), bounded; a no-op if none."""
+        if self.account is None or self.registration is None or not self.registration.ok \
+                or not self.registration.expires_s:
+            return
+        with contextlib.suppress(pj.Error):
+            self.account.setRegistration(False)
+            end = time.monotonic() + timeout_s
+            while time.monotonic() < end and self.registration.expires_s:
+                assert self.ep is not None
+                self.ep.libHandleEvents(20)
+
     def shutdown(self, drain_s: float = 1.0) -> None:
         if self.ep is None:
             return
@@ -580,6 +651,7 @@ class SipStack:
         for call in list(self.calls):
             self.release(call)
         self.collect()
+        self.unregister()
         self.events.clear()
         self._pool.clear()  # destroyed while the library still lives and no call is active
         self.account = None
@@ -619,8 +691,11 @@ def _favour_media_threads(tids: set[int]) -> None:
 
 
 @_sip_errors
-def probe_call_limit() -> int:
-    """Per-process call limit of the installed pjsua2 build (creates and destroys an endpoint)."""
+def probe_build() -> dict[str, Any]:
+    """What the installed pjsua2 build can do: its per-process call limit and whether it has TLS.
+
+    It creates and destroys an endpoint, so it runs in a child process (`python -m voiceload.sip.ua`).
+    """
     ep = pj.Endpoint()
     with _quiet_stdout():
         ep.libCreate()
@@ -632,9 +707,13 @@ def probe_call_limit() -> int:
     with _quiet_stdout():
         ep.libInit(cfg)
     limit = _lib().call_get_max_count()
+    try:
+        tls = bool(ep.utilSslGetAvailableCiphers())
+    except pj.Error:  # PJ_ENOTSUP: built without an SSL backend
+        tls = False
     ep.libDestroy()
-    return limit
+    return {"max_calls": limit, "tls": tls}
 
 
-if __name__ == "__main__":  # `python -m voiceload.sip.ua` prints the call limit (used by the coordinator)
-    print(probe_call_limit())
+if __name__ == "__main__":  # `python -m voiceload.sip.ua` prints the build's facts (used by sip.lite)
+    print(json.dumps(probe_build()))

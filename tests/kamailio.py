@@ -102,8 +102,11 @@ def make_certificate(directory: Path, name: str = "gw", cn: str = "127.0.0.1") -
     return cert, key
 
 
-def start_kamailio(tmp: Path, bot_target: str, *, timeout_s: float = 20.0) -> Kamailio:
-    """Kamailio relaying to `bot_target` (sip:bot@host:port, UDP), up and answering OPTIONS."""
+def start_kamailio(tmp: Path, bot_target: str, *, algorithm: str = "MD5", timeout_s: float = 20.0) -> Kamailio:
+    """Kamailio relaying to `bot_target` (sip:bot@host:port, UDP), up and answering OPTIONS.
+
+    `algorithm`: the digest algorithm of its challenges (MD5, SHA-256).
+    """
     assert KAMAILIO is not None, "kamailio is not installed (scripts/setup.sh --test installs it)"
     directory = tmp / "kamailio"
     directory.mkdir(parents=True, exist_ok=True)
@@ -119,7 +122,8 @@ def start_kamailio(tmp: Path, bot_target: str, *, timeout_s: float = 20.0) -> Ka
         udp, tcp, tls = _free_port(), _free_port(), _free_port()
         cfg = (HERE / "kamailio" / "proxy.cfg").read_text()
         for name, value in {"UDP_PORT": udp, "TCP_PORT": tcp, "TLS_PORT": tls, "MODULES": f"{MODULES}/",
-                            "TLS_CFG": tls_cfg, "USER": USER, "PASSWORD": PASSWORD, "BOT": bot}.items():
+                            "TLS_CFG": tls_cfg, "USER": USER, "PASSWORD": PASSWORD, "BOT": bot,
+                            "ALGORITHM": algorithm}.items():
             cfg = cfg.replace(f"@@{name}@@", str(value))
         path = directory / "kamailio.cfg"
         path.write_text(cfg)
@@ -143,8 +147,8 @@ def start_kamailio(tmp: Path, bot_target: str, *, timeout_s: float = 20.0) -> Ka
 
 
 @contextlib.contextmanager
-def kamailio(tmp: Path, bot_target: str) -> Iterator[Kamailio]:
-    gw = start_kamailio(tmp, bot_target)
+def kamailio(tmp: Path, bot_target: str, algorithm: str = "MD5") -> Iterator[Kamailio]:
+    gw = start_kamailio(tmp, bot_target, algorithm=algorithm)
     try:
         yield gw
     finally:

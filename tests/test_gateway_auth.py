@@ -178,3 +178,14 @@ def test_outbound_proxy_carries_the_dialog(bot: RefBot, gateway: Kamailio, tmp_p
         seen = {ln.rsplit("callid ", 1)[1] for ln in gateway.lines("rx") if ln.startswith(f"vltest rx {method} ")
                 and " over tcp " in ln}
         assert seen == calls, method
+
+
+def test_sha256_digest(bot: RefBot, tmp_path: Path) -> None:
+    """A gateway that challenges with SHA-256 (RFC 8760): pjsip answers it (it has OpenSSL)."""
+    with kamailio(tmp_path, bot.target, algorithm="SHA-256") as gw:
+        out = tmp_path / "run"
+        res = voiceload("run", str(QUICK), "--target", gw.uri("udp"), "-c", "2", "-n", "2", "--out", str(out),
+                        out=out, env={"VOICELOAD_AUTH": f"{USER}:{PASSWORD}"})
+        summary = checked_summary(res)
+        assert summary["calls"]["completed"] == 2
+        assert set(invites_per_call(gw).values()) == {2}

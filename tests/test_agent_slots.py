@@ -219,7 +219,7 @@ class _FakeStack:
         self.exc = exc
         self.attempts = 0
 
-    def make_call(self, uri: str, headers: dict[str, str] | None = None) -> Any:
+    def make_call(self, uri: str, headers: dict[str, str] | None = None, host: str | None = None) -> Any:
         self.attempts += 1
         raise self.exc
 
@@ -230,6 +230,7 @@ def _agent(stack: _FakeStack) -> tuple[Agent, list[Any]]:
     agent.s = SimpleNamespace(run_id="r", agent_id="a0", target="sip:bot@127.0.0.1:5060")  # type: ignore[assignment]
     agent.stack = stack  # type: ignore[assignment]
     agent.targets, agent._first_target = [agent.s.target], 0
+    agent.hosts, agent._first_host = ("127.0.0.1",), 0
     agent.placed = agent.finished = 0
     agent._next_start = time.monotonic() + 1.0  # what _start_calls set: one start token spent
     agent._emit = emitted.append  # type: ignore[method-assign]

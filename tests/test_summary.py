@@ -183,7 +183,7 @@ def test_an_audio_clock_that_slipped_makes_the_run_invalid() -> None:
 
 SUMMARY_KEYS = ["schema", "run_id", "scenario", "target", "concurrency", "started_at", "ended_at", "duration_s",
                 "calls", "outcomes", "completion_rate", "turn_latency_ms", "turns", "greeting_onset_ms", "setup_ms",
-                "sip_codes", "hangup_by", "valid", "invalid_reasons", "generator"]
+                "sip_codes", "hangup_by", "source_addresses", "valid", "invalid_reasons", "generator"]
 
 
 def test_summary_json_keys_in_order_and_the_post_run_keys_only_once_set() -> None:

@@ -104,19 +104,28 @@ Register = Annotated[bool | None, typer.Option(
     "--register/--no-register", help="Each agent REGISTERs (refreshed) before its calls, unREGISTERs at the end.")]
 Probe = Annotated[bool, typer.Option(
     "--probe/--no-probe", help="Send OPTIONS to each target before the run (any SIP answer counts).")]
+Bind = Annotated[str | None, typer.Option(
+    help="Source addresses of the calls' SIP and RTP, taken in turn: IP[,IP...], each maybe a range FIRST-LAST "
+         "(e.g. 127.0.0.2-127.0.0.9); default: the address that routes to the target.")]
+Advertise = Annotated[str | None, typer.Option(
+    help="The address the far end must send to (a generator behind NAT): in Via, Contact and SDP c= while the "
+         "sockets stay bound locally; one IP, or one per --bind address.")]
 
 
 def _sip_settings(auth: str | None, proxy: str | None, tls_ca: Path | None, tls_cert: Path | None,
-                  tls_key: Path | None, tls_verify: bool | None, register: bool | None) -> dict[str, Any]:
+                  tls_key: Path | None, tls_verify: bool | None, register: bool | None,
+                  bind: str | None = None, advertise: str | None = None) -> dict[str, Any]:
     """The SIP flags as RunSettings fields (checked against the scenario's `sip:` by the coordinator)."""
+    from voiceload.core.addresses import parse_addresses
     from voiceload.core.sipprofile import AUTH_ENV, Credentials
 
     try:
         creds = Credentials.parse(auth, f"--auth (or {AUTH_ENV})") if auth else None
+        addresses = parse_addresses(bind, advertise)
     except UserError as exc:
         raise _fail(str(exc)) from None
     tls = {"ca_file": tls_ca, "cert_file": tls_cert, "key_file": tls_key, "verify_server": tls_verify}
-    return {"auth": creds, "proxy": proxy, "register": register,
+    return {"auth": creds, "proxy": proxy, "register": register, "addresses": addresses,
             "tls": {k: str(v) if isinstance(v, Path) else v for k, v in tls.items()}}
 
 
@@ -150,6 +159,8 @@ def run(
     tls_verify: TlsVerify = None,
     register: Register = None,
     probe: Probe = True,
+    bind: Bind = None,
+    advertise: Advertise = None,
     verbose: Verbose = False,
 ) -> None:
     """Place CALLS calls with CONCURRENCY in flight (or follow a --shape) against TARGET; write the run dir.
@@ -179,7 +190,7 @@ def run(
         max_rate=max_rate, scenario_load=concurrency is None and calls is None,
         channel=channel, rasa_url=rasa_url, rasa_token=rasa_token if rasa_url else None,
         agent_limit=calls_per_agent, probe=probe,
-        **_sip_settings(auth, proxy, tls_ca, tls_cert, tls_key, tls_verify, register),
+        **_sip_settings(auth, proxy, tls_ca, tls_cert, tls_key, tls_verify, register, bind, advertise),
     )
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
@@ -229,6 +240,8 @@ def capacity(
     tls_verify: TlsVerify = None,
     register: Register = None,
     probe: Probe = True,
+    bind: Bind = None,
+    advertise: Advertise = None,
     verbose: Verbose = False,
 ) -> None:
     """Raise concurrency level by level until an SLO breaks (confirmed by a retry): the highest level that held.
@@ -249,7 +262,8 @@ def capacity(
 
     settings = coordinator.RunSettings(scenario_path=scenario, target=target, concurrency=start, calls=1,
                                        out_dir=out or Path(), broker_url=broker, slos=list(slo or []), probe=probe,
-                                       **_sip_settings(auth, proxy, tls_ca, tls_cert, tls_key, tls_verify, register))
+                                       **_sip_settings(auth, proxy, tls_ca, tls_cert, tls_key, tls_verify, register,
+                                                       bind, advertise))
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
     cs = capacity_mod.CapacitySettings(
@@ -307,7 +321,8 @@ def agent(
     max_calls: Annotated[int | None, typer.Option(help="Calls in flight at most (default: pjsua2 limit).")] = None,
     tape_dir: Annotated[Path | None, typer.Option(help="Where call tapes are written (default: tmpfs).")] = None,
     keep_tapes: Annotated[bool, typer.Option(help="Keep tapes after measuring them.")] = False,
-    bind: Annotated[str | None, typer.Option(help="Local IP for SIP/RTP (default: the one routing to TARGET).")] = None,
+    bind: Bind = None,
+    advertise: Advertise = None,
     channel: Channel = "sip",
     rasa_url: RasaUrl = None,
     rasa_token: RasaToken = None,
@@ -319,7 +334,7 @@ def agent(
     _guard(lambda: agent_mod.run(
         run_id=run_id, agent_id=agent_id, scenario=scenario, target=target, broker_url=broker,
         tape_dir=tape_dir, keep_tapes=keep_tapes, max_calls=max_calls, bind=bind,
-        channel=channel, rasa_url=rasa_url, rasa_token=rasa_token,
+        advertise=advertise, channel=channel, rasa_url=rasa_url, rasa_token=rasa_token,
     ), crash_code=EXIT_INVALID_RUN)
 
 

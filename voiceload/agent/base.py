@@ -59,7 +59,8 @@ class AgentSettings:
     keep_tapes: bool = False
     rx_delay_ms: float = AGENT_RX_DELAY_MS
     max_calls: int | None = None  # None: the pjsua2 build's per-process limit
-    bind: str | None = None  # local IP for SIP and RTP; None: the address that routes to the target
+    bind: tuple[str, ...] = ()  # source addresses for SIP and RTP, taken in turn; (): the one routing to the target
+    advertise: tuple[str, ...] = ()  # what they tell the far end (NAT): one for all, or one each; (): themselves
     max_starts_per_s: float = 20.0
     channel: str = CHANNEL_SIP  # sip: calls through pjsua2; rest: the same turns as text to Rasa's REST channel
     rasa_url: str | None = None  # check each completed call's Rasa tracker here (and the REST channel's server)

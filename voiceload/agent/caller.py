@@ -22,6 +22,7 @@ from pathlib import Path
 from voiceload.agent.base import PUMP_PERIOD_S, AgentBase, AgentSettings
 from voiceload.audio.analysis import Played, analyse_caller_tape
 from voiceload.audio.wav import read_tape
+from voiceload.core.addresses import Addresses
 from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Hangup, Play
 from voiceload.core.scenario_audio import ScenarioAudio
 from voiceload.core.sipprofile import SipUri, parse_sip_uri
@@ -56,6 +57,7 @@ class CallerCall:
     seq: int
     flow: CallerFlow
     started_at: float  # unix time of the INVITE
+    source: str = ""  # the local address its SIP and RTP use
     played: list[Played] = field(default_factory=list)
     reason: str | None = None  # why the agent ended the call early, if it did
     answered: bool = False
@@ -85,14 +87,18 @@ class Agent(AgentBase):
         first = parse_sip_uri(self.targets[0])
         profile = settings.sip
         hop = parse_sip_uri(profile.proxy, "--proxy") if profile.proxy else first  # where our packets go
-        host = settings.bind or local_address_for(hop.host, hop.port)
+        # several source addresses (--bind): calls take them in turn, each agent starting at its own one
+        addresses = Addresses(settings.bind, settings.advertise)
+        self.hosts = settings.bind or (local_address_for(hop.host, hop.port),)
+        self._first_host = sum(map(ord, settings.agent_id)) % len(self.hosts)
+        public = {h: p for h in self.hosts if (p := addresses.public(h)) is not None}
         # pjsua slots beyond the assigned calls: an ended call holds its slot until its BYE is answered
         wanted = settings.max_calls + max(1, settings.max_calls // 8) if settings.max_calls else 1024
-        self.media = MediaEngine(host, wanted, loud_level=LEVEL_SPEECH)
+        self.media = MediaEngine(self.hosts[0], wanted, loud_level=LEVEL_SPEECH)
         registrar = str(SipUri("", first.host, first.port, first.transport, first.secure))
-        self.stack = SipStack(host=host, max_calls=wanted, user=f"agent-{settings.agent_id}", media=self.media,
-                              profile=profile, transports=profile.transports(self.targets), domain=first.host,
-                              registrar=registrar)
+        self.stack = SipStack(host=self.hosts[0], hosts=self.hosts, public=public, max_calls=wanted,
+                              user=f"agent-{settings.agent_id}", media=self.media, profile=profile,
+                              transports=profile.transports(self.targets), domain=first.host, registrar=registrar)
         self.tape_dir = settings.tape_dir / f"{settings.run_id}-{settings.agent_id}"
         self._due: list[tuple[float, int, SipCall]] = []  # (when, seq, call): a heap of calls to step
         # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
@@ -110,7 +116,9 @@ class Agent(AgentBase):
             await self._registered()
         cap = self.stack.max_calls if self.s.max_calls is None else min(self.s.max_calls, self.stack.max_calls)
         self.capacity = cap
-        log.info("agent %s up: pjsua2 call limit %d, SIP %s", self.s.agent_id, cap, self.stack.address)
+        log.info("agent %s up: pjsua2 call limit %d, SIP %s", self.s.agent_id, cap,
+                 ", ".join(f"{h}:{p['udp']}" + (f" (advertised as {self.stack.public[h]})" if h in self.stack.public
+                                                  else "") for h, p in self.stack.host_ports.items()))
 
     async def _registered(self) -> None:
         """Wait (bounded) for the agent's REGISTER to succeed; a refusal is the user's to fix."""
@@ -154,8 +162,10 @@ class Agent(AgentBase):
         session = session_id(self.s.run_id, self.s.agent_id, seq)
         started_at = time.time()
         target = self.targets[(self._first_target + seq) % len(self.targets)]  # a refused start keeps its seq
+        # the address steps once per round of targets, so every (address, target) pair comes up
+        source = self.hosts[(self._first_host + seq // len(self.targets)) % len(self.hosts)]
         try:
-            call = self.stack.make_call(target, {SESSION_HEADER: session})
+            call = self.stack.make_call(target, {SESSION_HEADER: session}, host=source)
         except SlotsBusy:
             # an ended call's slot is still held (its BYE/CANCEL is unanswered): nothing was placed,
             # so nothing is counted or reported, and the start is tried again shortly
@@ -167,13 +177,13 @@ class Agent(AgentBase):
             self._emit(
                 CallRecord(
                     run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=f"unplaced-{session}", seq=seq,
-                    outcome=OUTCOME_ERROR, reason=why, started_at=started_at,
+                    outcome=OUTCOME_ERROR, reason=why, started_at=started_at, source_address=source,
                 )
             )
             self.finished += 1
             return
         self.placed = seq
-        call.app = CallerCall(seq=seq, flow=self.audio.new_flow(), started_at=started_at)
+        call.app = CallerCall(seq=seq, flow=self.audio.new_flow(), started_at=started_at, source=source)
         self._schedule(call, call.app, time.monotonic())
         self.notices.put_nowait(CallStarted(self.s.run_id, self.s.agent_id, seq, call.sip_call_id, started_at))
 
@@ -304,7 +314,7 @@ class Agent(AgentBase):
         rec = CallRecord(
             run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=call.sip_call_id or f"unknown-{cc.seq}",
             seq=cc.seq, outcome=OUTCOME_FAILED, sip_code=call.status_code, started_at=cc.started_at,
-            rtp=call.rtp,
+            rtp=call.rtp, source_address=cc.source or None,
         )
         if t.invite is not None and t.answered is not None:
             rec.setup_ms = round((t.answered - t.invite) * 1000, 1)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from voiceload.agent.base import AgentBase, AgentSettings
+from voiceload.core.addresses import parse_addresses
 from voiceload.core.scenario import load_scenario
 from voiceload.core.sipprofile import AUTH_ENV, PROFILE_ENV, Credentials, SipProfile
 from voiceload.errors import UserError
@@ -29,7 +30,8 @@ def sip_profile(scenario: Path) -> SipProfile:
 def run(
     *, run_id: str, agent_id: str, scenario: Path, target: str | None, broker_url: str, tape_dir: Path | None = None,
     keep_tapes: bool = False, max_calls: int | None = None, rx_delay_ms: float | None = None,
-    bind: str | None = None, channel: str = CHANNEL_SIP, rasa_url: str | None = None, rasa_token: str | None = None,
+    bind: str | None = None, advertise: str | None = None, channel: str = CHANNEL_SIP, rasa_url: str | None = None,
+    rasa_token: str | None = None,
 ) -> None:
     """Entry point of `voiceload agent` (the coordinator spawns these, containers run them directly)."""
     if channel not in CHANNELS:
@@ -42,10 +44,16 @@ def run(
         target = target or rasa_url
     elif target is None:
         raise UserError("--target is required with --channel sip")
+    addresses = parse_addresses(bind, advertise)
+    if channel == CHANNEL_SIP and addresses.bind:
+        from voiceload.sip.lite import check_local_addresses
+
+        check_local_addresses(addresses.bind)
     settings = AgentSettings(
         run_id=run_id, agent_id=agent_id, scenario_path=scenario, target=target,
-        broker=bus.parse_broker_url(broker_url), keep_tapes=keep_tapes, max_calls=max_calls, bind=bind,
-        channel=channel, rasa_url=rasa_url, rasa_token=rasa_token, sip=sip_profile(scenario),
+        broker=bus.parse_broker_url(broker_url), keep_tapes=keep_tapes, max_calls=max_calls,
+        bind=addresses.bind, advertise=addresses.advertise, channel=channel, rasa_url=rasa_url,
+        rasa_token=rasa_token, sip=sip_profile(scenario),
     )
     if tape_dir is not None:
         settings.tape_dir = tape_dir

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from voiceload.core.slo import SloResult
 from voiceload.core.stats import LatencyHistogram
-from voiceload.protocol import OUTCOME_COMPLETED, OUTCOMES, CallRecord, Heartbeat
+from voiceload.protocol import OUTCOME_COMPLETED, OUTCOME_REJECTED, OUTCOMES, CallRecord, Heartbeat
 
 SUMMARY_SCHEMA = 1
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -165,9 +165,15 @@ def summarize(
     slip = LatencyHistogram()
     slipped: Counter[str] = Counter()  # per agent: calls whose audio clock slipped past the limit
     turns: dict[int, _TurnStats] = {}
+    sources: dict[str, SourceCounts] = {}
 
     for rec in records:
         placed += 1
+        if rec.source_address is not None:
+            src = sources.setdefault(rec.source_address, SourceCounts())
+            src.calls += 1
+            src.completed += rec.outcome == OUTCOME_COMPLETED
+            src.rejected += rec.outcome == OUTCOME_REJECTED
         completed += rec.outcome == OUTCOME_COMPLETED
         outcomes[rec.outcome] += 1
         sip_codes[str(rec.sip_code) if rec.sip_code is not None else "none"] += 1
@@ -218,6 +224,7 @@ def summarize(
         setup_ms=LatencyStats.of(setup),
         sip_codes=dict(sorted(sip_codes.items())),
         hangup_by=dict(sorted(hangup_by.items())),
+        source_addresses=dict(sorted(sources.items(), key=lambda kv: _ip_key(kv[0]))),
         valid=not invalid,
         invalid_reasons=invalid,
         generator=health.summary(thresholds, LatencyStats.of(slip)),
@@ -227,6 +234,12 @@ def summarize(
 def reason_key(reason: str | None) -> str:
     """Group failure reasons that differ only in their numbers ("bot took 3412 ms (max 3000)")."""
     return _NUMBER.sub("N", reason) if reason else "unknown"
+
+
+def _ip_key(addr: str) -> tuple[int, ...]:
+    """127.0.0.10 after 127.0.0.9: addresses in numeric order (anything else sorts first)."""
+    parts = addr.split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
 
 
 def _round(v: float | None) -> float | None:
@@ -269,6 +282,15 @@ class CallCounts:
     placed: int = 0
     completed: int = 0
     failed: int = 0  # placed but not completed
+
+
+@dataclass
+class SourceCounts:
+    """The calls of one source address (`--bind`): a gateway's per-IP limit shows as one address's rejections."""
+
+    calls: int = 0
+    completed: int = 0
+    rejected: int = 0
 
 
 @dataclass
@@ -336,6 +358,7 @@ class Summary:
     setup_ms: LatencyStats = field(default_factory=LatencyStats)
     sip_codes: dict[str, int] = field(default_factory=dict)  # final response code ("none": no response) -> calls
     hangup_by: dict[str, int] = field(default_factory=dict)
+    source_addresses: dict[str, SourceCounts] = field(default_factory=dict)  # local IP -> its calls
     valid: bool = False
     invalid_reasons: list[str] = field(default_factory=list)
     generator: GeneratorSummary = field(default_factory=GeneratorSummary)
@@ -371,6 +394,8 @@ class Summary:
             "turns": [TurnSummary.from_dict(_as_obj(t, "turns[]")) for t in turns],
             "greeting_onset_ms": LatencyStats.from_dict(_obj(body, "greeting_onset_ms")),
             "setup_ms": LatencyStats.from_dict(_obj(body, "setup_ms")),
+            "source_addresses": {str(k): _record(SourceCounts, _as_obj(v, f"source_addresses.{k}"))
+                                 for k, v in _obj(body, "source_addresses").items()},
             "generator": GeneratorSummary.from_dict(_obj(body, "generator")),
             "capacity": capacity if isinstance(capacity, dict) else None,
             "slo": None if "slo" not in body else _slo_results(body["slo"], on_bad_slo),

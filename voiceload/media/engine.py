@@ -39,7 +39,8 @@ def offer_with_port(sdp: str, port: int) -> str:
     """pjsua's SDP with the audio stream moved to `port` (the engine's socket).
 
     The `a=rtcp` line goes too: the engine sends no RTCP, and the far end's reports would go to
-    pjsua's socket. The address (`c=`) stays: pjsua and the engine bind the same local IP.
+    pjsua's socket. The address (`c=`) stays: pjsua's stream and the engine's socket are bound to the
+    call's source address, and pjsua already wrote the advertised address there when there is one.
     """
     if not _M_AUDIO.search(sdp):
         raise ValueError("SDP offer has no m=audio line")
@@ -119,8 +120,9 @@ class MediaEngine:
         self.capacity = capacity
         self._engine = _rtpengine.Engine(capacity, loud_level)
 
-    def open(self) -> RtpChannel:
-        index, port = self._engine.open(self.host)
+    def open(self, host: str | None = None) -> RtpChannel:
+        """A call's RTP socket on `host` (one of the agent's source addresses; default: the engine's)."""
+        index, port = self._engine.open(host or self.host)
         return RtpChannel(self, int(index), int(port))
 
     @functools.cache  # noqa: B019 - one engine per process, a handful of recordings

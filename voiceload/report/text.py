@@ -53,6 +53,11 @@ def render_summary(summary: Summary) -> RenderableType:
     tail = Text()
     tail.append(f"SIP setup p50 {_fmt_ms(setup.p50)} ms, p95 {_fmt_ms(setup.p95)} ms; codes: ")
     tail.append(", ".join(f"{code} x{n}" for code, n in summary.sip_codes.items()) or "-")
+    if summary.source_addresses:
+        rejected = {a: f", {c.rejected} rejected" if c.rejected else "" for a, c in summary.source_addresses.items()}
+        tail.append("\nSource addresses: " + ", ".join(
+            f"{addr} {c.calls} calls ({c.completed} completed{rejected[addr]})"
+            for addr, c in summary.source_addresses.items()))
     cpu, lag = gen.max_cpu_percent, gen.max_pump_lag_ms
     cpu_s = "-" if cpu is None else f"{cpu:.0f} %"
     lag_s = "-" if lag is None else f"{lag:.0f} ms"

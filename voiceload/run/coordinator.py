@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voiceload.core.addresses import Addresses
 from voiceload.core.scenario import Scenario, load_scenario, rest_problems
 from voiceload.core.scenario_audio import ScenarioAudio
 from voiceload.core.shape import LoadShape, parse_shape
@@ -37,7 +38,7 @@ from voiceload.results import bus
 from voiceload.results.broker import EmbeddedBroker
 from voiceload.results.collector import SUMMARY_FILE, Collector, write_summary
 from voiceload.run.live import AgentHealth, LiveSnapshot, LiveView, RateMeter
-from voiceload.sip.lite import call_limit, pjsua2_build, probe_target, split_targets
+from voiceload.sip.lite import call_limit, check_local_addresses, pjsua2_build, probe_target, split_targets
 
 log = logging.getLogger("voiceload.run.coordinator")
 
@@ -77,6 +78,7 @@ class RunSettings:
     tls: dict[str, Any] = field(default_factory=dict)  # TlsSettings fields from --tls-ca/-cert/-key/--no-tls-verify
     register: bool | None = None  # --register
     probe: bool = True  # OPTIONS each target before the run (--no-probe skips it)
+    addresses: Addresses = field(default_factory=Addresses)  # --bind/--advertise: the calls' source addresses
     sip: SipProfile = field(default_factory=SipProfile)  # the effective profile, set by validate()
 
     def __post_init__(self) -> None:
@@ -122,6 +124,8 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
         problems = rest_problems(scenario)
         if problems:
             raise UserError(problems[0])
+        if settings.addresses.bind or settings.addresses.advertise:
+            raise UserError("--bind/--advertise are the SIP calls' addresses: not for --channel rest")
     else:
         targets = split_targets(settings.target)
         tls = dataclasses.replace(scenario.sip.tls, **{k: v for k, v in settings.tls.items() if v is not None})
@@ -131,6 +135,10 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
         if "tls" in settings.sip.transports(targets) and not pjsua2_build().tls:
             raise UserError(f"--target {settings.target}: TLS, but this pjsua2 build has no TLS "
                             "(run `make pjsua2` to build voiceload's own, with OpenSSL)")
+        problem = settings.addresses.per_agent_problem(settings.sip.transports(targets))
+        if problem:
+            raise UserError(problem)
+        check_local_addresses(settings.addresses.bind)  # each on this host: one line now, not failed agents
     _check_out_dir(settings.out_dir)
     if (settings.out_dir / "calls.jsonl").exists():
         raise UserError(f"--out {settings.out_dir}: holds an earlier run's calls.jsonl; use a fresh directory")
@@ -193,8 +201,9 @@ def effective_shape(settings: RunSettings, scenario: Scenario) -> LoadShape | No
 async def run_infrastructure(settings: RunSettings) -> AsyncIterator[bus.BrokerAddress]:
     """Probe the target (and Rasa), then give the run a broker: the user's (checked) or an embedded one."""
     if settings.channel != CHANNEL_REST and settings.probe:
+        bind = settings.addresses.bind
         for uri in split_targets(settings.target):
-            await probe_target(uri)
+            await probe_target(uri, local=bind[0] if bind else None)
     if settings.rasa_url is not None:
         await probe_rasa(settings.rasa_url, settings.rasa_token)
     if settings.broker_url is not None:
@@ -453,6 +462,10 @@ def _spawn_agent(
     ]
     if settings.channel != CHANNEL_REST:
         cmd += ["--target", settings.target]
+        if settings.addresses.bind:  # every agent binds every address: each spreads its calls over them
+            cmd += ["--bind", ",".join(settings.addresses.bind)]
+        if settings.addresses.advertise:
+            cmd += ["--advertise", ",".join(settings.addresses.advertise)]
     if settings.rasa_url is not None:
         cmd += ["--rasa-url", settings.rasa_url]
     env = dict(os.environ)

@@ -18,7 +18,7 @@ import string
 import subprocess
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -54,6 +54,20 @@ def local_address_for(host: str, port: int) -> str:
         return str(s.getsockname()[0])
 
 
+def check_local_addresses(addresses: Iterable[str], flag: str = "--bind") -> None:
+    """Each address can be bound here (a UDP socket on a free port, closed at once): a UserError if not.
+
+    Asked of the run process before any agent starts, so an address that is not on this host is one
+    line and exit 2, not a run whose every agent fails to start.
+    """
+    for addr in addresses:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((addr, 0))
+            except OSError as exc:
+                raise UserError(f"{flag} {addr}: not an address of this host ({exc.strerror or exc})") from None
+
+
 def _token(n: int = 10) -> str:
     return "".join(random.choices(string.ascii_lowercase + string.digits, k=n))
 
@@ -85,8 +99,11 @@ class _ProbeProtocol(asyncio.DatagramProtocol):
             self.answer.set_exception(exc)
 
 
-async def probe_target(uri: str, *, timeout_s: float = 3.0) -> str:
-    """Send one OPTIONS to the target; return its status line or raise UserError (unreachable)."""
+async def probe_target(uri: str, *, timeout_s: float = 3.0, local: str | None = None) -> str:
+    """Send one OPTIONS to the target; return its status line or raise UserError (unreachable).
+
+    `local`: the address to send from (the run's first `--bind`: a gateway may only let those in).
+    """
     target = parse_sip_uri(uri)
     loop = asyncio.get_running_loop()
     try:
@@ -96,7 +113,8 @@ async def probe_target(uri: str, *, timeout_s: float = 3.0) -> str:
     addr = infos[0][4]
     remote = (str(addr[0]), int(addr[1]))
     try:
-        local = local_address_for(remote[0], remote[1])
+        if local is None or local == "0.0.0.0":
+            local = local_address_for(remote[0], remote[1])
         transport, proto = await loop.create_datagram_endpoint(
             _ProbeProtocol, local_addr=(local, 0), remote_addr=remote
         )

@@ -32,14 +32,14 @@ import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import pjsua2 as pj
 
-from voiceload.core.sipprofile import TRANSPORTS, SipProfile, parse_sip_uri
+from voiceload.core.sipprofile import SipProfile, parse_sip_uri
 from voiceload.media.engine import MediaEngine, RtpChannel, offer_with_port
 from voiceload.protocol import RtpStats
 from voiceload.sip import _pjsua_c
@@ -129,6 +129,8 @@ class SipCall(pj.Call):
         super().__init__(account, call_id)
         self.stack = stack
         self.kind = account.kind  # the object only ever serves calls of this account
+        self.account_key = account.key  # pooled objects are kept per account
+        self.local_host = account.host  # the source address of its SIP and RTP
         stack.every_call.add(self)
         self.reset()
 
@@ -359,14 +361,20 @@ class RegState:
         return self.code // 100 == 2
 
 
+AccountKey = tuple[str, str]  # (source address, transport kind): an account is bound to that one transport
+
+
 class _Account(pj.Account):
-    def __init__(self, stack: SipStack, kind: str = "udp") -> None:
+    def __init__(self, stack: SipStack, key: AccountKey, *, registering: bool = False) -> None:
         super().__init__()
         self.stack = stack
-        self.kind = kind  # the transport it is bound to
+        self.key = key
+        self.host, self.kind = key  # the address and transport it is bound to
+        self.registering = registering
+        self.registration: RegState | None = None  # its last REGISTER's outcome
 
     def onRegState(self, prm: pj.OnRegStateParam) -> None:
-        self.stack.registration = RegState(int(prm.code), str(prm.reason), int(prm.expiration))
+        self.registration = RegState(int(prm.code), str(prm.reason), int(prm.expiration))
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
         call = self.stack.adopt(prm.callId)
@@ -384,30 +392,38 @@ class SipStack:
     The account carries the caller side's `SipProfile`: digest credentials for any challenge, an
     outbound proxy as its route set, and an optional registration. pjsua picks each request's
     transport from the target URI (`;transport=tcp`, `sips:`), so one account serves them all.
+
+    Several source addresses (`hosts`, docs/gateways.md "Addresses"): each gets its own transports,
+    and one account per transport, bound to it, with the account's pjsua media on the same address;
+    `make_call(host=...)` picks one. `public` maps an address to what it advertises (NAT): Via,
+    Contact and the SDP's `c=` carry that while the sockets stay bound locally.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, max_calls: int = 1024,
                  log_level: int | None = None, user: str = "voiceload", media: MediaEngine | None = None,
                  profile: SipProfile | None = None, transports: Iterable[str] = ("udp",),
-                 domain: str | None = None, registrar: str | None = None) -> None:
-        self.host, self.port, self.max_calls_wanted = host, port, max_calls
+                 domain: str | None = None, registrar: str | None = None,
+                 hosts: Sequence[str] = (), public: Mapping[str, str] | None = None) -> None:
+        self.hosts = tuple(hosts) or (host,)
+        self.host, self.port, self.max_calls_wanted = self.hosts[0], port, max_calls
+        self.public = dict(public or {})
         self.log_level = log_level if log_level is not None else int(os.environ.get("VOICELOAD_PJSIP_LOG", "0"))
         self.user = user
         self.profile = profile or SipProfile()
         self.transports = {"udp", *transports}
         self.domain = domain  # the From's host with credentials (the gateway's domain), else our address
         self.registrar = registrar  # REGISTER here (profile.register), e.g. sip:gw.example.com;transport=tcp
-        self.registration: RegState | None = None  # the last REGISTER's outcome, when registering
-        self.local_ports: dict[str, int] = {}
-        self._transport_ids: dict[str, int] = {}
-        self.accounts: dict[str, _Account] = {}  # one per transport; `account` is the UDP one
+        self.local_ports: dict[str, int] = {}  # the first address's, per transport kind
+        self.host_ports: dict[str, dict[str, int]] = {}  # address -> kind -> local port
+        self._transport_ids: dict[AccountKey, int] = {}
+        self.accounts: dict[AccountKey, _Account] = {}  # one per transport; `account` is the first address's UDP one
         self._kinds: dict[str, str] = {}  # target URI -> the transport its requests leave on
         self.events: deque[tuple[SipCall, CallEvent]] = deque()
         self.calls: set[SipCall] = set()
         self._parked: list[SipCall] = []
         self._closing: list[tuple[float, SipCall, Callable[[SipCall], None]]] = []
         # finished SipCall objects, reused for the next calls, per transport: a pjsua2 Call keeps its account
-        self._pools: dict[str, list[SipCall]] = {kind: [] for kind in TRANSPORTS}
+        self._pools: dict[AccountKey, list[SipCall]] = {}
         self.tape_dir: Path | None = None  # when set, every call is taped from its first media frame
         self.media = media  # outgoing calls' RTP goes through this engine instead of pjmedia
         self.ssrc_base = random.getrandbits(32)
@@ -416,6 +432,16 @@ class SipStack:
         self.ep: pj.Endpoint | None = None
         self.account: _Account | None = None
         self.max_calls = 0
+
+    @property
+    def registration(self) -> RegState | None:
+        """The REGISTERs' outcome: None until every registering account (one per address) heard back,
+        then the first refusal or, when none was refused, the first account's."""
+        states = [a.registration for a in self.accounts.values() if a.registering]
+        if not states or any(st is None for st in states):
+            return None
+        done = [st for st in states if st is not None]
+        return next((st for st in done if not st.ok), done[0])
 
     @_sip_errors
     def start(self) -> None:
@@ -441,8 +467,11 @@ class SipStack:
         with _quiet_stdout():
             ep.libInit(cfg)
         self.max_calls = _lib().call_get_max_count()
-        for kind in sorted(self.transports, key=("udp", "tcp", "tls").index):
-            self._transport_ids[kind], self.local_ports[kind] = self._create_transport(ep, kind)
+        for host in self.hosts:
+            for kind in sorted(self.transports, key=("udp", "tcp", "tls").index):
+                self._transport_ids[(host, kind)], port = self._create_transport(ep, kind, host)
+                self.host_ports.setdefault(host, {})[kind] = port
+        self.local_ports = dict(self.host_ports[self.host])
         self.port = self.local_ports["udp"]
         ep.audDevManager().setNullDev()
         ep.libStart()
@@ -452,32 +481,42 @@ class SipStack:
             ep.codecSetPriority(codec.codecId, 255 if codec.codecId.startswith("PCMU/") else 0)
         # one account per transport, bound to it: pjsip sends over TLS only through a TLS listener
         # it is told to use, and a bound account makes every transport behave the same way
-        for kind, tid in self._transport_ids.items():
-            account = _Account(self, kind)
-            account.create(self._account_config(kind, tid))
-            self.accounts[kind] = account
-        self.account = self.accounts["udp"]
+        # (several source addresses: each address's transports get their own accounts, and each address
+        # registers when asked to, so a registrar sees every address the calls come from)
+        reg_kind = self._route_kind(self.registrar) if self.profile.register and self.registrar else None
+        for key, tid in self._transport_ids.items():
+            account = _Account(self, key, registering=key[1] == reg_kind)
+            account.create(self._account_config(key, tid, registering=key[1] == reg_kind))
+            self.accounts[key] = account
+        self.account = self.accounts[(self.host, "udp")]
         self.ep = ep
 
-    def _account_config(self, kind: str, transport_id: int) -> pj.AccountConfig:
-        """The account of transport `kind`: our identity, credentials, route set, registration, RTP ports."""
+    def _account_config(self, key: AccountKey, transport_id: int, *, registering: bool) -> pj.AccountConfig:
+        """The account of one address's transport: our identity, credentials, route set, registration, RTP."""
+        host = key[0]
+        shown, port = self.public.get(host) or host, self.host_ports[host]["udp"]  # what the far end sees of us
         acfg = pj.AccountConfig()
         acfg.sipConfig.transportId = transport_id
         auth = self.profile.auth
         if auth is not None:  # gateways match the From user against the credentials' user
-            acfg.idUri = f"sip:{auth.user}@{self.domain or f'{self.host}:{self.port}'}"
+            acfg.idUri = f"sip:{auth.user}@{self.domain or f'{shown}:{port}'}"
             acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", auth.realm, auth.user, 0, auth.password))
         else:
-            acfg.idUri = f"sip:{self.user}@{self.host}:{self.port}"
+            acfg.idUri = f"sip:{self.user}@{shown}:{port}"
         proxy = self.profile.proxy
         if proxy is not None:  # loose routing: the request URI stays the target's
             acfg.sipConfig.proxies.append(proxy if ";lr" in proxy else f"{proxy};lr")
-        if self.profile.register and self.registrar is not None and self._route_kind(self.registrar) == kind:
+        if registering and self.registrar is not None:
             acfg.regConfig.registrarUri = self.registrar
             acfg.regConfig.registerOnAdd = True
             acfg.regConfig.timeoutSec = REGISTER_EXPIRES_S  # pjsua refreshes it before it lapses
             acfg.regConfig.retryIntervalSec = 0  # a failed REGISTER is reported, not retried in a loop
-        acfg.mediaConfig.transportConfig.boundAddress = self.host
+        acfg.mediaConfig.transportConfig.boundAddress = host
+        if host in self.public:
+            acfg.mediaConfig.transportConfig.publicAddress = self.public[host]  # the SDP's c=
+            # the user said what the far end must use: pjsua must not swap in what a registrar saw
+            acfg.natConfig.contactRewriteUse = 0
+            acfg.natConfig.viaRewriteUse = 0
         # pjsua starts every process's RTP ports at 4000 and steps up on EADDRINUSE: many processes
         # starting at once race for the same ports (seen: makeCall failing). A random even base
         # per process keeps them apart; pjsua steps past ports in use, but only 100 times.
@@ -496,10 +535,12 @@ class SipStack:
             self._kinds[uri] = kind
         return kind
 
-    def _create_transport(self, ep: pj.Endpoint, kind: str) -> tuple[int, int]:
-        """One listening transport of `kind` on our host; its id and local port."""
+    def _create_transport(self, ep: pj.Endpoint, kind: str, host: str) -> tuple[int, int]:
+        """One listening transport of `kind` on `host`; its id and local port."""
         tcfg = pj.TransportConfig()
-        tcfg.boundAddress = self.host
+        tcfg.boundAddress = host
+        if host in self.public:  # Via and Contact name the advertised address
+            tcfg.publicAddress = self.public[host]
         tcfg.port = self.port if kind == "udp" else 0
         if kind == "tls":
             tls = self.profile.tls
@@ -542,23 +583,24 @@ class SipStack:
         self.ep.libHandleEvents(timeout_ms)
 
     @_sip_errors
-    def make_call(self, uri: str, headers: dict[str, str] | None = None) -> SipCall:
-        """Place a call; `SlotsBusy` (nothing placed, nothing to report) while pjsua has no free slot.
+    def make_call(self, uri: str, headers: dict[str, str] | None = None, host: str | None = None) -> SipCall:
+        """Place a call from `host` (one of `hosts`; None: the first); `SlotsBusy` (nothing placed, nothing
+        to report) while pjsua has no free slot.
 
         `OSError` when the media engine has no socket for it, `SipError` when pjsua refuses it.
         """
         kind = self._route_kind(uri)
-        account = self.accounts.get(kind)
+        account = self.accounts.get((host or self.host, kind))
         if account is None:
-            raise SipError(f"{uri}: no {kind.upper()} transport in this agent")
+            raise SipError(f"{uri}: no {kind.upper()} transport on {host or self.host} in this agent")
         if self.slots_in_use() >= self.max_calls:
             raise SlotsBusy(f"all {self.max_calls} pjsua call slots held ({len(self.calls)} calls live)")
-        pool = self._pools[kind]
+        pool = self._pools.setdefault(account.key, [])
         call = pool.pop() if pool else SipCall(self, account)
         call.reset()
         if self.media is not None:
             try:
-                call.channel = self.media.open()
+                call.channel = self.media.open(account.host)
             except OSError:  # no socket to be had (out of file descriptors or ports): nothing placed
                 pool.append(call)
                 raise
@@ -608,7 +650,7 @@ class SipStack:
         pjsua2 itself re-binds a Call object to a slot.
         """
         assert self.account is not None
-        pool = self._pools[self.account.kind]
+        pool = self._pools.setdefault(self.account.key, [])
         if not pool:
             return SipCall(self, self.account, call_id)
         call = pool.pop()
@@ -650,21 +692,20 @@ class SipStack:
             call.media = None
             call.app = None
             call.tape = None
-            self._pools[call.kind].append(call)
+            self._pools.setdefault(call.account_key, []).append(call)
 
     @_sip_errors
     def unregister(self, timeout_s: float = 2.0) -> None:
-        """Take a live registration back (REGISTER with Expires: 0), bounded; a no-op if none."""
-        if self.account is None or self.registration is None or not self.registration.ok \
-                or not self.registration.expires_s:
-            return
-        account = self.accounts.get(self._route_kind(self.registrar)) if self.registrar else None
-        if account is None:
+        """Take every live registration back (REGISTER with Expires: 0), bounded; a no-op if none."""
+        live = [a for a in self.accounts.values()
+                if a.registration is not None and a.registration.ok and a.registration.expires_s]
+        if not live:
             return
         with contextlib.suppress(pj.Error):
-            account.setRegistration(False)
+            for account in live:
+                account.setRegistration(False)
             end = time.monotonic() + timeout_s
-            while time.monotonic() < end and self.registration.expires_s:
+            while time.monotonic() < end and any(a.registration and a.registration.expires_s for a in live):
                 assert self.ep is not None
                 self.ep.libHandleEvents(20)
 

@@ -63,6 +63,7 @@ struct rtpe_chan {
     int fd;
     struct sockaddr_in remote;
     int connected;                /* connect()ed to `remote` once it sent from there: sends skip the route lookup */
+    int bound_any;                /* bound to 0.0.0.0: never connected (see maybe_connect) */
     uint16_t seq;
     uint32_t ssrc, ts0;
     int64_t tick0;                /* engine tick at start: the RTP timestamp follows the clock, ticks skipped or not */
@@ -247,9 +248,12 @@ static void rx_packet(rtpe_chan *c, const uint8_t *p, ssize_t len, int64_t arriv
 
 /* A far end that sends from the address it advertised gets a connected socket: the kernel then
  * skips a route lookup per send (about 9 % of the packet path, measured). One that sends from
- * elsewhere (asymmetric RTP) never matches, so its socket stays open to every source. */
+ * elsewhere (asymmetric RTP) never matches, so its socket stays open to every source. A socket
+ * bound to every address is left alone: connect() would fix its local address to the route's
+ * source, and packets to another of our addresses (the advertised one, --advertise) would then
+ * no longer reach it. */
 static void maybe_connect(rtpe_chan *c, const struct sockaddr_in *from) {
-    if (c->connected || from->sin_family != AF_INET || from->sin_port != c->remote.sin_port ||
+    if (c->connected || c->bound_any || from->sin_family != AF_INET || from->sin_port != c->remote.sin_port ||
         from->sin_addr.s_addr != c->remote.sin_addr.s_addr)
         return;
     if (connect(c->fd, (const struct sockaddr *)&c->remote, sizeof c->remote) == 0) c->connected = 1;
@@ -507,6 +511,7 @@ int rtpe_open(rtpe_engine *e, const struct sockaddr_in *local, int *channel, int
         c->used = 1;
         c->fd = fd;
         c->tape_fd = -1;
+        c->bound_any = local->sin_addr.s_addr == htonl(INADDR_ANY);
     }
     pthread_mutex_unlock(&e->lock);
     if (slot < 0) {

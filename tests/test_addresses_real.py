@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.refbot import DEMO, RefBot, assert_completed, checked_summary, loopback_capture, start_bot, voiceload
+from tests.kamailio import KAMAILIO, PASSWORD, USER, kamailio
+from tests.refbot import DEMO, REPO, RefBot, assert_completed, checked_summary, loopback_capture, start_bot, voiceload
 from voiceload.tools import referee
 
 pytestmark = pytest.mark.real
 
+QUICK = REPO / "scenarios" / "quick.yaml"
 _URI_HOST = re.compile(r"sips?:(?:[^@>;]+@)?([0-9.]+)")
 
 
@@ -160,3 +162,34 @@ def test_bad_addresses_are_one_line_and_exit_2_before_any_packet(
     with pytest.raises(BlockingIOError):
         sock.recv(65535)  # not even the OPTIONS probe went out
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(KAMAILIO is None, reason="kamailio not installed")
+def test_two_source_addresses_over_tcp_register_and_call_through_an_authenticating_proxy(tmp_path: Path) -> None:
+    """Kamailio demanding digest auth over TCP, `--bind 127.0.0.2,127.0.0.3 --register`: its own log says
+    each address registered (its own Contact), placed half the calls over its own TCP connection, and
+    unregistered at the end."""
+    b = start_bot(tmp_path, scenario=QUICK, max_calls=8)
+    try:
+        with kamailio(tmp_path, b.target) as gw:
+            out = tmp_path / "run"
+            res = voiceload("run", str(QUICK), "--target", gw.uri("tcp"), "-c", "4", "-n", "4", "--out", str(out),
+                            "--bind", "127.0.0.2,127.0.0.3", "--register", "--no-probe", out=out,
+                            env={"VOICELOAD_AUTH": f"{USER}:{PASSWORD}"})
+            summary = checked_summary(res)
+            rx, registers = gw.lines("rx"), gw.lines("register")
+    finally:
+        b.stop()
+    calls = res.calls()
+    assert_completed(summary, calls)
+    assert Counter(c["source_address"] for c in calls) == {"127.0.0.2": 2, "127.0.0.3": 2}
+    invites: dict[str, set[tuple[str, str]]] = {}  # Call-ID -> the source addresses and transports its INVITEs (challenged, then answered) came over
+    for line in rx:
+        m = re.match(r"vltest rx INVITE from ([0-9.]+):\d+ over (\w+) .* callid (\S+)", line)
+        if m:
+            invites.setdefault(m.group(3), set()).add((m.group(1), m.group(2)))
+    assert invites == {c["call_id"]: {(c["source_address"], "tcp")} for c in calls}, invites
+    contacts = [re.search(r"contact <?sip:[^@]+@([0-9.]+)", ln) for ln in registers]
+    expires = [ln.split(" expires ")[1].split()[0] for ln in registers]
+    assert sorted(zip(expires, [m.group(1) if m else "" for m in contacts], strict=True)) == [
+        ("0", "127.0.0.2"), ("0", "127.0.0.3"), ("300", "127.0.0.2"), ("300", "127.0.0.3")], registers

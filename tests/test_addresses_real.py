@@ -183,7 +183,8 @@ def test_two_source_addresses_over_tcp_register_and_call_through_an_authenticati
     calls = res.calls()
     assert_completed(summary, calls)
     assert Counter(c["source_address"] for c in calls) == {"127.0.0.2": 2, "127.0.0.3": 2}
-    invites: dict[str, set[tuple[str, str]]] = {}  # Call-ID -> the source addresses and transports its INVITEs (challenged, then answered) came over
+    # Call-ID -> (source address, transport) of its INVITEs: the challenged one and the answered retry
+    invites: dict[str, set[tuple[str, str]]] = {}
     for line in rx:
         m = re.match(r"vltest rx INVITE from ([0-9.]+):\d+ over (\w+) .* callid (\S+)", line)
         if m:

@@ -132,6 +132,26 @@ def test_the_advertised_address_is_in_via_contact_and_sdp_and_media_reaches_us(b
         # and what came to 127.0.0.5 was heard: a socket on 0.0.0.0 that connect()ed to the bot would have
         # taken 127.0.0.1 as its own address and dropped those (seen: 7 of 9 lost before the engine left it alone)
         assert call["rtp"]["rx_lost"] == 0 and call["greeting"]["ok"], call
+        assert call["source_address"] == "127.0.0.1"  # the record names where the packets came from
+
+
+def test_every_address_without_advertise_announces_the_routed_one(bot: RefBot, tmp_path: Path) -> None:
+    """`--bind 0.0.0.0` alone: pjsua would announce the host's default address (here eth0's, which the
+    bot's replies then went to: no ACK reached it, and not one greeting was heard), so the agent
+    announces the address that routes to the target, which its packets come from."""
+    out = tmp_path / "run"
+    with loopback_capture(tmp_path / "lo.pcap") as capture:
+        res = voiceload("run", str(DEMO), "--target", bot.target, "-c", "1", "-n", "1", "--out", str(out),
+                        "--bind", "0.0.0.0", out=out)
+    summary = checked_summary(res)
+    (call,) = res.calls()
+    assert_completed(summary, [call])
+    assert call["source_address"] == "127.0.0.1"
+    if capture.why_not:
+        pytest.skip(f"{capture.why_not}: the announced address is not checked")
+    wc = wire_calls(capture.pcap)[call["call_id"]]
+    assert (wc.invite_src, wc.via_host, wc.contact_host) == ("127.0.0.1",) * 3, wc
+    assert wc.offer is not None and wc.offer[0] == "127.0.0.1" and set(wc.rtp_to_us) == {"127.0.0.1"}, wc
 
 
 @pytest.fixture

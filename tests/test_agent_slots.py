@@ -231,6 +231,7 @@ def _agent(stack: _FakeStack) -> tuple[Agent, list[Any]]:
     agent.stack = stack  # type: ignore[assignment]
     agent.targets, agent._first_target = [agent.s.target], 0
     agent.hosts, agent._first_host = ("127.0.0.1",), 0
+    agent._source = {"127.0.0.1": "127.0.0.1"}
     agent.placed = agent.finished = 0
     agent._next_start = time.monotonic() + 1.0  # what _start_calls set: one start token spent
     agent._emit = emitted.append  # type: ignore[method-assign]

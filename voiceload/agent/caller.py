@@ -22,7 +22,7 @@ from pathlib import Path
 from voiceload.agent.base import PUMP_PERIOD_S, AgentBase, AgentSettings
 from voiceload.audio.analysis import Played, analyse_caller_tape
 from voiceload.audio.wav import read_tape
-from voiceload.core.addresses import Addresses
+from voiceload.core.addresses import ANY, Addresses
 from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Hangup, Play
 from voiceload.core.scenario_audio import ScenarioAudio
 from voiceload.core.sipprofile import SipUri, parse_sip_uri
@@ -89,9 +89,15 @@ class Agent(AgentBase):
         hop = parse_sip_uri(profile.proxy, "--proxy") if profile.proxy else first  # where our packets go
         # several source addresses (--bind): calls take them in turn, each agent starting at its own one
         addresses = Addresses(settings.bind, settings.advertise)
-        self.hosts = settings.bind or (local_address_for(hop.host, hop.port),)
+        routed = local_address_for(hop.host, hop.port)
+        self.hosts = settings.bind or (routed,)
         self._first_host = sum(map(ord, settings.agent_id)) % len(self.hosts)
         public = {h: p for h in self.hosts if (p := addresses.public(h)) is not None}
+        # a socket on every address (0.0.0.0) sends from the routed one: pjsua would announce the host's
+        # default address instead (and `0.0.0.0` in From), which need not be where our packets come from
+        self._source = {h: routed if h == ANY else h for h in self.hosts}  # what a record names
+        if ANY in self.hosts:
+            public.setdefault(ANY, routed)
         # pjsua slots beyond the assigned calls: an ended call holds its slot until its BYE is answered
         wanted = settings.max_calls + max(1, settings.max_calls // 8) if settings.max_calls else 1024
         self.media = MediaEngine(self.hosts[0], wanted, loud_level=LEVEL_SPEECH)
@@ -177,13 +183,15 @@ class Agent(AgentBase):
             self._emit(
                 CallRecord(
                     run_id=self.s.run_id, agent_id=self.s.agent_id, call_id=f"unplaced-{session}", seq=seq,
-                    outcome=OUTCOME_ERROR, reason=why, started_at=started_at, source_address=source,
+                    outcome=OUTCOME_ERROR, reason=why, started_at=started_at,
+                    source_address=self._source[source],
                 )
             )
             self.finished += 1
             return
         self.placed = seq
-        call.app = CallerCall(seq=seq, flow=self.audio.new_flow(), started_at=started_at, source=source)
+        call.app = CallerCall(seq=seq, flow=self.audio.new_flow(), started_at=started_at,
+                              source=self._source[source])
         self._schedule(call, call.app, time.monotonic())
         self.notices.put_nowait(CallStarted(self.s.run_id, self.s.agent_id, seq, call.sip_call_id, started_at))
 

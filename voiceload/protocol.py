@@ -173,7 +173,7 @@ class CallRecord(Message):
     turns: list[TurnResult] = field(default_factory=list)
     rtp: RtpStats | None = None  # rx/tx packet counts, loss, jitter, read before stream teardown
     clock_slip_ms: float | None = None  # generator health: the agent's audio clock vs wall time
-    source_address: str | None = None  # the local IP the call's SIP and RTP were bound to (--bind)
+    source_address: str | None = None  # the local IP the call's SIP and RTP came from (--bind)
 
     @classmethod
     def _from_dict(cls, body: dict[str, Any]) -> CallRecord:

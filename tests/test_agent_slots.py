@@ -18,6 +18,7 @@ from typing import Any
 
 from tests.refbot import REPO
 from voiceload.agent.caller import Agent
+from voiceload.core.identity import IdentitySpec
 from voiceload.sip.message import SipMessage
 from voiceload.sip.ua import SLOT_RETRY_S, SipError, SlotsBusy
 
@@ -230,6 +231,7 @@ def _agent(stack: _FakeStack) -> tuple[Agent, list[Any]]:
     agent.s = SimpleNamespace(run_id="r", agent_id="a0", target="sip:bot@127.0.0.1:5060")  # type: ignore[assignment]
     agent.stack = stack  # type: ignore[assignment]
     agent.targets, agent._first_target = [agent.s.target], 0
+    agent.identity = IdentitySpec()  # no per-call identity: the stack's From, the target's user
     agent.placed = agent.finished = 0
     agent._next_start = time.monotonic() + 1.0  # what _start_calls set: one start token spent
     agent._emit = emitted.append  # type: ignore[method-assign]

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +24,14 @@ from voiceload.agent.base import PUMP_PERIOD_S, AgentBase, AgentSettings
 from voiceload.audio.analysis import Played, analyse_caller_tape
 from voiceload.audio.wav import read_tape
 from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Hangup, Play
+from voiceload.core.identity import (
+    CallFields,
+    IdentityError,
+    IdentityRows,
+    parse_identities,
+    sender_of,
+    with_user,
+)
 from voiceload.core.scenario_audio import ScenarioAudio
 from voiceload.core.sipprofile import SipUri, parse_sip_uri
 from voiceload.core.stats import LatencyHistogram
@@ -97,12 +106,31 @@ class Agent(AgentBase):
         self._due: list[tuple[float, int, SipCall]] = []  # (when, seq, call): a heap of calls to step
         # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape")
+        self.identity = profile.identity
+        self.identity_rows: IdentityRows | None = None  # the identities file, read in _open
+        self._rng = random.Random()  # {digits:N}
+        self._from_users: dict[int, str] = {}  # seq -> the From user sent, for the tracker (sender from-user)
 
     @property
     def active(self) -> int:
         return len(self.stack.calls)
 
+    def _read_identities(self) -> None:
+        """The identities file, as the coordinator checked it; a file gone bad since is the user's to fix."""
+        path = self.identity.identities
+        if path is None:
+            return
+        try:
+            rows = parse_identities(Path(path).read_text(encoding="utf-8-sig"), path)
+            self.identity.check_rows(rows)
+        except OSError as exc:
+            raise UserError(f"identities file {path}: cannot read it: {exc.strerror or exc}") from None
+        except (IdentityError, UnicodeDecodeError) as exc:
+            raise UserError(str(exc)) from None
+        self.identity_rows = rows
+
     async def _open(self) -> None:
+        self._read_identities()
         self.tape_dir.mkdir(parents=True, exist_ok=True)
         self.stack.tape_dir = self.tape_dir
         self.stack.start()
@@ -154,8 +182,20 @@ class Agent(AgentBase):
         session = session_id(self.s.run_id, self.s.agent_id, seq)
         started_at = time.time()
         target = self.targets[(self._first_target + seq) % len(self.targets)]  # a refused start keeps its seq
+        headers = {SESSION_HEADER: session}
+        if self.identity.active:
+            who = self.identity.expand(CallFields(seq, self.s.agent_id, session, self.s.run_id),
+                                       self.identity_rows, self._rng)
+            headers.update(who.headers)
+            from_header = who.from_header(self.stack.from_user, self.stack.from_host)
+            if from_header is not None:
+                headers["From"] = from_header
+            if who.to_user is not None:
+                target = with_user(target, who.to_user)
+            if who.from_user_part is not None:
+                self._from_users[seq] = who.from_user_part
         try:
-            call = self.stack.make_call(target, {SESSION_HEADER: session})
+            call = self.stack.make_call(target, headers)
         except SlotsBusy:
             # an ended call's slot is still held (its BYE/CANCEL is unanswered): nothing was placed,
             # so nothing is counted or reported, and the start is tried again shortly
@@ -295,6 +335,11 @@ class Agent(AgentBase):
             if action.reason:
                 cc.reason = action.reason
             call.hangup_now()
+
+    def _sender(self, rec: CallRecord) -> str:
+        """The Rasa sender the gateway gives this call (`sip.sender`): session id, From user or Call-ID."""
+        return sender_of(self.identity.sender, session=session_id(self.s.run_id, self.s.agent_id, rec.seq),
+                         call_id=rec.call_id, from_user=self._from_users.pop(rec.seq, None))
 
     def _signalling_record(self, call: SipCall, cc: CallerCall) -> CallRecord:
         """Everything about the call except the tape; outcome `failed` here means "answered, measure it"."""

@@ -410,6 +410,7 @@ class SipStack:
         self.ep: pj.Endpoint | None = None
         self.account: _Account | None = None
         self.max_calls = 0
+        self.from_user, self.from_host = user, host  # the account's From (set by start); a call may carry its own
 
     @_sip_errors
     def start(self) -> None:
@@ -447,10 +448,11 @@ class SipStack:
         acfg = pj.AccountConfig()
         auth = self.profile.auth
         if auth is not None:  # gateways match the From user against the credentials' user
-            acfg.idUri = f"sip:{auth.user}@{self.domain or f'{self.host}:{self.port}'}"
+            self.from_user, self.from_host = auth.user, self.domain or f"{self.host}:{self.port}"
             acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", auth.realm, auth.user, 0, auth.password))
         else:
-            acfg.idUri = f"sip:{self.user}@{self.host}:{self.port}"
+            self.from_user, self.from_host = self.user, f"{self.host}:{self.port}"
+        acfg.idUri = f"sip:{self.from_user}@{self.from_host}"
         if self.profile.proxy is not None:  # loose routing: the request URI stays the target's
             acfg.sipConfig.proxies.append(self.profile.proxy if ";lr" in self.profile.proxy
                                           else f"{self.profile.proxy};lr")
@@ -521,7 +523,9 @@ class SipStack:
     def make_call(self, uri: str, headers: dict[str, str] | None = None) -> SipCall:
         """Place a call; `SlotsBusy` (nothing placed, nothing to report) while pjsua has no free slot.
 
-        `OSError` when the media engine has no socket for it, `SipError` when pjsua refuses it.
+        A `From` among `headers` is the call's From instead of the account's (our pjproject patch
+        scripts/pjsua2/30-per-call-from.patch: pjsua has no per-call From); the request URI's user is
+        the To user. `OSError` when the media engine has no socket for it, `SipError` when pjsua refuses it.
         """
         assert self.account is not None
         if self.slots_in_use() >= self.max_calls:

@@ -14,6 +14,7 @@ coordinator checks it before any call, each agent reads it when it starts).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import random
 import re
@@ -324,14 +325,19 @@ class IdentitySpec:
         """One call's identity. `rows` is the identities file when there is one."""
         row = rows.row(row_index(agent_number(call.agent), call.seq, self.stride)) if rows is not None else None
 
-        def value(text: str | None, what: str) -> str | None:
-            return None if text is None else Template.parse(text, what).expand(call, row, rng)
+        def value(text: str | None) -> str | None:
+            return None if text is None else _compiled(text).expand(call, row, rng)
 
         return CallIdentity(
-            from_user=value(self.from_user, "From"), display_name=value(self.display_name, "display name"),
-            to_user=value(self.to_user, "To user"),
-            headers=tuple((name, Template.parse(text, name).expand(call, row, rng)) for name, text in self.headers),
+            from_user=value(self.from_user), display_name=value(self.display_name), to_user=value(self.to_user),
+            headers=tuple((name, _compiled(text).expand(call, row, rng)) for name, text in self.headers),
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(text: str) -> Template:
+    """A template parsed once per process (a run has a handful), not once per call."""
+    return Template.parse(text, "template")
 
 
 def check_header_name(name: str) -> None:

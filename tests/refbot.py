@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import select
 import shutil
@@ -115,10 +116,11 @@ def assert_completed(summary: dict[str, Any], calls: list[dict[str, Any]]) -> No
     assert summary["calls"]["placed"] == len(calls) == len({c["call_id"] for c in calls})
 
 
-def voiceload(*args: str, timeout: float = 300, out: Path | None = None) -> RunResult:
-    """Run the CLI as a user would, bounded in time."""
+def voiceload(*args: str, timeout: float = 300, out: Path | None = None,
+              env: dict[str, str] | None = None) -> RunResult:
+    """Run the CLI as a user would, bounded in time (`env`: variables added to this process's)."""
     proc = subprocess.run([sys.executable, "-m", "voiceload", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, env={**os.environ, **env} if env else None)
     return RunResult(proc.returncode, proc.stdout, proc.stderr, out or Path())
 
 

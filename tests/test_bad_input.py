@@ -187,3 +187,31 @@ def test_broker_refusing_the_login(tmp_path: Path, sip_responder: str, locked_mo
     code, err = run_scenario(tmp_path, DEMO, sip_responder, "--broker", url)
     assert code == 2
     assert f"--broker {url}: the broker refused the credentials (Not authorized)" in one_line_error(err)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--auth", "justauser"], "--auth (or VOICELOAD_AUTH): expected USER:PASSWORD"),
+    (["--tls-ca", "/nonexistent/ca.pem"], "--tls-ca /nonexistent/ca.pem: no such file"),
+    (["--tls-cert", "/etc/hostname"], "--tls-cert and --tls-key go together"),
+    (["--proxy", "sbc.example.com"], "--proxy 'sbc.example.com': expected a SIP URI"),
+])
+def test_bad_sip_flags(tmp_path: Path, sip_responder: str, args: list[str], expected: str) -> None:
+    tls_target = sip_responder.replace("sip:", "sips:")  # the TLS checks apply to a TLS target
+    code, err = run_scenario(tmp_path, DEMO, tls_target if "--tls" in args[0] else sip_responder, *args)
+    assert code == 2
+    assert expected in one_line_error(err)
+
+
+def test_sips_uri_over_another_transport(tmp_path: Path) -> None:
+    code, err = run_scenario(tmp_path, DEMO, "sips:bot@127.0.0.1:5061;transport=udp")
+    assert code == 2
+    assert "a sips: URI goes over TLS, not udp" in one_line_error(err)
+
+
+def test_bad_sip_section_in_the_scenario(tmp_path: Path, sip_responder: str) -> None:
+    sc = tmp_path / "s.yaml"
+    text = DEMO.read_text().replace("../recordings/", str(DEMO.parent.parent / "recordings") + "/")
+    sc.write_text(text + "\nsip:\n  auth: {user: bob}\n")
+    code, err = run_scenario(tmp_path, sc, sip_responder)
+    assert code == 2
+    assert f"{sc}:" in err and "sip.auth: must be a mapping of user, password" in err

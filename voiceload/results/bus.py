@@ -217,6 +217,11 @@ class _Session:
     lost: asyncio.Event
 
 
+def _consume(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Bus:
     """One logical MQTT connection that survives broker restarts.
 
@@ -305,6 +310,9 @@ class Bus:
                 timeout=self.connect_timeout_s,
                 keepalive=self.keepalive_s,
             )
+            # aiomqtt sets an unexpected disconnect's exception on this future even when nobody
+            # awaits it (a broker gone while we leave): read it, or asyncio logs it at exit
+            client._disconnected.add_done_callback(_consume)
             session = _Session(client, asyncio.Event())
             try:
                 # Shielded: cancelling aiomqtt's connect midway leaves its executor thread and socket behind.

@@ -39,7 +39,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pjsua2 as pj
 
-from voiceload.core.sipprofile import SipProfile
+from voiceload.core.sipprofile import TRANSPORTS, SipProfile, parse_sip_uri
 from voiceload.media.engine import MediaEngine, RtpChannel, offer_with_port
 from voiceload.protocol import RtpStats
 from voiceload.sip import _pjsua_c
@@ -125,9 +125,10 @@ class CallTimes:
 class SipCall(pj.Call):
     """A call whose callbacks only record facts and queue an event for the pump loop."""
 
-    def __init__(self, stack: SipStack, account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+    def __init__(self, stack: SipStack, account: _Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(account, call_id)
         self.stack = stack
+        self.kind = account.kind  # the object only ever serves calls of this account
         stack.every_call.add(self)
         self.reset()
 
@@ -359,9 +360,10 @@ class RegState:
 
 
 class _Account(pj.Account):
-    def __init__(self, stack: SipStack) -> None:
+    def __init__(self, stack: SipStack, kind: str = "udp") -> None:
         super().__init__()
         self.stack = stack
+        self.kind = kind  # the transport it is bound to
 
     def onRegState(self, prm: pj.OnRegStateParam) -> None:
         self.stack.registration = RegState(int(prm.code), str(prm.reason), int(prm.expiration))
@@ -397,11 +399,15 @@ class SipStack:
         self.registrar = registrar  # REGISTER here (profile.register), e.g. sip:gw.example.com;transport=tcp
         self.registration: RegState | None = None  # the last REGISTER's outcome, when registering
         self.local_ports: dict[str, int] = {}
+        self._transport_ids: dict[str, int] = {}
+        self.accounts: dict[str, _Account] = {}  # one per transport; `account` is the UDP one
+        self._kinds: dict[str, str] = {}  # target URI -> the transport its requests leave on
         self.events: deque[tuple[SipCall, CallEvent]] = deque()
         self.calls: set[SipCall] = set()
         self._parked: list[SipCall] = []
         self._closing: list[tuple[float, SipCall, Callable[[SipCall], None]]] = []
-        self._pool: list[SipCall] = []  # finished SipCall objects, reused for the next calls
+        # finished SipCall objects, reused for the next calls, per transport: a pjsua2 Call keeps its account
+        self._pools: dict[str, list[SipCall]] = {kind: [] for kind in TRANSPORTS}
         self.tape_dir: Path | None = None  # when set, every call is taped from its first media frame
         self.media = media  # outgoing calls' RTP goes through this engine instead of pjmedia
         self.ssrc_base = random.getrandbits(32)
@@ -437,7 +443,7 @@ class SipStack:
             ep.libInit(cfg)
         self.max_calls = _lib().call_get_max_count()
         for kind in sorted(self.transports, key=("udp", "tcp", "tls").index):
-            self.local_ports[kind] = self._create_transport(ep, kind)
+            self._transport_ids[kind], self.local_ports[kind] = self._create_transport(ep, kind)
         self.port = self.local_ports["udp"]
         ep.audDevManager().setNullDev()
         ep.libStart()
@@ -445,7 +451,19 @@ class SipStack:
         # G.711 u-law only: what every gateway speaks, and what SIPp streams
         for codec in ep.codecEnum2():
             ep.codecSetPriority(codec.codecId, 255 if codec.codecId.startswith("PCMU/") else 0)
+        # one account per transport, bound to it: pjsip sends over TLS only through a TLS listener
+        # it is told to use, and a bound account makes every transport behave the same way
+        for kind, tid in self._transport_ids.items():
+            account = _Account(self, kind)
+            account.create(self._account_config(kind, tid))
+            self.accounts[kind] = account
+        self.account = self.accounts["udp"]
+        self.ep = ep
+
+    def _account_config(self, kind: str, transport_id: int) -> pj.AccountConfig:
+        """The account of transport `kind`: our identity, credentials, route set, registration, RTP ports."""
         acfg = pj.AccountConfig()
+        acfg.sipConfig.transportId = transport_id
         auth = self.profile.auth
         if auth is not None:  # gateways match the From user against the credentials' user
             self.from_user, self.from_host = auth.user, self.domain or f"{self.host}:{self.port}"
@@ -453,10 +471,10 @@ class SipStack:
         else:
             self.from_user, self.from_host = self.user, f"{self.host}:{self.port}"
         acfg.idUri = f"sip:{self.from_user}@{self.from_host}"
-        if self.profile.proxy is not None:  # loose routing: the request URI stays the target's
-            acfg.sipConfig.proxies.append(self.profile.proxy if ";lr" in self.profile.proxy
-                                          else f"{self.profile.proxy};lr")
-        if self.profile.register and self.registrar is not None:
+        proxy = self.profile.proxy
+        if proxy is not None:  # loose routing: the request URI stays the target's
+            acfg.sipConfig.proxies.append(proxy if ";lr" in proxy else f"{proxy};lr")
+        if self.profile.register and self.registrar is not None and self._route_kind(self.registrar) == kind:
             acfg.regConfig.registrarUri = self.registrar
             acfg.regConfig.registerOnAdd = True
             acfg.regConfig.timeoutSec = REGISTER_EXPIRES_S  # pjsua refreshes it before it lapses
@@ -470,12 +488,20 @@ class SipStack:
         # agent's pjsua and engine sockets fill blocks far longer than 100 steps.
         acfg.mediaConfig.transportConfig.port = 0 if self.media is not None \
             else random.randrange(RTP_PORT_MIN, RTP_PORT_MAX, 2)
-        self.account = _Account(self)
-        self.account.create(acfg)
-        self.ep = ep
+        return acfg
 
-    def _create_transport(self, ep: pj.Endpoint, kind: str) -> int:
-        """One listening transport of `kind` on our host; its local port."""
+    def _route_kind(self, uri: str) -> str:
+        """The transport a request to `uri` leaves on: the outbound proxy's, else the URI's own."""
+        scheme, _, rest = uri.partition(":")
+        key = f"{scheme}:{rest.rpartition('@')[2]}"  # not the user: a per-call To user must not grow the cache
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = parse_sip_uri(self.profile.proxy or uri, "--proxy" if self.profile.proxy else "--target").transport
+            self._kinds[key] = kind
+        return kind
+
+    def _create_transport(self, ep: pj.Endpoint, kind: str) -> tuple[int, int]:
+        """One listening transport of `kind` on our host; its id and local port."""
         tcfg = pj.TransportConfig()
         tcfg.boundAddress = self.host
         tcfg.port = self.port if kind == "udp" else 0
@@ -488,7 +514,7 @@ class SipStack:
             tcfg.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
         types = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP, "tls": pj.PJSIP_TRANSPORT_TLS}
         tid = ep.transportCreate(types[kind], tcfg)
-        return int(str(ep.transportGetInfo(tid).localName).rsplit(":", 1)[1])
+        return int(tid), int(str(ep.transportGetInfo(tid).localName).rsplit(":", 1)[1])
 
     def slots_in_use(self) -> int:
         """Call slots pjsua holds: live calls, and calls that already look DISCONNECTED to us.
@@ -527,16 +553,20 @@ class SipStack:
         scripts/pjsua2/30-per-call-from.patch: pjsua has no per-call From); the request URI's user is
         the To user. `OSError` when the media engine has no socket for it, `SipError` when pjsua refuses it.
         """
-        assert self.account is not None
+        kind = self._route_kind(uri)
+        account = self.accounts.get(kind)
+        if account is None:
+            raise SipError(f"{uri}: no {kind.upper()} transport in this agent")
         if self.slots_in_use() >= self.max_calls:
             raise SlotsBusy(f"all {self.max_calls} pjsua call slots held ({len(self.calls)} calls live)")
-        call = self._pool.pop() if self._pool else SipCall(self, self.account)
+        pool = self._pools[kind]
+        call = pool.pop() if pool else SipCall(self, account)
         call.reset()
         if self.media is not None:
             try:
                 call.channel = self.media.open()
             except OSError:  # no socket to be had (out of file descriptors or ports): nothing placed
-                self._pool.append(call)
+                pool.append(call)
                 raise
         prm = pj.CallOpParam(True)
         for name, value in (headers or {}).items():
@@ -550,7 +580,7 @@ class SipStack:
         except pj.Error as exc:
             self.calls.discard(call)
             call.close_media()
-            self._pool.append(call)
+            pool.append(call)
             if exc.status == PJ_ETOOMANY:  # a slot taken behind our back: the same as the check above
                 raise SlotsBusy(exc.info().strip()) from None
             raise
@@ -584,9 +614,10 @@ class SipStack:
         pjsua2 itself re-binds a Call object to a slot.
         """
         assert self.account is not None
-        if not self._pool:
+        pool = self._pools[self.account.kind]
+        if not pool:
             return SipCall(self, self.account, call_id)
-        call = self._pool.pop()
+        call = pool.pop()
         call.reset()
         _lib().call_set_user_data(call_id, int(call.this))
         bound = pj.Call.lookup(call_id)
@@ -625,7 +656,7 @@ class SipStack:
             call.media = None
             call.app = None
             call.tape = None
-            self._pool.append(call)
+            self._pools[call.kind].append(call)
 
     @_sip_errors
     def unregister(self, timeout_s: float = 2.0) -> None:
@@ -633,8 +664,11 @@ class SipStack:
         if self.account is None or self.registration is None or not self.registration.ok \
                 or not self.registration.expires_s:
             return
+        account = self.accounts.get(self._route_kind(self.registrar)) if self.registrar else None
+        if account is None:
+            return
         with contextlib.suppress(pj.Error):
-            self.account.setRegistration(False)
+            account.setRegistration(False)
             end = time.monotonic() + timeout_s
             while time.monotonic() < end and self.registration.expires_s:
                 assert self.ep is not None
@@ -657,8 +691,10 @@ class SipStack:
         self.collect()
         self.unregister()
         self.events.clear()
-        self._pool.clear()  # destroyed while the library still lives and no call is active
+        for pool in self._pools.values():
+            pool.clear()  # destroyed while the library still lives and no call is active
         self.account = None
+        self.accounts.clear()
         gc.collect()
         # Anything still referencing a call now (an exception's traceback, say) would run ~Call()
         # after libDestroy() and trip pjsua's asserts: the process is ending, let those leak.

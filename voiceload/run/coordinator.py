@@ -134,6 +134,10 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
         if "tls" in settings.sip.transports(targets) and not pjsua2_build().tls:
             raise UserError(f"--target {settings.target}: TLS, but this pjsua2 build has no TLS "
                             "(run `make pjsua2` to build voiceload's own, with OpenSSL)")
+        ident = settings.sip.identity
+        if (ident.from_user is not None or ident.display_name is not None) and not pjsua2_build().per_call_from:
+            raise UserError("--from/--display-name: a per-call From needs voiceload's own pjsua2 build "
+                            "(run `make pjsua2`); this one would send two From headers")
     _check_out_dir(settings.out_dir)
     if (settings.out_dir / "calls.jsonl").exists():
         raise UserError(f"--out {settings.out_dir}: holds an earlier run's calls.jsonl; use a fresh directory")

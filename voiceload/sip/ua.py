@@ -24,6 +24,7 @@ import contextlib
 import enum
 import functools
 import gc
+import importlib.metadata
 import json
 import logging
 import os
@@ -752,7 +753,11 @@ def probe_build() -> dict[str, Any]:
     except pj.Error:  # PJ_ENOTSUP: built without an SSL backend
         tls = False
     ep.libDestroy()
-    return {"max_calls": limit, "tls": tls}
+    try:  # voiceload's own build carries its patches (scripts/pjsua2/*.patch); the PyPI wheel does not
+        version = importlib.metadata.version("pjsua2-python")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    return {"max_calls": limit, "tls": tls, "voiceload_build": "+voiceload" in version}
 
 
 if __name__ == "__main__":  # `python -m voiceload.sip.ua` prints the build's facts (used by sip.lite)

@@ -132,6 +132,7 @@ class RtpStats:
     rx_jitter_ms_mean: float | None = None
     rx_jitter_ms_max: float | None = None
     rx_delay_ms_max: float | None = None  # engine: the most a packet was taped ahead of its arrival
+    rx_sources: int | None = None  # engine: SSRCs the far end sent from (early media and answer may differ)
     tx_packets: int | None = None
     tx_errors: int | None = None  # engine: sends the kernel refused
     late_samples: int | None = None  # engine: received after their part of the tape was written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 import time
@@ -157,7 +158,7 @@ def loud_onsets_s(path: Path, started: float) -> list[float]:
     """Monotonic times where loud stretches begin on a tape (after >= 100 ms of quiet)."""
     tape, _ = sf.read(path, dtype="int16")
     loud = np.flatnonzero(np.abs(tape) > 4000)
-    starts = [int(loud[0])] + [int(b) for a, b in zip(loud[:-1], loud[1:], strict=True) if b - a > 800]
+    starts = [int(loud[0])] + [int(b) for a, b in itertools.pairwise(loud) if b - a > 800]
     return [started + i / 8000 for i in starts]
 
 

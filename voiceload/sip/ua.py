@@ -148,6 +148,7 @@ class SipCall(pj.Call):
         self.players: list[pj.AudioMediaPlayer] = []
         self.channel: RtpChannel | None = None  # the engine's RTP channel, when the stack has an engine
         self.holds: list[list[float]] = []  # [start, end] monotonic s of each hold by the far end; end inf: on hold
+        self.far_held = False  # the latest negotiation left the far end holding the call (or early media sendonly)
         self.media_moves = 0  # times the engine's channel followed the far end to another RTP address
         self.invite = ""  # an incoming call's INVITE as received (for its headers)
         self.app: Any = None  # the role's per-call state
@@ -173,6 +174,7 @@ class SipCall(pj.Call):
             self.times.confirmed = now
             if self.times.answered is None:
                 self.times.answered = now
+            self._hold_edge(self.times.answered)  # answered on hold: held from the answer on
         elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self.times.disconnected = now
             if not self.local_hangup:
@@ -243,10 +245,17 @@ class SipCall(pj.Call):
             return
 
     def _note_hold(self, far: FarEnd, now: float) -> None:
-        on_hold = bool(self.holds) and self.holds[-1][1] == float("inf")
-        if far.held and not on_hold:
+        """Holds count from the answer on: before it, a one-way stream is early media (a 183 with
+        `a=sendonly` is a common ringback). The 200 OK's own negotiation is reported after its
+        CONNECTING state, so the answer's direction is taken at CONFIRMED (the ACK)."""
+        self.far_held = far.held
+        if self.times.confirmed is not None:
+            self._hold_edge(now)
+
+    def _hold_edge(self, now: float) -> None:
+        if self.far_held and not self.held:
             self.holds.append([now, float("inf")])
-        elif not far.held and on_hold:
+        elif not self.far_held and self.held:
             self.holds[-1][1] = now
 
     @property

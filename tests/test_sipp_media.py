@@ -18,8 +18,8 @@ import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +247,135 @@ def test_early_media_before_the_200_ok(tmp_path: Path, mode: str) -> None:
     answered_s = sum((c["duration_ms"] or 0) for c in calls) / 1000
     assert sink.packets >= 0.8 * 50 * answered_s, (sink.packets, answered_s)
     assert sink.loud >= 0.5 * 2 * ms_of(ORDER) / 20
+
+
+# --- (b) a re-INVITE that holds the call, then one that moves its media ----------------------------
+
+REINVITE_XML = HERE / "uas_reinvite.xml"
+PCAP_SSRC, PCAP_TS0 = 0x5EED0001, 12345  # a new source, its timestamps far from SIPp's rtp_stream's
+
+
+def write_rtp_pcap(path: Path, prompts: list[tuple[int, Path]], total_ms: int, *, dport: int = 6000) -> None:
+    """A pcap (Ethernet, IPv4, UDP) of one PCMU stream with its own SSRC and timestamp base: each
+    prompt starts at its ms offset, silence elsewhere. SIPp's play_pcap_audio sends it as it is
+    (RTP headers included) from its media port, paced by the capture times."""
+    frames = total_ms // 20
+    audio = np.full(frames * FRAME_BYTES, ULAW_SILENCE[0], dtype=np.uint8)
+    for at_ms, wav in prompts:
+        codes = g711.encode(load_wav(wav))
+        start = at_ms * 8
+        audio[start : start + len(codes)] = codes[: len(audio) - start]
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for k in range(frames):
+        rtp = struct.pack("!BBHII", 0x80, 0x80 if k == 0 else 0, (1000 + k) & 0xFFFF,
+                          (PCAP_TS0 + FRAME_BYTES * k) & 0xFFFFFFFF, PCAP_SSRC)
+        rtp += audio[k * FRAME_BYTES : (k + 1) * FRAME_BYTES].tobytes()
+        udp = struct.pack("!HHHH", dport, dport, 8 + len(rtp), 0) + rtp
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), k & 0xFFFF, 0, 64, 17, 0,
+                         socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
+        eth = b"\x00" * 12 + b"\x08\x00"
+        pkt = eth + ip + udp
+        out.append(struct.pack("<IIII", k // 50, (k % 50) * 20000, len(pkt), len(pkt)) + pkt)
+    path.write_bytes(b"".join(out))
+
+
+def sipp_sent(log: Path, first_line_prefix: str) -> list[float]:
+    """Unix times SIPp sent messages whose first line starts with `first_line_prefix`, from its -trace_msg log."""
+    out = []
+    lines = log.read_text(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if (line.startswith("-----") and i + 3 < len(lines) and "message sent" in lines[i + 1]
+                and lines[i + 3].startswith(first_line_prefix)):
+            stamp = line.rsplit(" ", 2)[-2:]
+            out.append(datetime.strptime(" ".join(stamp), "%Y-%m-%d %H:%M:%S.%f").timestamp())
+    return out
+
+
+@pytest.mark.parametrize("hold_dir,hold_c", [("sendonly", "127.0.0.1"), ("inactive", "127.0.0.1"),
+                                             ("sendrecv", "0.0.0.0")], ids=["sendonly", "inactive", "c0"])
+def test_reinvite_holds_then_moves_the_media(tmp_path: Path, hold_dir: str, hold_c: str) -> None:
+    """A hold while the caller waits for a reply is no missing reply; after the move, turns are timed.
+
+    The reply to turn 0 comes after the hold, from a new source (SSRC, timestamps) whose address
+    the resume named: its onset must be where SIPp sent it, the hold out of its latency. Turn 1 is
+    wholly after the move: the caller's speech goes to the new address, the reply is timed.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("SIPp's play_pcap_audio needs raw sockets (root)")
+    work = tmp_path / "sipp"
+    work.mkdir()
+    b_at, c_at = 500, 5000  # ms into the pcap, which starts at the resume's ACK
+    write_rtp_pcap(work / "reply.pcap", [(b_at, NAME), (c_at, WELCOME)], c_at + round(ms_of(WELCOME)) + 3000)
+    lead = work / "silence.ulaw"
+    lead.write_bytes(ULAW_SILENCE * FRAME_BYTES * 50)
+    sink = Sink.open()
+    try:
+        keys = {"lead": f"{lead},-1,0", "prompt_a": f"{ulaw_file(WELCOME, work / 'a.ulaw', tail_ms=6000)},1,0",
+                "music": f"{ulaw_file(BYE, work / 'music.ulaw')},-1,0", "hold_dir": hold_dir, "hold_c": hold_c,
+                "moved_port": str(sink.port)}
+        sipp = start_sipp(work, REINVITE_XML, 1, keys)
+        try:
+            scen = scenario(tmp_path / "reinvite.yaml", greeting=WELCOME,
+                            replies=[(ORDER, NAME, 2000), (CALLER_NAME, WELCOME, 3000)])
+            (call,) = run_against(sipp, scen, tmp_path / "run", 1)
+        finally:
+            sipp.stop()
+    finally:
+        sink.close()
+    hold_sent, resume_sent = sipp_sent(work / "sipp_messages.log", "INVITE ")
+    acks = [t for t in sipp_sent(work / "sipp_messages.log", "ACK ") if t > resume_sent]
+    answered = call["started_at"] + call["setup_ms"] / 1000
+    pcap_ms = (acks[0] - answered) * 1000  # play_pcap_audio runs right after that ACK
+    assert call["outcome"] == "completed", call["reason"]
+    t0, t1 = call["turns"]
+    print(hold_dir, hold_c, "hold", round((hold_sent - answered) * 1000), "resume",
+          round((resume_sent - answered) * 1000), "turns", t0, t1, "held", call["held_ms"], "rtp", call["rtp"])
+    held_s = resume_sent - hold_sent
+    assert call["held_ms"] == pytest.approx(held_s * 1000, abs=40)  # pjsua answers within a pump tick or two
+    assert t0["utterance_end_ms"] < (hold_sent - answered) * 1000  # the hold came while the reply was pending
+    assert near(t0["bot_onset_ms"], pcap_ms + b_at) and abs(t0["bot_onset_ms"] - pcap_ms - b_at) <= 20, t0
+    assert t0["held_ms"] == pytest.approx(call["held_ms"], abs=1)
+    assert t0["latency_ms"] == pytest.approx(t0["bot_onset_ms"] - t0["utterance_end_ms"] - t0["held_ms"], abs=0.2)
+    assert abs(t1["bot_onset_ms"] - pcap_ms - c_at) <= 20, t1
+    assert t1["held_ms"] is None
+    assert t1["latency_ms"] == pytest.approx(t1["bot_onset_ms"] - t1["utterance_end_ms"], abs=0.2)
+    assert call["media_moves"] == 1  # the resume's address; a hold gives none to go to
+    assert call["rtp"]["rx_sources"] == 2  # SIPp's rtp_stream, then the pcap's source
+    assert sink.loud >= 0.5 * ms_of(CALLER_NAME) / 20  # turn 1's utterance went to the new address
+
+
+# --- (c) session timers -----------------------------------------------------------------------------
+
+TIMER_XML = HERE / "uas_session_timer.xml"
+
+
+def test_a_session_timer_is_answered_and_refreshes_keep_the_call(tmp_path: Path) -> None:
+    """The far end requires a session timer and refreshes it by re-INVITE and by UPDATE mid-call.
+
+    SIPp checks the INVITE supports timers and that each refresh's 200 OK carries Session-Expires
+    (its exit code says so); the turns around the refreshes stay timed, and a refresh that keeps
+    the media is no move.
+    """
+    work = tmp_path / "sipp"
+    work.mkdir()
+    lead = work / "silence.ulaw"
+    lead.write_bytes(ULAW_SILENCE * FRAME_BYTES * 50)
+    keys = {"lead": f"{lead},-1,0", "prompt_a": f"{ulaw_file(WELCOME, work / 'a.ulaw', tail_ms=8000)},1,0",
+            "prompt_b": f"{ulaw_file(NAME, work / 'b.ulaw', tail_ms=5000)},1,0"}
+    ack = pauses_after(TIMER_XML, ("recv", "ACK"), ("prompt_a", "prompt_b"))
+    sipp = start_sipp(work, TIMER_XML, 2, keys)
+    try:
+        scen = scenario(tmp_path / "timer.yaml", greeting=WELCOME, replies=[(ORDER, NAME, 3000)])
+        calls = run_against(sipp, scen, tmp_path / "run", 2)
+    finally:
+        sipp.stop()
+    log = (work / "sipp_messages.log").read_text(errors="replace")
+    assert log.count("Session-Expires: 90;refresher=uas") >= 2 * 3  # the 200 OK, the re-INVITE, the UPDATE
+    for call in calls:
+        assert call["outcome"] == "completed", call["reason"]
+        g, (turn,) = call["greeting"], call["turns"]
+        print("timer", call["call_id"][:12], g["bot_onset_ms"], turn["bot_onset_ms"], turn["latency_ms"])
+        assert near(g["bot_onset_ms"], ack["prompt_a"] + onset_ms_in(WELCOME) + SIPP_START_LAG_MS), g
+        # two refresh round trips (each answered on a 20 ms pump tick) sit between the prompts
+        assert near(turn["bot_onset_ms"], ack["prompt_b"] + onset_ms_in(NAME) + SIPP_START_LAG_MS + 20), turn
+        assert call["media_moves"] is None and call["held_ms"] is None

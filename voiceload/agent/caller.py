@@ -68,6 +68,7 @@ class CallerCall:
     played: list[Played] = field(default_factory=list)
     reason: str | None = None  # why the agent ended the call early, if it did
     answered: bool = False
+    holds_done: int = 0  # the call's holds (SipCall.holds) whose end the flow was told of
     due: float = float("inf")  # monotonic time of the call's next step (see Agent._step_due); inf: none
 
 
@@ -79,6 +80,8 @@ class TapeJob:
     offset_ms: float  # tape start relative to answer
     played: list[Played]
     reason: str | None  # why the call ended early, if it did
+    listen_from: int = 0  # tape index from which received audio may be bot speech (the answer, by default)
+    holds: tuple[tuple[int, int], ...] = ()  # tape index spans the far end held the call
 
 
 
@@ -238,12 +241,20 @@ class Agent(AgentBase):
         rec = self._signalling_record(call, cc)
         job = None
         if rec.outcome == OUTCOME_FAILED:  # it was answered: the tape decides
+            tape, answered = call.tape, call.times.answered
+            listen_from = 0
+            holds: tuple[tuple[int, int], ...] = ()
+            if tape is not None and answered is not None:
+                if self.scenario.early_media == "ignore":
+                    listen_from = tape.index_at(answered)
+                holds = tuple((tape.index_at(a), tape.index_at(b)) for a, b in _holds_after_answer(call))
             job = TapeJob(
-                path=call.tape.path if call.tape is not None else None,
-                offset_ms=(call.tape.started - call.times.answered) * 1000
-                if call.tape is not None and call.times.answered is not None else 0.0,
+                path=tape.path if tape is not None else None,
+                offset_ms=(tape.started - answered) * 1000 if tape is not None and answered is not None else 0.0,
                 played=list(cc.played),
                 reason=cc.reason or cc.flow.failure,
+                listen_from=listen_from,
+                holds=holds,
             )
         elif call.tape is not None and not self.s.keep_tapes:  # early media, never answered
             call.tape.path.unlink(missing_ok=True)
@@ -319,11 +330,27 @@ class Agent(AgentBase):
         known_ms = now * 1000 - lag_ms
         if not cc.answered:
             cc.answered = True
-            action = cc.flow.on_answer(known_ms)
+            # early media: by default the far end's speech counts from the 200 OK on, with
+            # `early_media: listen` from the first media (the tape's start)
+            listen_from = t.answered if sc.early_media == "ignore" else call.tape.started
+            action = cc.flow.on_answer(known_ms, listen_from=listen_from * 1000)
         else:
+            self._sync_hold(call, cc)
             action = cc.flow.step_heard(known_ms, call.last_loud_ms())
         self._act(call, cc, action, now)
         return min(give_up_at, (cc.flow.next_check_ms(known_ms) + lag_ms) / 1000)
+
+    @staticmethod
+    def _sync_hold(call: SipCall, cc: CallerCall) -> None:
+        """Tell the flow of each hold the far end put the call in since it was answered, at the hold's own times."""
+        for k, (start, end) in enumerate(_holds_after_answer(call, open_end=True)):
+            if k < cc.holds_done:
+                continue
+            cc.flow.set_held(True, start * 1000)
+            if end == float("inf"):
+                return
+            cc.flow.set_held(False, end * 1000)
+            cc.holds_done = k + 1
 
     def _act(self, call: SipCall, cc: CallerCall, action: Play | Hangup | None, now: float) -> None:
         if isinstance(action, Play):
@@ -364,6 +391,11 @@ class Agent(AgentBase):
                 rec.reason = f"{call.status_code} {call.status_text}"
             return rec
         rec.sip_code = 200
+        held = _holds_after_answer(call)
+        if held:
+            rec.held_ms = round(sum(b - a for a, b in held) * 1000, 1)
+        if call.media_moves:
+            rec.media_moves = call.media_moves
         if t.disconnected is not None:
             rec.duration_ms = round((t.disconnected - t.answered) * 1000, 1)
         rec.hangup_by = "caller" if call.local_hangup else "bot"
@@ -398,6 +430,8 @@ class Agent(AgentBase):
             utterances=job.played,
             replies=self.audio.replies[:n],
             max_waits_ms=self.audio.reply_waits_ms[:n],
+            listen_from=job.listen_from,
+            holds=job.holds,
         )
         rec.greeting = result.greeting
         rec.clock_slip_ms = result.clock_slip_ms
@@ -415,3 +449,20 @@ class Agent(AgentBase):
         return rec
 
 
+
+
+def _holds_after_answer(call: SipCall, *, open_end: bool = False) -> list[tuple[float, float]]:
+    """The far end's holds (monotonic s) from the answer on; one still open ends at the hang-up
+    (or stays open, `open_end`). A direction before the 200 OK is early media's (a 183 with
+    `a=sendonly` is a common ringback), not a hold, so each span is clipped to the answer."""
+    answered = call.times.answered
+    if answered is None:
+        return []
+    out = []
+    for start, end in call.holds:
+        if end == float("inf") and not open_end:
+            end = call.times.disconnected or time.monotonic()
+        start = max(start, answered)
+        if end > start:
+            out.append((start, end))
+    return out

@@ -18,6 +18,7 @@ from typing import Any
 
 from tests.refbot import REPO
 from voiceload.agent.caller import Agent
+from voiceload.core.identity import IdentitySpec
 from voiceload.sip.message import SipMessage
 from voiceload.sip.ua import SLOT_RETRY_S, SipError, SlotsBusy
 
@@ -232,6 +233,7 @@ def _agent(stack: _FakeStack) -> tuple[Agent, list[Any]]:
     agent.targets, agent._first_target = [agent.s.target], 0
     agent.hosts, agent._first_host = ("127.0.0.1",), 0
     agent._source = {"127.0.0.1": "127.0.0.1"}
+    agent.identity = IdentitySpec()  # no per-call identity: the stack's From, the target's user
     agent.placed = agent.finished = 0
     agent._next_start = time.monotonic() + 1.0  # what _start_calls set: one start token spent
     agent._emit = emitted.append  # type: ignore[method-assign]

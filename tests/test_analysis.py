@@ -82,3 +82,28 @@ def test_clock_slip_is_the_worst_player_offset_from_wall_time() -> None:
         utterances=[Played(utt, ms(510)), Played(utt, ms(2420))], replies=[None, None], max_waits_ms=[3000, 3000],
     )
     assert res.clock_slip_ms == 80.0  # the second player landed 80 ms before wall time said
+
+
+def test_early_media_is_no_greeting_unless_listened_to() -> None:
+    """The tape starts at a 183 (2 s before the 200 OK): an announcement there is not the greeting."""
+    early, greeting = Reference.of(tone(ms(800), seed=4)), Reference.of(tone(ms(1000), seed=5))
+    tape = place(ms(5000), (ms(300), early.samples), (ms(2400), greeting.samples))
+    kw = dict(rx_delay_ms=0, greeting_max_wait_ms=3000, utterances=[], replies=[], max_waits_ms=[])
+    res = analyse_caller_tape(tape, tape_offset_ms=-2000.0, greeting=greeting, listen_from=ms(2000), **kw)  # type: ignore[arg-type]
+    assert res.greeting is not None and res.greeting.ok and res.greeting.bot_onset_ms == 400.0
+    res = analyse_caller_tape(tape, tape_offset_ms=-2000.0, greeting=early, listen_from=0, **kw)  # type: ignore[arg-type]
+    assert res.greeting is not None and res.greeting.ok and res.greeting.bot_onset_ms == -1700.0
+
+
+def test_music_on_hold_is_no_reply_and_the_hold_is_not_latency() -> None:
+    utt, music, reply = (Reference.of(tone(ms(n), seed=s)) for n, s in ((1000, 6), (1500, 7), (900, 8)))
+    # caller speaks 500..1500; held 1800..4800 with music at 2000; the reply at 5000
+    tape = place(ms(7000), (ms(500), utt.samples), (ms(2000), music.samples), (ms(5000), reply.samples))
+    res = analyse_caller_tape(
+        tape, tape_offset_ms=0, rx_delay_ms=0, greeting=None, greeting_max_wait_ms=0,
+        utterances=[Played(utt, ms(500))], replies=[reply], max_waits_ms=[1000], holds=[(ms(1800), ms(4800))],
+    )
+    (turn,) = res.turns
+    assert turn.ok, turn.reason
+    assert turn.bot_onset_ms == 5000.0
+    assert turn.held_ms == 3000.0 and turn.latency_ms == 500.0  # 3500 on the wire, 3000 of it on hold

@@ -142,3 +142,45 @@ def test_caller_stepped_when_due_ignores_what_it_heard_before_its_own_turn() -> 
     # no bot speech after 1600: the old loud packet at 90 ms must not count as a reply
     acts = drive_heard(f, 1605, 5000, [(0, 90)])
     assert len(acts) == 1 and isinstance(acts[0][1], Hangup) and "did not start in time" in (f.failure or "")
+
+
+def test_caller_ignores_early_media_unless_it_listens() -> None:
+    """Speech heard before the answer is not the greeting, unless the scenario says `early_media: listen`."""
+    f = caller()
+    assert f.on_answer(1000) is None
+    assert f.step_heard(1200, 900) is None  # loud at 900 ms: before the 200 OK, an announcement
+    assert f.step_heard(2000, 900) is None and f.state.value == "wait_bot"  # still waiting for the greeting
+    g = caller()
+    assert g.on_answer(1000, listen_from=0) is None  # media since 0 counts
+    assert g.step_heard(1100, 900) is None and g.state.value == "bot_speaking"
+    assert g.step_heard(1400, 900) == Play(0)  # the greeting ended before the answer: speak 500 ms after it
+
+
+def test_a_hold_while_waiting_for_the_reply_is_not_a_missing_reply() -> None:
+    f = caller(greeting_max_wait_ms=3000)
+    f.on_answer(0)
+    f.step_heard(100, 100)
+    assert f.step_heard(700, 100) == Play(0)  # utterance 0: 700..1700
+    assert f.step_heard(1700, None) is None  # waiting for the reply until 1700 + 2000 + slack
+    f.set_held(True, 1800)
+    assert f.next_check_ms(1800) == 1900
+    assert f.step_heard(3000, 2500) is None  # hold music is loud: not the reply
+    assert f.step_heard(9000, 2500) is None  # long past the deadline: on hold, no giving up
+    f.set_held(False, 9000)
+    assert f.failure is None and f.state.value == "wait_bot"
+    assert f.step_heard(9100, 2500) is None and f.state.value == "wait_bot"  # heard on hold: still not it
+    assert f.step_heard(9200, 9150) is None and f.state.value == "bot_speaking"  # the reply after the hold
+    assert f.step_heard(9700, 9150) == Play(1)
+
+
+def test_the_reply_deadline_moves_by_the_hold() -> None:
+    f = caller(greeting_max_wait_ms=3000)
+    f.on_answer(0)
+    f.step_heard(100, 100)
+    f.step_heard(700, 100)
+    f.step_heard(1700, None)  # deadline 1700 + 2000 + 250 = 3950
+    f.set_held(True, 2000)
+    f.set_held(False, 5000)  # held 3 s: the deadline is 6950
+    assert f.step_heard(6900, None) is None and f.failure is None
+    assert isinstance(f.step_heard(6960, None), Hangup)
+    assert f.failure == "no bot speech: reply to turn 0 did not start in time"

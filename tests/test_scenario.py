@@ -175,7 +175,7 @@ def test_unknown_keys_suggest_the_closest_valid_one(folder: Path) -> None:
         "F:6: greeting.max_wiat_ms: unknown key 'max_wiat_ms' (did you mean 'max_wait_ms'?)",
         "F:9: turns[0].replay: unknown key 'replay' (did you mean 'reply'?)",
         "F:10: colour: unknown key 'colour' (valid keys: version, name, description, silence_gap_ms, "
-        "answer_timeout_ms, max_call_ms, greeting, turns, hangup, slo, load, sip)",
+        "answer_timeout_ms, max_call_ms, greeting, turns, hangup, slo, load, sip, early_media)",
     ]
 
 
@@ -497,3 +497,13 @@ def test_load_problems_come_with_the_others(folder: Path) -> None:
         "the peak must be at least 1",
         "F:6: load.max_rate: must be a number of new calls per second above 0 (e.g. 5 or 0.5), got an integer (0)",
     ]
+
+
+def test_early_media_defaults_to_ignore_and_may_listen(folder: Path) -> None:
+    assert load_scenario(write(folder, MINIMAL)).early_media == "ignore"
+    listen = load_scenario(write(folder, MINIMAL + "    early_media: listen\n"))
+    assert listen.early_media == "listen"
+    assert problems(folder, MINIMAL + "    early_media: lisen\n") == [
+        "F:5: early_media: must be one of ignore, listen; got 'lisen' (did you mean 'listen'?)"]
+    assert problems(folder, MINIMAL + "    early_media: true\n") == [
+        "F:5: early_media: must be a string, got a boolean (true); put it in quotes to make it text"]

@@ -113,7 +113,8 @@ def test_a_tls_target_needs_a_pjsua2_with_tls(tmp_path: Path, monkeypatch: pytes
     from voiceload.run import coordinator
     from voiceload.sip.lite import Pjsua2Build
 
-    monkeypatch.setattr(coordinator, "pjsua2_build", lambda: Pjsua2Build(max_calls=4, tls=False))
+    monkeypatch.setattr(coordinator, "pjsua2_build",
+                        lambda: Pjsua2Build(max_calls=4, tls=False, per_call_from=False))
     settings = coordinator.RunSettings(scenario_path=DEMO, target="sips:bot@127.0.0.1", concurrency=1, calls=1,
                                        out_dir=tmp_path / "out")
     with pytest.raises(UserError, match="TLS, but this pjsua2 build has no TLS"):
@@ -121,3 +122,6 @@ def test_a_tls_target_needs_a_pjsua2_with_tls(tmp_path: Path, monkeypatch: pytes
     settings.target = "sip:bot@127.0.0.1;transport=tcp"
     coordinator.validate(settings)  # TCP needs nothing more
     assert settings.sip == SipProfile()
+    settings.identity = {"from_user": "+1555{digits:7}"}
+    with pytest.raises(UserError, match="a per-call From needs voiceload's own pjsua2 build"):
+        coordinator.validate(settings)

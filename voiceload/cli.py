@@ -110,6 +110,21 @@ Bind = Annotated[str | None, typer.Option(
 Advertise = Annotated[str | None, typer.Option(
     help="The address the far end must send to (a generator behind NAT): in Via, Contact and SDP c= while the "
          "sockets stay bound locally; one IP, or one per --bind address.")]
+# Per-call identity (voiceload/core/identity.py): templates with {seq} {agent} {session} {run} {digits:N} {csv.COL}
+FromUser = Annotated[str | None, typer.Option(
+    "--from", help="From user (caller-ID) per call, a template, e.g. '+1555{digits:7}' or '{csv.caller}'; "
+                   "USER@HOST keeps its own host.")]
+DisplayName = Annotated[str | None, typer.Option(help="From display name per call, a template.")]
+ToUser = Annotated[str | None, typer.Option(
+    help="The user part of the request URI and To per call, a template (replaces --target's user).")]
+Headers = Annotated[list[str] | None, typer.Option(
+    "--header", help="Extra INVITE header 'Name: template', repeatable, e.g. 'X-Account: {csv.account}'.")]
+Identities = Annotated[Path | None, typer.Option(
+    help="CSV file, header line of column names then one row per call (rows in order, wrapping), read by "
+         "{csv.COLUMN} in the templates.")]
+RasaSender = Annotated[str | None, typer.Option(
+    help="What the gateway sends Rasa as the sender, so the tracker check asks for the same: session "
+         "(the X-Voiceload-Session header), from-user or call-id [default: session].")]
 
 
 def _sip_settings(auth: str | None, proxy: str | None, tls_ca: Path | None, tls_cert: Path | None,
@@ -127,6 +142,25 @@ def _sip_settings(auth: str | None, proxy: str | None, tls_ca: Path | None, tls_
     tls = {"ca_file": tls_ca, "cert_file": tls_cert, "key_file": tls_key, "verify_server": tls_verify}
     return {"auth": creds, "proxy": proxy, "register": register, "addresses": addresses,
             "tls": {k: str(v) if isinstance(v, Path) else v for k, v in tls.items()}}
+
+
+def _identity_settings(from_user: str | None, display_name: str | None, to_user: str | None,
+                       headers: list[str] | None, identities: Path | None, rasa_sender: str | None) -> dict[str, Any]:
+    """The identity flags as RunSettings.identity (IdentitySpec.merged's arguments), each template checked."""
+    from voiceload.core.identity import SENDERS, IdentityError, Template, parse_header
+
+    try:
+        for flag, text in (("--from", from_user), ("--display-name", display_name), ("--to-user", to_user)):
+            if text is not None:
+                Template.parse(text, flag)
+        parsed = [parse_header(h) for h in headers or []]
+    except IdentityError as exc:
+        raise _fail(str(exc)) from None
+    if rasa_sender is not None and rasa_sender not in SENDERS:
+        raise _fail(f"--rasa-sender {rasa_sender!r}: must be one of {', '.join(SENDERS)}")
+    return {"identity": {"from_user": from_user, "display_name": display_name, "to_user": to_user,
+                         "headers": parsed, "sender": rasa_sender,
+                         "identities": str(identities.resolve()) if identities is not None else None}}
 
 
 @app.command()
@@ -161,6 +195,12 @@ def run(
     probe: Probe = True,
     bind: Bind = None,
     advertise: Advertise = None,
+    from_user: FromUser = None,
+    display_name: DisplayName = None,
+    to_user: ToUser = None,
+    header: Headers = None,
+    identities: Identities = None,
+    rasa_sender: RasaSender = None,
     verbose: Verbose = False,
 ) -> None:
     """Place CALLS calls with CONCURRENCY in flight (or follow a --shape) against TARGET; write the run dir.
@@ -191,6 +231,7 @@ def run(
         channel=channel, rasa_url=rasa_url, rasa_token=rasa_token if rasa_url else None,
         agent_limit=calls_per_agent, probe=probe,
         **_sip_settings(auth, proxy, tls_ca, tls_cert, tls_key, tls_verify, register, bind, advertise),
+        **_identity_settings(from_user, display_name, to_user, header, identities, rasa_sender),
     )
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
@@ -242,6 +283,11 @@ def capacity(
     probe: Probe = True,
     bind: Bind = None,
     advertise: Advertise = None,
+    from_user: FromUser = None,
+    display_name: DisplayName = None,
+    to_user: ToUser = None,
+    header: Headers = None,
+    identities: Identities = None,
     verbose: Verbose = False,
 ) -> None:
     """Raise concurrency level by level until an SLO breaks (confirmed by a retry): the highest level that held.
@@ -263,7 +309,9 @@ def capacity(
     settings = coordinator.RunSettings(scenario_path=scenario, target=target, concurrency=start, calls=1,
                                        out_dir=out or Path(), broker_url=broker, slos=list(slo or []), probe=probe,
                                        **_sip_settings(auth, proxy, tls_ca, tls_cert, tls_key, tls_verify, register,
-                                                       bind, advertise))
+                                                       bind, advertise),
+                                       **_identity_settings(from_user, display_name, to_user, header, identities,
+                                                            None))
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
     cs = capacity_mod.CapacitySettings(
@@ -363,6 +411,9 @@ def bot(
     rasa_token: Annotated[str | None, typer.Option(
         help="Rasa's --auth-token, sent as ?token= (--brain rasa).", envvar="VOICELOAD_RASA_TOKEN"
     )] = None,
+    rasa_sender: Annotated[str, typer.Option(
+        help="What the gateway sends Rasa as the sender: session (the caller's X-Voiceload-Session header, else "
+             "the Call-ID), from-user or call-id (--brain rasa; docs/gateways.md).")] = "session",
     worker: Annotated[bool, typer.Option(hidden=True)] = False,
     queue: Annotated[str | None, typer.Option(hidden=True, help="HOST:PORT of the front's work queue.")] = None,
     verbose: Verbose = False,
@@ -374,6 +425,7 @@ def bot(
     """
     _setup_logging(verbose)
     from voiceload.core.callflow import ThinkTime
+    from voiceload.core.identity import SENDERS
     from voiceload.core.scenario import load_scenario
     from voiceload.rasa import parse_rasa_url
     from voiceload.sut import bot as bot_mod
@@ -409,6 +461,8 @@ def bot(
                 raise UserError("--rasa-url needs --brain rasa (the scripted brain speaks the scenario's prompts)")
         else:
             raise UserError(f"--brain {brain!r}: expected one of {', '.join(BRAINS)}")
+        if rasa_sender not in SENDERS:
+            raise UserError(f"--rasa-sender {rasa_sender!r}: must be one of {', '.join(SENDERS)}")
         sc = load_scenario(scenario)
         if brain == "rasa":
             scenario_phrases(sc)  # every turn needs a transcript: the recogniser's grammar is built from them
@@ -417,7 +471,7 @@ def bot(
             max_calls=max_calls, calls_per_worker=calls_per_worker, endpoint_ms=endpoint_ms, seed=seed,
             keep_tapes=keep_tapes, capacity=capacity,
             queue=None if queue is None else host_port("--queue", queue),
-            brain=brain, rasa_url=url, rasa_token=rasa_token if brain == "rasa" else None,
+            brain=brain, rasa_url=url, rasa_token=rasa_token if brain == "rasa" else None, rasa_sender=rasa_sender,
         )
         if tape_dir is not None:
             settings.tape_dir = tape_dir

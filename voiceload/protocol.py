@@ -103,6 +103,7 @@ class TurnResult:
     ok: bool = False
     reason: str | None = None
     prompt_score: float | None = None  # similarity of the bot's reply to the expected prompt (0..1)
+    held_ms: float | None = None  # the far end held the call this long while the reply was awaited (not in latency_ms)
 
 
 @dataclass
@@ -132,6 +133,7 @@ class RtpStats:
     rx_jitter_ms_mean: float | None = None
     rx_jitter_ms_max: float | None = None
     rx_delay_ms_max: float | None = None  # engine: the most a packet was taped ahead of its arrival
+    rx_sources: int | None = None  # engine: SSRCs the far end sent from (early media and answer may differ)
     tx_packets: int | None = None
     tx_errors: int | None = None  # engine: sends the kernel refused
     late_samples: int | None = None  # engine: received after their part of the tape was written
@@ -174,6 +176,8 @@ class CallRecord(Message):
     rtp: RtpStats | None = None  # rx/tx packet counts, loss, jitter, read before stream teardown
     clock_slip_ms: float | None = None  # generator health: the agent's audio clock vs wall time
     source_address: str | None = None  # the local IP the call's SIP and RTP came from (--bind)
+    held_ms: float | None = None  # the far end held the call (sendonly, inactive, c=0.0.0.0) this long in all
+    media_moves: int | None = None  # times the far end moved its RTP address after media started
 
     @classmethod
     def _from_dict(cls, body: dict[str, Any]) -> CallRecord:

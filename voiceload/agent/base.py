@@ -287,17 +287,23 @@ class AgentBase(abc.ABC):
         no_more = self.stopping or (self.quota > 0 and self.placed >= self.quota)
         return no_more and self.active == 0 and self._analysing == 0 and self._verifying == 0
 
+    def _sender(self, rec: CallRecord) -> str:
+        """The call's Rasa sender, as the gateway names the conversation: the session id here (a channel
+        whose gateway may name it otherwise overrides this; it is asked once per record)."""
+        return session_id(self.s.run_id, self.s.agent_id, rec.seq)
+
     def _emit(self, rec: CallRecord) -> None:
         """Hand a finished call's record to the spool; a completed call goes through the tracker check first."""
+        sender = self._sender(rec)
         if self.tracker is not None and rec.outcome == OUTCOME_COMPLETED:
             self._verifying += 1
-            task = asyncio.get_running_loop().create_task(self._verify(rec))
+            task = asyncio.get_running_loop().create_task(self._verify(rec, sender))
             self._checks.add(task)
             task.add_done_callback(self._checks.discard)
             return
         self._spool_record(rec)
 
-    async def _verify(self, rec: CallRecord) -> None:
+    async def _verify(self, rec: CallRecord, sender: str) -> None:
         """Off the pump: fetch the call's tracker; a mismatch or a fetch error makes the call failed.
 
         The record is spooled whatever happens here (even if the agent is torn down mid-fetch).
@@ -305,7 +311,7 @@ class AgentBase(abc.ABC):
         assert self.tracker is not None
         reason: str | None = "tracker: check interrupted"
         try:
-            reason = await self.tracker.reason(session_id(self.s.run_id, self.s.agent_id, rec.seq))
+            reason = await self.tracker.reason(sender)
         except Exception as exc:  # a bug in the check must cost one call, not the agent
             log.exception("tracker check of call %s failed", rec.call_id)
             reason = f"tracker: {type(exc).__name__}: {exc}"

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,14 @@ from voiceload.audio.analysis import Played, analyse_caller_tape
 from voiceload.audio.wav import read_tape
 from voiceload.core.addresses import ANY, Addresses
 from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Hangup, Play
+from voiceload.core.identity import (
+    CallFields,
+    IdentityError,
+    IdentityRows,
+    parse_identities,
+    sender_of,
+    with_user,
+)
 from voiceload.core.scenario_audio import ScenarioAudio
 from voiceload.core.sipprofile import SipUri, parse_sip_uri
 from voiceload.core.stats import LatencyHistogram
@@ -61,6 +70,7 @@ class CallerCall:
     played: list[Played] = field(default_factory=list)
     reason: str | None = None  # why the agent ended the call early, if it did
     answered: bool = False
+    holds_done: int = 0  # the call's holds (SipCall.holds) whose end the flow was told of
     due: float = float("inf")  # monotonic time of the call's next step (see Agent._step_due); inf: none
 
 
@@ -72,6 +82,8 @@ class TapeJob:
     offset_ms: float  # tape start relative to answer
     played: list[Played]
     reason: str | None  # why the call ended early, if it did
+    listen_from: int = 0  # tape index from which received audio may be bot speech (the answer, by default)
+    holds: tuple[tuple[int, int], ...] = ()  # tape index spans the far end held the call
 
 
 
@@ -109,12 +121,31 @@ class Agent(AgentBase):
         self._due: list[tuple[float, int, SipCall]] = []  # (when, seq, call): a heap of calls to step
         # tapes are measured off the pump thread: numpy releases the GIL in its heavy loops
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape")
+        self.identity = profile.identity
+        self.identity_rows: IdentityRows | None = None  # the identities file, read in _open
+        self._rng = random.Random()  # {digits:N}
+        self._from_users: dict[int, str] = {}  # seq -> the From user sent, for the tracker (sender from-user)
 
     @property
     def active(self) -> int:
         return len(self.stack.calls)
 
+    def _read_identities(self) -> None:
+        """The identities file, as the coordinator checked it; a file gone bad since is the user's to fix."""
+        path = self.identity.identities
+        if path is None:
+            return
+        try:
+            rows = parse_identities(Path(path).read_text(encoding="utf-8-sig"), path)
+            self.identity.check_rows(rows)
+        except OSError as exc:
+            raise UserError(f"identities file {path}: cannot read it: {exc.strerror or exc}") from None
+        except (IdentityError, UnicodeDecodeError) as exc:
+            raise UserError(str(exc)) from None
+        self.identity_rows = rows
+
     async def _open(self) -> None:
+        self._read_identities()
         self.tape_dir.mkdir(parents=True, exist_ok=True)
         self.stack.tape_dir = self.tape_dir
         self.stack.start()
@@ -170,8 +201,20 @@ class Agent(AgentBase):
         target = self.targets[(self._first_target + seq) % len(self.targets)]  # a refused start keeps its seq
         # the address steps once per round of targets, so every (address, target) pair comes up
         source = self.hosts[(self._first_host + seq // len(self.targets)) % len(self.hosts)]
+        headers = {SESSION_HEADER: session}
+        if self.identity.active:
+            who = self.identity.expand(CallFields(seq, self.s.agent_id, session, self.s.run_id),
+                                       self.identity_rows, self._rng)
+            headers.update(who.headers)
+            from_header = who.from_header(self.stack.from_user, self.stack.from_hosts.get(source, self.stack.from_host))
+            if from_header is not None:
+                headers["From"] = from_header
+            if who.to_user is not None:
+                target = with_user(target, who.to_user)
+            if who.from_user_part is not None:
+                self._from_users[seq] = who.from_user_part
         try:
-            call = self.stack.make_call(target, {SESSION_HEADER: session}, host=source)
+            call = self.stack.make_call(target, headers, host=source)
         except SlotsBusy:
             # an ended call's slot is still held (its BYE/CANCEL is unanswered): nothing was placed,
             # so nothing is counted or reported, and the start is tried again shortly
@@ -216,12 +259,20 @@ class Agent(AgentBase):
         rec = self._signalling_record(call, cc)
         job = None
         if rec.outcome == OUTCOME_FAILED:  # it was answered: the tape decides
+            tape, answered = call.tape, call.times.answered
+            listen_from = 0
+            holds: tuple[tuple[int, int], ...] = ()
+            if tape is not None and answered is not None:
+                if self.scenario.early_media == "ignore":
+                    listen_from = tape.index_at(answered)
+                holds = tuple((tape.index_at(a), tape.index_at(b)) for a, b in _holds_after_answer(call))
             job = TapeJob(
-                path=call.tape.path if call.tape is not None else None,
-                offset_ms=(call.tape.started - call.times.answered) * 1000
-                if call.tape is not None and call.times.answered is not None else 0.0,
+                path=tape.path if tape is not None else None,
+                offset_ms=(tape.started - answered) * 1000 if tape is not None and answered is not None else 0.0,
                 played=list(cc.played),
                 reason=cc.reason or cc.flow.failure,
+                listen_from=listen_from,
+                holds=holds,
             )
         elif call.tape is not None and not self.s.keep_tapes:  # early media, never answered
             call.tape.path.unlink(missing_ok=True)
@@ -297,11 +348,27 @@ class Agent(AgentBase):
         known_ms = now * 1000 - lag_ms
         if not cc.answered:
             cc.answered = True
-            action = cc.flow.on_answer(known_ms)
+            # early media: by default the far end's speech counts from the 200 OK on, with
+            # `early_media: listen` from the first media (the tape's start)
+            listen_from = t.answered if sc.early_media == "ignore" else call.tape.started
+            action = cc.flow.on_answer(known_ms, listen_from=listen_from * 1000)
         else:
+            self._sync_hold(call, cc)
             action = cc.flow.step_heard(known_ms, call.last_loud_ms())
         self._act(call, cc, action, now)
         return min(give_up_at, (cc.flow.next_check_ms(known_ms) + lag_ms) / 1000)
+
+    @staticmethod
+    def _sync_hold(call: SipCall, cc: CallerCall) -> None:
+        """Tell the flow of each hold the far end put the call in since it was answered, at the hold's own times."""
+        for k, (start, end) in enumerate(_holds_after_answer(call, open_end=True)):
+            if k < cc.holds_done:
+                continue
+            cc.flow.set_held(True, start * 1000)
+            if end == float("inf"):
+                return
+            cc.flow.set_held(False, end * 1000)
+            cc.holds_done = k + 1
 
     def _act(self, call: SipCall, cc: CallerCall, action: Play | Hangup | None, now: float) -> None:
         if isinstance(action, Play):
@@ -313,6 +380,11 @@ class Agent(AgentBase):
             if action.reason:
                 cc.reason = action.reason
             call.hangup_now()
+
+    def _sender(self, rec: CallRecord) -> str:
+        """The Rasa sender the gateway gives this call (`sip.sender`): session id, From user or Call-ID."""
+        return sender_of(self.identity.sender, session=session_id(self.s.run_id, self.s.agent_id, rec.seq),
+                         call_id=rec.call_id, from_user=self._from_users.pop(rec.seq, None))
 
     def _signalling_record(self, call: SipCall, cc: CallerCall) -> CallRecord:
         """Everything about the call except the tape; outcome `failed` here means "answered, measure it"."""
@@ -337,6 +409,11 @@ class Agent(AgentBase):
                 rec.reason = f"{call.status_code} {call.status_text}"
             return rec
         rec.sip_code = 200
+        held = _holds_after_answer(call)
+        if held:
+            rec.held_ms = round(sum(b - a for a, b in held) * 1000, 1)
+        if call.media_moves:
+            rec.media_moves = call.media_moves
         if t.disconnected is not None:
             rec.duration_ms = round((t.disconnected - t.answered) * 1000, 1)
         rec.hangup_by = "caller" if call.local_hangup else "bot"
@@ -371,6 +448,8 @@ class Agent(AgentBase):
             utterances=job.played,
             replies=self.audio.replies[:n],
             max_waits_ms=self.audio.reply_waits_ms[:n],
+            listen_from=job.listen_from,
+            holds=job.holds,
         )
         rec.greeting = result.greeting
         rec.clock_slip_ms = result.clock_slip_ms
@@ -388,3 +467,20 @@ class Agent(AgentBase):
         return rec
 
 
+
+
+def _holds_after_answer(call: SipCall, *, open_end: bool = False) -> list[tuple[float, float]]:
+    """The far end's holds (monotonic s) from the answer on; one still open ends at the hang-up
+    (or stays open, `open_end`). A direction before the 200 OK is early media's (a 183 with
+    `a=sendonly` is a common ringback), not a hold, so each span is clipped to the answer."""
+    answered = call.times.answered
+    if answered is None:
+        return []
+    out = []
+    for start, end in call.holds:
+        if end == float("inf") and not open_end:
+            end = call.times.disconnected or time.monotonic()
+        start = max(start, answered)
+        if end > start:
+            out.append((start, end))
+    return out

@@ -13,6 +13,7 @@ Pure: arrays in, dataclasses out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,14 +133,24 @@ def analyse_caller_tape(
     utterances: list[Played],
     replies: list[Reference | None],
     max_waits_ms: list[int],
+    listen_from: int = 0,
+    holds: Sequence[tuple[int, int]] = (),
 ) -> CallerTapeResult:
     """Per-turn timing on the caller's tape; offsets in ms from answer, received speech wire-referenced.
 
     `utterances` are the turns actually played (possibly fewer than the scenario's); `replies[i]`
     and `max_waits_ms[i]` describe what the bot had to say after utterance i.
+
+    Received audio before tape index `listen_from` (the answer, unless the scenario listens to early
+    media) and inside `holds` (tape index spans the far end held the call) is no bot speech: a
+    ringback, an announcement before the 200 OK, music on hold. A turn whose wait for its reply
+    spans a hold has that hold's time taken out of its latency (and reported as `held_ms`).
     """
     located = locate_played(tape, utterances)
     rx = remove_played(tape, located)
+    rx[: max(0, min(listen_from, len(rx)))] = 0
+    for a, b in holds:
+        rx[max(0, a) : max(0, b)] = 0
     segments = speech_segments(rx, hangover_ms=REPLY_HANGOVER_MS)
     rx_delay = ms_to_samples(rx_delay_ms)
 
@@ -190,7 +201,9 @@ def analyse_caller_tape(
             continue
         turn.bot_onset_ms = to_ms(onset.start, received=True)
         turn.bot_end_ms = to_ms(end, received=True)
-        turn.latency_ms = round(samples_to_ms(onset.start - rx_delay - loc.speech_end), 1)
+        held = sum(max(0, min(b, onset.start) - max(a, loc.speech_end)) for a, b in holds)
+        turn.held_ms = round(samples_to_ms(held), 1) if held else None
+        turn.latency_ms = round(samples_to_ms(onset.start - rx_delay - loc.speech_end - held), 1)
         turn.prompt_score = score(replies[i] if i < len(replies) else None, onset)
         if turn.latency_ms > max_waits_ms[i]:
             turn.reason = f"bot took {turn.latency_ms:.0f} ms (max {max_waits_ms[i]})"

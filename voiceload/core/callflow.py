@@ -118,9 +118,16 @@ class CallerFlow:
     _listener: _Listener = field(default_factory=_Listener)
     _deadline: float = 0.0
     _speak_end: float = 0.0
+    _held_since: float | None = None  # the far end holds the call since (ms); None: it does not
 
-    def on_answer(self, now: float) -> Action | None:
-        self._listener.reset(now)
+    def on_answer(self, now: float, listen_from: float | None = None) -> Action | None:
+        """The call is answered at `now`; the far end's speech counts from `listen_from` (ms) on.
+
+        `listen_from` is the answer itself by default, so audio heard before the 200 OK (early
+        media, a ringback or "please hold" announcement) is never the greeting; a scenario with
+        `early_media: listen` passes the start of media instead.
+        """
+        self._listener.reset(now if listen_from is None else listen_from)
         if self.has_greeting:
             self._deadline = now + self.greeting_max_wait_ms + DETECTION_SLACK_MS
             self.state = CallerState.WAIT_BOT
@@ -138,6 +145,28 @@ class CallerFlow:
         self.state = CallerState.DONE
         return Hangup(reason)
 
+    @property
+    def held(self) -> bool:
+        return self._held_since is not None
+
+    def set_held(self, held: bool, now: float) -> None:
+        """The far end put the call on hold (sendonly, inactive, c=0.0.0.0) or took it off hold, at `now`.
+
+        A hold is not the bot failing: while held, the caller neither speaks (nothing would be
+        sent) nor gives up, and the wait it was in resumes afterwards with the hold's length added
+        to its deadline. What the far end plays on hold (music, an announcement) is not the reply:
+        a caller waiting for the bot starts listening afresh at the resume.
+        """
+        if held and self._held_since is None:
+            self._held_since = now
+        elif not held and self._held_since is not None:
+            self._deadline += now - self._held_since
+            self._held_since = None
+            if self.state is CallerState.WAIT_BOT:
+                self._listener.reset(now)
+            elif self.state is CallerState.BOT_SPEAKING:
+                self._listener.heard(now)  # the silence gap counts from the resume, not through the hold
+
     def step(self, now: float, level: int) -> Action | None:
         """Advance on one level poll; returns the action to take now, if any."""
         self._listener.feed(now, level)
@@ -154,6 +183,8 @@ class CallerFlow:
         lis = self._listener
         if self.state is CallerState.SPEAKING:
             return self._speak_end
+        if self._held_since is not None and self.state is not CallerState.DONE:
+            return now + CALLER_WAIT_CHECK_MS
         if self.state is CallerState.WAIT_BOT:
             return min(self._deadline, now + min(CALLER_WAIT_CHECK_MS, self.silence_gap_ms))
         if self.state is CallerState.BOT_SPEAKING:
@@ -167,6 +198,8 @@ class CallerFlow:
 
     def _advance(self, now: float) -> Action | None:
         lis = self._listener
+        if self._held_since is not None and self.state is not CallerState.SPEAKING:
+            return None  # on hold: no utterance, no deadline (set_held)
         if self.state is CallerState.SPEAKING:
             if now >= self._speak_end:
                 lis.reset(now)

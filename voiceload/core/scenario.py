@@ -59,6 +59,9 @@ class Scenario:
     load_shape: LoadShape | None = None  # `load.shape`: the run follows it; `--shape` replaces it
     max_rate: float | None = None  # `load.max_rate`: new calls per second at most, over the whole run
     sip: SipProfile = field(default_factory=SipProfile)  # `sip:`: credentials, proxy, TLS (the CLI overrides)
+    # `early_media:` what the far end plays before its 200 OK (183 with SDP): `ignore` (the default:
+    # the greeting and every offset count from the answer) or `listen` (it may be the greeting)
+    early_media: Literal["ignore", "listen"] = "ignore"
 
 
 # --- loading and validation --------------------------------------------------------------------
@@ -88,8 +91,9 @@ RANGES: dict[str, tuple[int, int]] = {
 
 TOP_KEYS = (
     "version", "name", "description", "silence_gap_ms", "answer_timeout_ms", "max_call_ms",
-    "greeting", "turns", "hangup", "slo", "load", "sip",
+    "greeting", "turns", "hangup", "slo", "load", "sip", "early_media",
 )
+EARLY_MEDIA = ("ignore", "listen")
 PROMPT_KEYS = ("prompt", "max_wait_ms", "transcript")
 TURN_KEYS = ("caller", "transcript", "reply", "intent", "action")
 HANGUP_KEYS = ("by", "after_ms")
@@ -209,18 +213,19 @@ class _Validator:
         slos = self.slos(top["slo"], n_turns, has_greeting) if "slo" in top else ()
         load_shape, max_rate = self.load(top["load"]) if "load" in top else (None, None)
         sip = self.sip(top["sip"]) if "sip" in top else SipProfile()
+        early_media = self.early_media(top["early_media"]) if "early_media" in top else "ignore"
 
         if (
             self.problems or name is None or turns is None or silence_gap_ms is None
             or answer_timeout_ms is None or max_call_ms is None or hangup_by is None
-            or hangup_after_ms is None
+            or hangup_after_ms is None or early_media is None
         ):
             return None
         return Scenario(
             path=abspath, name=name, description=description, greeting=greeting, turns=turns,
             silence_gap_ms=silence_gap_ms, hangup_by=hangup_by, hangup_after_ms=hangup_after_ms,
             answer_timeout_ms=answer_timeout_ms, max_call_ms=max_call_ms, slos=slos,
-            load_shape=load_shape, max_rate=max_rate, sip=sip,
+            load_shape=load_shape, max_rate=max_rate, sip=sip, early_media=early_media,
         )
 
     # -- sections ---------------------------------------------------------------------------
@@ -386,6 +391,18 @@ class _Validator:
             else:
                 max_rate = float(value)
         return shape, max_rate
+
+    def early_media(self, node: yaml.Node) -> Literal["ignore", "listen"] | None:
+        """`early_media:`: whether audio heard before the 200 OK may be the greeting."""
+        value = self.string(node, "early_media", allow_empty=True)
+        if value == "ignore":
+            return "ignore"
+        if value == "listen":
+            return "listen"
+        if value is not None:
+            self.add(node, "early_media", f"must be one of ignore, listen; got {value!r}"
+                     + _suggest(value, EARLY_MEDIA))
+        return None
 
     def sip(self, node: yaml.Node) -> SipProfile:
         """`sip:`: how calls present themselves (voiceload.core.sipprofile), checked now."""

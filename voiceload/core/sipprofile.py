@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from voiceload.core.identity import SENDERS, IdentityError, IdentitySpec, Template, check_header_name
 from voiceload.errors import UserError
 
 TRANSPORTS = ("udp", "tcp", "tls")
@@ -118,6 +119,7 @@ class SipProfile:
     proxy: str | None = None  # outbound proxy: every request goes there first (a route set of one)
     tls: TlsSettings = field(default_factory=TlsSettings)
     register: bool = False  # each agent REGISTERs (refreshed) before its calls and unREGISTERs at its end
+    identity: IdentitySpec = field(default_factory=IdentitySpec)  # per-call From/To/headers (core/identity.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -131,6 +133,7 @@ class SipProfile:
             proxy=data.get("proxy"),
             tls=TlsSettings(**data.get("tls") or {}),
             register=bool(data.get("register", False)),
+            identity=_identity_from_json(data.get("identity") or {}),
         )
 
     def merged(self, **overrides: Any) -> SipProfile:
@@ -153,6 +156,10 @@ class SipProfile:
         return {parse_sip_uri(t).transport for t in targets}
 
 
+def _identity_from_json(data: dict[str, Any]) -> IdentitySpec:
+    return IdentitySpec(**{**data, "headers": tuple((str(n), str(v)) for n, v in data.get("headers") or ())})
+
+
 class ProfileError(ValueError):
     """A bad value in a scenario's `sip:` section: the field it is in, and what is wrong."""
 
@@ -161,7 +168,8 @@ class ProfileError(ValueError):
         self.fld, self.message = fld, message
 
 
-SECTION_KEYS = ("auth", "proxy", "tls", "register")
+SECTION_KEYS = ("auth", "proxy", "tls", "register", "from", "display_name", "to_user", "headers", "identities",
+                "sender")
 
 
 def profile_from_scenario(section: Any, base: Path) -> SipProfile:
@@ -198,4 +206,47 @@ def profile_from_scenario(section: Any, base: Path) -> SipProfile:
     register = section.get("register", False)
     if not isinstance(register, bool):
         raise ProfileError("sip.register", "must be true or false")
-    return SipProfile(auth=auth, proxy=proxy, tls=tls, register=register)
+    return SipProfile(auth=auth, proxy=proxy, tls=tls, register=register, identity=_identity(section, base))
+
+
+def _identity(section: dict[str, Any], base: Path) -> IdentitySpec:
+    """The identity keys of `sip:`: templates checked, the identities file resolved against `base`."""
+    texts: dict[str, str | None] = {}
+    for key in ("from", "display_name", "to_user"):
+        value = section.get(key)
+        if value is not None and not isinstance(value, (str, int)):
+            raise ProfileError(f"sip.{key}", "must be a string (a template, e.g. '+1555{digits:7}')")
+        texts[key] = None if value is None else str(value)
+    headers: list[tuple[str, str]] = []
+    raw = section.get("headers")
+    if raw is not None:
+        if not isinstance(raw, dict) or not all(isinstance(v, (str, int)) for v in raw.values()):
+            raise ProfileError("sip.headers", "must be a mapping of header name to a template string")
+        for name, value in raw.items():
+            try:
+                check_header_name(str(name))
+            except IdentityError as exc:
+                raise ProfileError(f"sip.headers.{name}", exc.message) from None
+            headers.append((str(name), str(value)))
+    identities = section.get("identities")
+    if identities is not None and not isinstance(identities, str):
+        raise ProfileError("sip.identities", "must be the path of a CSV file (one row per call)")
+    sender = section.get("sender", "session")
+    if sender not in SENDERS:
+        raise ProfileError("sip.sender", f"must be one of {', '.join(SENDERS)}")
+    keys = {"From": "sip.from", "display name": "sip.display_name", "To user": "sip.to_user"}
+    for what, text in (("From", texts["from"]), ("display name", texts["display_name"]),
+                       ("To user", texts["to_user"]), *((f"header {n}", v) for n, v in headers)):
+        if text is not None:
+            try:
+                Template.parse(text, what)
+            except IdentityError as exc:
+                raise ProfileError(keys.get(what, f"sip.headers.{what[7:]}"), exc.message) from None
+    spec = IdentitySpec(from_user=texts["from"], display_name=texts["display_name"], to_user=texts["to_user"],
+                        headers=tuple(headers), identities=str(base / identities) if identities else None,
+                        sender=sender)
+    try:
+        return spec.checked()
+    except IdentityError as exc:
+        key = keys.get(exc.where, "sip.sender" if exc.where == "sender" else f"sip.headers.{exc.where[7:]}")
+        raise ProfileError(key, exc.message) from None

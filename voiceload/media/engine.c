@@ -55,6 +55,7 @@
 #define PT_PCMU 0
 #define WAV_HDR 44
 #define SILENCE 0xFF              /* PCMU's positive zero */
+#define RESYNC (RATE)             /* a packet taped this many samples (1 s) before its arrival: a new timeline */
 
 _Static_assert(RTPE_READ_LAG_MS == RX_EVERY * (FRAME_NS / 1000000), "engine.h's read lag is RX_EVERY ticks");
 
@@ -64,6 +65,8 @@ struct rtpe_chan {
     struct sockaddr_in remote;
     int connected;                /* connect()ed to `remote` once it sent from there: sends skip the route lookup */
     int bound_any;                /* bound to 0.0.0.0: never connected (see maybe_connect) */
+    int sending;                  /* 0 while the far end holds the call (sendonly, inactive, c=0.0.0.0) */
+    uint32_t moves;               /* times rtpe_set_remote moved the channel to another address */
     uint16_t seq;
     uint32_t ssrc, ts0;
     int64_t tick0;                /* engine tick at start: the RTP timestamp follows the clock, ticks skipped or not */
@@ -85,6 +88,11 @@ struct rtpe_chan {
     int have_seq;
     uint16_t max_seq;
     uint32_t cycles, base_seq;
+    /* the far end's current source (SSRC): a new one starts new sequence and timeline bookkeeping */
+    int have_ssrc;
+    uint32_t rx_ssrc, rx_sources;
+    uint64_t src_packets;         /* packets of the current source */
+    long long lost_done;          /* packets lost by the sources before it */
     int64_t last_at;              /* arrival (samples) and RTP timestamp of the last PCMU packet, for jitter */
     uint32_t last_ts;
     int have_transit;
@@ -183,6 +191,42 @@ static int64_t continue_or_jump(int64_t next, int64_t at) {
     return (next > 0 && at >= next - SNAP && at <= next + SNAP) ? next : at;
 }
 
+/* The received stream's anchor: the smallest transit (arrival - RTP timestamp, in samples) of this
+ * epoch and the last, i.e. where a packet would have arrived with no jitter. */
+static int64_t anchor_of(const rtpe_chan *c) {
+    return c->transit_min < c->transit_prev_min ? c->transit_min : c->transit_prev_min;
+}
+
+/* Forget the received stream's anchor: its next packet sets a new one. For a new path or a new
+ * sender timeline, where the old minimum transit means nothing (it would tape the new packets
+ * far from their arrival, and count that distance as jitter and delay). */
+static void reanchor(rtpe_chan *c) {
+    c->have_transit = 0;
+    c->transit_n = 0;
+}
+
+/* Packets of the current source that never arrived (RFC 3550 A.3), 0 before its first. */
+static long long source_lost(const rtpe_chan *c) {
+    if (!c->have_seq) return 0;
+    long long expected = (long long)c->cycles + c->max_seq - c->base_seq + 1;
+    long long lost = expected - (long long)c->src_packets;
+    return lost < 0 ? 0 : lost;
+}
+
+/* A packet of another SSRC: the far end switched its source (early media from one box and the
+ * answered call from another, a re-INVITE to a new media server). Sequence numbers and timestamps
+ * start afresh: the old source's losses are kept, its anchor is dropped. */
+static void new_source(rtpe_chan *c, uint32_t ssrc) {
+    if (c->have_ssrc) c->lost_done += source_lost(c);
+    c->have_ssrc = 1;
+    c->rx_ssrc = ssrc;
+    c->rx_sources++;
+    c->have_seq = 0;
+    c->cycles = 0;
+    c->src_packets = 0;
+    reanchor(c);
+}
+
 static void rx_packet(rtpe_chan *c, const uint8_t *p, ssize_t len, int64_t arrival_mono, int loud_level) {
     if (len < RTP_HDR || (p[0] >> 6) != 2) return;
     if (p[1] >= 192 && p[1] <= 223) return;  /* RTCP (RFC 5761): a far end's reports sent to our port */
@@ -190,6 +234,7 @@ static void rx_packet(rtpe_chan *c, const uint8_t *p, ssize_t len, int64_t arriv
     int pt = p[1] & 0x7F;
     uint16_t seq = (uint16_t)((p[2] << 8) | p[3]);
     uint32_t ts = ((uint32_t)p[4] << 24) | ((uint32_t)p[5] << 16) | ((uint32_t)p[6] << 8) | p[7];
+    uint32_t ssrc = ((uint32_t)p[8] << 24) | ((uint32_t)p[9] << 16) | ((uint32_t)p[10] << 8) | p[11];
     ssize_t off = RTP_HDR + 4 * cc;
     if (has_ext) {
         if (off + 4 > len) return;
@@ -198,7 +243,9 @@ static void rx_packet(rtpe_chan *c, const uint8_t *p, ssize_t len, int64_t arriv
     ssize_t end = len;
     if (has_pad && len > 0) end -= p[len - 1];
     if (off > end) return;
+    if (!c->have_ssrc || ssrc != c->rx_ssrc) new_source(c, ssrc);
     c->rx_packets++;
+    c->src_packets++;
     c->rx_bytes += (uint64_t)(end - off);
     /* RFC 3550 A.1 sequence bookkeeping (for loss) and A.8 interarrival jitter */
     if (!c->have_seq) {
@@ -216,6 +263,14 @@ static void rx_packet(rtpe_chan *c, const uint8_t *p, ssize_t len, int64_t arriv
     int64_t at = sample_at(c, arrival_mono);
     c->ts_ext = c->have_transit ? c->ts_ext + (int32_t)(ts - c->last_ts) : (int64_t)ts;
     int64_t transit = at - c->ts_ext;
+    if (c->have_transit && transit - anchor_of(c) > RESYNC) {
+        /* the sender's timeline stepped back (a timestamp base reset without a new SSRC, or a
+         * timestamp that stood still through a pause): the old anchor would tape this and the
+         * following packets that far before their arrival, most of them onto tape already written */
+        reanchor(c);
+        c->ts_ext = (int64_t)ts;
+        transit = at - c->ts_ext;
+    }
     if (!c->have_transit || transit < c->transit_min) c->transit_min = transit;
     if (!c->have_transit) c->transit_prev_min = transit;
     if (++c->transit_n >= TRANSIT_EPOCH) {  /* forget older epochs: a sender's clock may drift or jump */
@@ -237,7 +292,7 @@ static void rx_packet(rtpe_chan *c, const uint8_t *p, ssize_t len, int64_t arriv
     int n = (int)(end - off);
     if (n <= 0) return;
     if (n > RING / 2) n = RING / 2;
-    int64_t anchor = c->transit_min < c->transit_prev_min ? c->transit_min : c->transit_prev_min;
+    int64_t anchor = anchor_of(c);
     int64_t pos = c->ts_ext + anchor;
     if (transit - anchor > c->delay_max) c->delay_max = transit - anchor;
     long sum = place(c, c->rx, pos, p + off, n, &c->rx_late);
@@ -306,6 +361,13 @@ static void tx_frame(rtpe_chan *c, int64_t tick, int64_t sched) {
     uint8_t pkt[RTP_HDR + FRAME];
     uint8_t *pay = pkt + RTP_HDR;
     int playing = c->play != NULL && c->play_pos < c->play_len;
+    if (!c->sending) {
+        /* held: nothing goes out and nothing is taped (the tape is the wire), but time passes for
+         * what is playing; the first packet after the hold starts a talkspurt */
+        if (playing) c->play_pos = c->play_pos + FRAME < c->play_len ? c->play_pos + FRAME : c->play_len;
+        c->marker = 1;
+        return;
+    }
     if (playing) {
         size_t n = c->play_len - c->play_pos;
         if (n > FRAME) n = FRAME;
@@ -546,6 +608,7 @@ int rtpe_start(rtpe_engine *e, int i, const struct sockaddr_in *remote, const ch
         c->ts0 = ssrc * 2654435761u;
         c->tick0 = e->ticks;
         c->marker = 1;
+        c->sending = 1;
         c->tape_fd = tape_fd;
         c->rx = rx;
         c->tx = tx;
@@ -576,6 +639,48 @@ int rtpe_play(rtpe_engine *e, int i, const uint8_t *data, size_t len, void *owne
     return state;
 }
 
+/* Undo maybe_connect(), keeping the socket's port (the one our SDP advertised). Linux unbinds a
+ * UDP socket that was bound to port 0 when it is disconnected (__udp_disconnect: no
+ * SOCK_BINDPORT_LOCK), so it is bound again, explicitly, to the same address and port. */
+static int disconnect_keep_port(rtpe_chan *c) {
+    struct sockaddr_in local;
+    socklen_t len = sizeof local;
+    if (getsockname(c->fd, (struct sockaddr *)&local, &len) < 0) return -1;
+    struct sockaddr none = {.sa_family = AF_UNSPEC};
+    if (connect(c->fd, &none, sizeof none) < 0) return -1;
+    struct sockaddr_in now;
+    len = sizeof now;
+    if (getsockname(c->fd, (struct sockaddr *)&now, &len) == 0 && now.sin_port == local.sin_port) return 0;
+    return bind(c->fd, (const struct sockaddr *)&local, sizeof local);
+}
+
+int rtpe_set_remote(rtpe_engine *e, int i, const struct sockaddr_in *remote, int sending, int *moved) {
+    int state = RTPE_ERR_NOCHAN;
+    *moved = 0;
+    pthread_mutex_lock(&e->lock);
+    rtpe_chan *c = find_chan(e, i);
+    if (c != NULL && !c->running) state = RTPE_ERR_IDLE;
+    else if (c != NULL) {
+        state = RTPE_OK;
+        if (remote != NULL && (remote->sin_port != c->remote.sin_port ||
+                               remote->sin_addr.s_addr != c->remote.sin_addr.s_addr)) {
+            /* what arrived by the old path goes on the tape under the old path's anchor */
+            rx_drain(c, now_ns(CLOCK_MONOTONIC) - now_ns(CLOCK_REALTIME), e->loud_level);
+            c->remote = *remote;
+            if (c->connected) {  /* a socket connect()ed to the old address would take nothing from the new one */
+                if (disconnect_keep_port(c) < 0) state = RTPE_ERR_SYS;
+                c->connected = 0;
+            }
+            reanchor(c);
+            c->moves++;
+            *moved = 1;
+        }
+        c->sending = sending ? 1 : 0;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return state;
+}
+
 int rtpe_close(rtpe_engine *e, int i, rtpe_stats *stats, void **old_owner) {
     int state = RTPE_ERR_NOCHAN;
     pthread_mutex_lock(&e->lock);
@@ -584,9 +689,9 @@ int rtpe_close(rtpe_engine *e, int i, rtpe_stats *stats, void **old_owner) {
         state = RTPE_OK;
         *old_owner = swap_play(c, NULL, 0, NULL);
         if (c->running) rx_drain(c, now_ns(CLOCK_MONOTONIC) - now_ns(CLOCK_REALTIME), e->loud_level);  /* the last reads */
-        uint32_t expected = c->have_seq ? c->cycles + c->max_seq - c->base_seq + 1 : 0;
-        long long lost = (long long)expected - (long long)c->rx_packets;
-        stats->rx_lost = lost < 0 ? 0LL : lost;
+        stats->rx_lost = c->lost_done + source_lost(c);
+        stats->rx_sources = c->rx_sources;
+        stats->moves = c->moves;
         stats->rx_jitter_ms_mean = (c->jitter_n ? c->jitter_sum / (double)c->jitter_n : 0.0) / 8.0;
         stats->rx_jitter_ms_max = c->jitter_max / 8.0;
         stats->rx_delay_ms_max = c->delay_max / 8.0;

@@ -39,6 +39,7 @@ enum {
     RTPE_ERR_STARTED,             /* the channel was started already */
     RTPE_ERR_CAPACITY,            /* capacity outside 1..RTPE_MAX_CAPACITY */
     RTPE_ERR_THREAD,              /* the clock thread did not start */
+    RTPE_ERR_IDLE,                /* the channel was not started */
 };
 
 typedef struct rtpe_chan rtpe_chan;  /* one call's socket, RTP state and tape: engine.c's own */
@@ -65,6 +66,8 @@ typedef struct {
     long long rx_lost;
     double rx_jitter_ms_mean, rx_jitter_ms_max;
     double rx_delay_ms_max;       /* the most a packet was taped ahead of its arrival */
+    unsigned rx_sources;          /* SSRCs the far end sent from, one after the other */
+    unsigned moves;               /* times rtpe_set_remote moved the channel */
 } rtpe_stats;
 
 /* The clock's lateness and load since the previous rtpe_health_take(). */
@@ -106,6 +109,14 @@ int rtpe_start(rtpe_engine *e, int i, const struct sockaddr_in *remote, const ch
  * replacing what it played. `owner` is the caller's handle on `data`, which must stay valid
  * until the channel gives the owner back: *old_owner is the previous one's, now unused. */
 int rtpe_play(rtpe_engine *e, int i, const uint8_t *data, size_t len, void *owner, void **old_owner);
+
+/* [locks] Follow the far end of started channel `i` after a re-negotiation (a 200 OK whose SDP
+ * differs from the 183's, a re-INVITE or UPDATE): send to `remote` from the next tick on (NULL:
+ * where it sends now), or send nothing while `sending` is 0 (the far end holds the call). A new
+ * address first reads what arrived by the old path, drops a connect() to the old address (the
+ * socket keeps its port) and the
+ * received stream's anchor. Sets *moved to 1 when the address changed. */
+int rtpe_set_remote(rtpe_engine *e, int i, const struct sockaddr_in *remote, int sending, int *moved);
 
 /* [locks] Read what arrived, complete the tape and close channel `i`; its stats go to *stats and
  * its play owner, now unused, to *old_owner. */

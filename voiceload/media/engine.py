@@ -10,6 +10,8 @@ How a call uses it:
    the far end sends its RTP to the engine, never to pjsua's own (idle) stream;
 3. once the call's media is up, `RtpChannel.start()` aims the channel at the far end's RTP address
    and starts the tape; `play()` queues a recording; `last_loud()` feeds real-time turn-taking;
+   `follow()` moves it when a later negotiation (the 200 OK after a 183, a re-INVITE, an UPDATE)
+   names another address or puts the call on hold (`far_end`);
 4. `close()` stops the channel, completes the tape (WAV header included) and returns RTP stats.
 
 On the tape, received audio sits at the packet's kernel arrival time and sent audio at its send
@@ -55,6 +57,33 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+@dataclass(frozen=True)
+class FarEnd:
+    """Where the far end wants our RTP, as the call's latest SDP negotiation left it."""
+
+    remote: str | None  # its RTP address 'ip:port'; None: none given (inactive, c=0.0.0.0): keep the last
+    sending: bool  # False while it holds the call: we send nothing
+
+    @property
+    def held(self) -> bool:
+        return not self.sending
+
+
+def far_end(*, we_send: bool, remote: str | None) -> FarEnd:
+    """The negotiated direction and address of a call's audio, as the engine must follow them.
+
+    `we_send` is the negotiated direction from our side (pjmedia's ENCODING bit): it is off when
+    the far end's SDP says `a=sendonly` (it plays, e.g. hold music, and wants nothing back),
+    `a=inactive`, or the old-style hold `c=0.0.0.0`. Each of those is a hold. An address of
+    0.0.0.0 or port 0 is never a destination: on Linux, 0.0.0.0 would reach our own host.
+    """
+    if remote is not None:
+        host, port = split_address(remote)
+        if host in ("0.0.0.0", "") or port == 0:
+            remote = None
+    return FarEnd(remote=remote, sending=we_send and remote is not None)
+
+
 def encode_pcmu(samples: np.ndarray) -> bytes:
     """16-bit samples -> G.711 mu-law bytes (what goes on the wire)."""
     return bytes(_rtpengine.encode_pcmu(np.ascontiguousarray(samples, dtype="<i2").tobytes()))
@@ -69,12 +98,24 @@ class RtpChannel:
     port: int
     started: float | None = None  # monotonic time of the tape's sample 0, once started
     closed: bool = False
+    moves: int = 0  # times `follow` moved it to another address
 
     def start(self, remote: str, tape_path: Path | None, ssrc: int) -> float:
         """Send to `remote` ('ip:port') and tape the call from now; returns the tape's start (monotonic s)."""
         host, port = split_address(remote)
         self.started = float(self.engine._engine.start(self.index, host, port, tape_path, ssrc & 0xFFFFFFFF))
         return self.started
+
+    def follow(self, far: FarEnd) -> bool:
+        """Send where the far end now wants our RTP, or nothing while it holds the call; True if moved.
+
+        Started channels only. A move first tapes what arrived by the old path, then starts a new
+        anchor for the received stream (engine.c: rtpe_set_remote).
+        """
+        host, port = split_address(far.remote) if far.remote is not None else (None, 0)
+        moved = bool(self.engine._engine.set_remote(self.index, host, port, far.sending))
+        self.moves += moved
+        return moved
 
     def play(self, path: Path) -> float:
         """Play a recording into the call now (replacing any still playing); when its first frame goes out."""
@@ -91,6 +132,7 @@ class RtpChannel:
             return RtpStats()
         self.closed = True
         stats: dict[str, Any] = dict(self.engine._engine.close(self.index))
+        stats.pop("moves", None)  # the call's record counts them (`moves`)
         for key in ("rx_jitter_ms_mean", "rx_jitter_ms_max", "rx_delay_ms_max"):
             stats[key] = round(stats[key], 2)
         return RtpStats.from_dict(stats)

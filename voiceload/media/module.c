@@ -110,6 +110,21 @@ static PyObject *Engine_play(Engine *self, PyObject *args) {
     return PyFloat_FromDouble(rtpe_monotonic());
 }
 
+/* set_remote(channel, remote_host or None, remote_port, sending) -> whether the address changed */
+static PyObject *Engine_set_remote(Engine *self, PyObject *args) {
+    int i, port, sending;
+    const char *host;
+    if (!PyArg_ParseTuple(args, "izip", &i, &host, &port, &sending)) return NULL;
+    struct sockaddr_in r;
+    if (host != NULL && rtpe_ipv4(host, port, &r) != RTPE_OK) return not_ipv4(host);
+    int rc, moved = 0;
+    ENGINE_CALL(rc = rtpe_set_remote(&self->eng, i, host != NULL ? &r : NULL, sending, &moved))
+    if (rc == RTPE_ERR_SYS) return PyErr_SetFromErrno(PyExc_OSError);
+    if (rc == RTPE_ERR_IDLE) return PyErr_Format(PyExc_ValueError, "media channel %d not started", i);
+    if (rc != RTPE_OK) return no_chan(i);
+    return PyBool_FromLong(moved);
+}
+
 /* last_loud(channel) -> monotonic time (s) the far end was last loud; 0.0 if never */
 static PyObject *Engine_last_loud(Engine *self, PyObject *arg) {
     long i = PyLong_AsLong(arg);
@@ -128,11 +143,12 @@ static PyObject *Engine_close(Engine *self, PyObject *args) {
     ENGINE_CALL(rc = rtpe_close(&self->eng, i, &s, &old))
     if (rc != RTPE_OK) return no_chan(i);
     Py_XDECREF((PyObject *)old);
-    return Py_BuildValue("{s:K,s:L,s:K,s:d,s:d,s:d,s:K,s:K,s:K}",
+    return Py_BuildValue("{s:K,s:L,s:K,s:d,s:d,s:d,s:K,s:K,s:K,s:I,s:I}",
                          "rx_packets", s.rx_packets, "rx_lost", s.rx_lost, "rx_other_pt", s.rx_other_pt,
                          "rx_jitter_ms_mean", s.rx_jitter_ms_mean, "rx_jitter_ms_max", s.rx_jitter_ms_max,
                          "rx_delay_ms_max", s.rx_delay_ms_max,
-                         "tx_packets", s.tx_packets, "tx_errors", s.tx_errors, "late_samples", s.late_samples);
+                         "tx_packets", s.tx_packets, "tx_errors", s.tx_errors, "late_samples", s.late_samples,
+                         "rx_sources", s.rx_sources, "moves", s.moves);
 }
 
 /* health() -> the clock's lateness and load since the previous call */
@@ -149,6 +165,8 @@ static PyMethodDef Engine_methods[] = {
     {"start", (PyCFunction)Engine_start, METH_VARARGS,
      "start(channel, remote_host, remote_port, tape_path, ssrc) -> tape start, monotonic seconds"},
     {"play", (PyCFunction)Engine_play, METH_VARARGS, "play(channel, pcmu) -> monotonic time the first frame goes out"},
+    {"set_remote", (PyCFunction)Engine_set_remote, METH_VARARGS,
+     "set_remote(channel, remote_host or None, remote_port, sending) -> True when the address changed"},
     {"last_loud", (PyCFunction)Engine_last_loud, METH_O,
      "last_loud(channel) -> monotonic time (s) the far end was last at least loud_level; 0.0 if never"},
     {"close", (PyCFunction)Engine_close, METH_VARARGS, "close(channel) -> RTP stats; completes the tape"},

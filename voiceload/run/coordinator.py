@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from voiceload.core.addresses import Addresses
+from voiceload.core.identity import IdentityError, IdentitySpec, parse_identities
 from voiceload.core.scenario import Scenario, load_scenario, rest_problems
 from voiceload.core.scenario_audio import ScenarioAudio
 from voiceload.core.shape import LoadShape, parse_shape
@@ -79,6 +80,7 @@ class RunSettings:
     register: bool | None = None  # --register
     probe: bool = True  # OPTIONS each target before the run (--no-probe skips it)
     addresses: Addresses = field(default_factory=Addresses)  # --bind/--advertise: the calls' source addresses
+    identity: dict[str, Any] = field(default_factory=dict)  # --from/--display-name/--to-user/--header/--identities
     sip: SipProfile = field(default_factory=SipProfile)  # the effective profile, set by validate()
 
     def __post_init__(self) -> None:
@@ -130,7 +132,8 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
         targets = split_targets(settings.target)
         tls = dataclasses.replace(scenario.sip.tls, **{k: v for k, v in settings.tls.items() if v is not None})
         settings.sip = scenario.sip.merged(
-            auth=settings.auth, proxy=settings.proxy, tls=tls, register=settings.register
+            auth=settings.auth, proxy=settings.proxy, tls=tls, register=settings.register,
+            identity=checked_identity(scenario.sip.identity.merged(**settings.identity)),
         ).checked(targets)
         if "tls" in settings.sip.transports(targets) and not pjsua2_build().tls:
             raise UserError(f"--target {settings.target}: TLS, but this pjsua2 build has no TLS "
@@ -139,6 +142,10 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
         if problem:
             raise UserError(problem)
         check_local_addresses(settings.addresses.bind)  # each on this host: one line now, not failed agents
+        ident = settings.sip.identity
+        if (ident.from_user is not None or ident.display_name is not None) and not pjsua2_build().per_call_from:
+            raise UserError("--from/--display-name: a per-call From needs voiceload's own pjsua2 build "
+                            "(run `make pjsua2`); this one would send two From headers")
     _check_out_dir(settings.out_dir)
     if (settings.out_dir / "calls.jsonl").exists():
         raise UserError(f"--out {settings.out_dir}: holds an earlier run's calls.jsonl; use a fresh directory")
@@ -148,6 +155,26 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
         if problem:
             raise UserError(problem)
     return scenario, sa, slos
+
+
+def checked_identity(spec: IdentitySpec) -> IdentitySpec:
+    """The run's identity settings checked, with its identities file read: every column it needs is there.
+
+    The agents read the file again when they start: its rows do not travel in their environment,
+    where Linux caps one variable at 128 KiB (a few thousand rows).
+    """
+    try:
+        spec.checked()
+        if spec.identities is not None:
+            try:
+                text = Path(spec.identities).read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"identities file {spec.identities}: cannot read it: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
+            spec.check_rows(parse_identities(text, spec.identities))
+    except IdentityError as exc:
+        raise UserError(str(exc)) from None
+    return spec
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -278,6 +305,11 @@ async def orchestrate(
     run_id = settings.run_id
     log.info("run %s: agents of <=%d calls, deadline %.0f s", run_id, limit, plan.deadline_s)
 
+    if settings.sip.identity.identities is not None:  # the agents share the rows: agent K takes K, K + n, ...
+        n = agents_needed(plan.concurrency, limit, os.cpu_count() or 1)
+        if plan.expected_calls != UNBOUNDED_CALLS:
+            n = min(n, plan.expected_calls)
+        settings.sip = dataclasses.replace(settings.sip, identity=dataclasses.replace(settings.sip.identity, stride=n))
     collector = Collector(on_heartbeat=on_heartbeat)
     async with bus.Bus(address, client_id=f"vl-coord-{run_id}") as b:
         # given the address, the collector keeps a persistent session: it survives reconnects

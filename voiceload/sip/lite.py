@@ -198,6 +198,7 @@ class Pjsua2Build:
 
     max_calls: int
     tls: bool
+    per_call_from: bool  # voiceload's build: a From among a call's headers is its From (30-per-call-from.patch)
 
 
 @functools.cache
@@ -206,7 +207,7 @@ def pjsua2_build() -> Pjsua2Build:
         [sys.executable, "-m", "voiceload.sip.ua"], capture_output=True, text=True, timeout=30, check=True
     )
     facts = json.loads(out.stdout.strip().splitlines()[-1])
-    return Pjsua2Build(int(facts["max_calls"]), bool(facts["tls"]))
+    return Pjsua2Build(int(facts["max_calls"]), bool(facts["tls"]), bool(facts["voiceload_build"]))
 
 
 def call_limit() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 # RFC 3261 §7.3.3 and the later RFCs' one-letter forms: a header may arrive under either name
@@ -143,6 +144,30 @@ def tag(value: str | None) -> str | None:
     params = value[value.rfind(">") + 1 :] if ">" in value else value
     t = _TAG.search(params)
     return t.group(1) if t else None
+
+
+def name_addr(value: str | None) -> tuple[str | None, str | None, str | None]:
+    """(display name, URI, user) of a From/To/Contact value; the user %-unescaped. Nones where absent.
+
+    `"Alice \\"A\\"" <sip:+1555@gw;user=phone>;tag=x` -> ('Alice "A"', 'sip:+1555@gw;user=phone', '+1555').
+    """
+    if not value:
+        return None, None, None
+    value = value.strip()
+    display: str | None = None
+    if "<" in value:
+        head, _, rest = value.partition("<")
+        uri = rest.partition(">")[0].strip()
+        head = head.strip()
+        if head.startswith('"') and head.endswith('"') and len(head) >= 2:
+            head = re.sub(r"\\(.)", r"\1", head[1:-1])
+        display = head or None
+    else:  # addr-spec: its parameters after ';' are the header's (the tag), not the URI's
+        uri = value.split(";", 1)[0].strip()
+    _scheme, colon, rest = uri.partition(":")
+    if not colon or "@" not in rest.split(";", 1)[0]:
+        return display, uri or None, None
+    return display, uri, urllib.parse.unquote(rest.split(";", 1)[0].rpartition("@")[0])
 
 
 def parse_sdp_audio(body: str) -> tuple[str, int] | None:

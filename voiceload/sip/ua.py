@@ -24,6 +24,7 @@ import contextlib
 import enum
 import functools
 import gc
+import importlib.metadata
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from typing import Any, ParamSpec, TypeVar
 import pjsua2 as pj
 
 from voiceload.core.sipprofile import SipProfile, parse_sip_uri
-from voiceload.media.engine import MediaEngine, RtpChannel, offer_with_port
+from voiceload.media.engine import FarEnd, MediaEngine, RtpChannel, far_end, offer_with_port
 from voiceload.protocol import RtpStats
 from voiceload.sip import _pjsua_c
 from voiceload.sip.message import SipMessage
@@ -54,6 +55,8 @@ RTP_PORT_MIN, RTP_PORT_MAX = 10_000, 60_000
 PORTS_PER_CALL = 3  # conference ports: the call's stream, its tape recorder, its current player
 PJ_ETOOMANY = 70010  # pj_status_t of "no free call slot"
 REGISTER_EXPIRES_S = 300
+SESSION_MIN_SE_S = 90  # RFC 4028's floor, and pjsip's
+SESSION_EXPIRES_S = 1800  # what we ask for; a far end may lower it (not below Min-SE)
 SLOT_RETRY_S = 0.02  # how soon a caller refused with SlotsBusy should try again (a BYE round trip or so)
 
 
@@ -148,6 +151,9 @@ class SipCall(pj.Call):
         self.tape: Tape | None = None
         self.players: list[pj.AudioMediaPlayer] = []
         self.channel: RtpChannel | None = None  # the engine's RTP channel, when the stack has an engine
+        self.holds: list[list[float]] = []  # [start, end] monotonic s of each hold by the far end; end inf: on hold
+        self.far_held = False  # the latest negotiation left the far end holding the call (or early media sendonly)
+        self.media_moves = 0  # times the engine's channel followed the far end to another RTP address
         self.invite = ""  # an incoming call's INVITE as received (for its headers)
         self.app: Any = None  # the role's per-call state
         # close() and release() act once per call: several state events of one call can wait in
@@ -172,6 +178,7 @@ class SipCall(pj.Call):
             self.times.confirmed = now
             if self.times.answered is None:
                 self.times.answered = now
+            self._hold_edge(self.times.answered)  # answered on hold: held from the answer on
         elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self.times.disconnected = now
             if not self.local_hangup:
@@ -185,23 +192,80 @@ class SipCall(pj.Call):
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         ci = self.getInfo()
+        if self.channel is not None:
+            self._follow_media(ci)
+            return
         for i, mi in enumerate(ci.media):
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 self.media = self.getAudioMedia(i)
-                if self.channel is not None:
-                    if self.channel.started is None:  # a re-INVITE keeps the channel where it is
-                        path = self.stack.next_tape_path() if self.stack.tape_dir is not None else None
-                        remote = str(self.getStreamInfo(i).remoteRtpAddress)
-                        started = self.channel.start(remote, path, ssrc=ci.id * 7919 + self.stack.ssrc_base)
-                        if path is not None:
-                            self.tape = Tape(path, started)
-                        self._silence_pjsua_stream(ci.id)
-                elif self.tape is None and self.stack.tape_dir is not None:
+                if self.tape is None and self.stack.tape_dir is not None:
                     # start the tape right here, not on a later pump turn: nothing the far end
                     # sends may precede it (creating and connecting ports in callbacks is safe)
                     self.start_tape(self.stack.next_tape_path())
                 self.stack.events.append((self, CallEvent.MEDIA))
                 return
+
+    def _follow_media(self, ci: pj.CallInfo) -> None:
+        """Start or move the engine's channel as this negotiation left the call's audio.
+
+        pjsua calls this at each negotiation: a 183 with SDP (early media), the 200 OK (whose SDP
+        may differ from the 183's, RFC 6337 3.1.1), every re-INVITE or UPDATE with SDP (a session
+        refresh, a move, a hold). The first starts the channel and its tape; each later one may move
+        it (`RtpChannel.follow`) or hold it. pjsua's negotiated direction is the source, as pjmedia
+        read the SDP: the far end's `a=sendonly` leaves us decoding only, `a=inactive` and
+        `c=0.0.0.0` leave no stream at all (docs/density.md).
+        """
+        assert self.channel is not None
+        for i, mi in enumerate(ci.media):
+            if mi.type != pj.PJMEDIA_TYPE_AUDIO or mi.status not in (pj.PJSUA_CALL_MEDIA_ACTIVE,
+                                                                     pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
+                continue
+            try:  # no stream (and no stream info) while the audio is inactive
+                remote: str | None = str(self.getStreamInfo(i).remoteRtpAddress)
+            except pj.Error:
+                remote = None
+            far = far_end(we_send=bool(mi.dir & pj.PJMEDIA_DIR_ENCODING), remote=remote)
+            now = time.monotonic()
+            if self.channel.started is None:
+                if far.remote is None:  # nowhere to send yet (early media inactive): wait for the next offer
+                    return
+                path = self.stack.next_tape_path() if self.stack.tape_dir is not None else None
+                started = self.channel.start(far.remote, path, ssrc=ci.id * 7919 + self.stack.ssrc_base)
+                if path is not None:
+                    self.tape = Tape(path, started)
+                if far.held:
+                    self.channel.follow(far)
+            else:
+                try:
+                    if self.channel.follow(far):
+                        self.media_moves += 1
+                        log.debug("call %s: far end's media moved to %s", self.sip_call_id, far.remote)
+                except OSError as exc:  # the socket could not keep its port: the call's audio is gone
+                    log.warning("call %s: could not follow the far end's media: %s", self.sip_call_id, exc)
+            self._note_hold(far, now)
+            # pjsua may have re-created its own stream for this negotiation, back on the bridge
+            self._silence_pjsua_stream(ci.id)
+            self.stack.events.append((self, CallEvent.MEDIA))
+            return
+
+    def _note_hold(self, far: FarEnd, now: float) -> None:
+        """Holds count from the answer on: before it, a one-way stream is early media (a 183 with
+        `a=sendonly` is a common ringback). The 200 OK's own negotiation is reported after its
+        CONNECTING state, so the answer's direction is taken at CONFIRMED (the ACK)."""
+        self.far_held = far.held
+        if self.times.confirmed is not None:
+            self._hold_edge(now)
+
+    def _hold_edge(self, now: float) -> None:
+        if self.far_held and not self.held:
+            self.holds.append([now, float("inf")])
+        elif not self.far_held and self.held:
+            self.holds[-1][1] = now
+
+    @property
+    def held(self) -> bool:
+        """The far end holds the call now (it re-negotiated sendonly, inactive or c=0.0.0.0)."""
+        return bool(self.holds) and self.holds[-1][1] == float("inf")
 
     @staticmethod
     def _silence_pjsua_stream(call_id: int) -> None:
@@ -432,6 +496,8 @@ class SipStack:
         self.ep: pj.Endpoint | None = None
         self.account: _Account | None = None
         self.max_calls = 0
+        self.from_user, self.from_host = user, host  # the account's From (set by start); a call may carry its own
+        self.from_hosts: dict[str, str] = {}  # source address -> its accounts' From host (set by start)
 
     @property
     def registration(self) -> RegState | None:
@@ -499,10 +565,14 @@ class SipStack:
         acfg.sipConfig.transportId = transport_id
         auth = self.profile.auth
         if auth is not None:  # gateways match the From user against the credentials' user
-            acfg.idUri = f"sip:{auth.user}@{self.domain or f'{shown}:{port}'}"
+            from_user, from_host = auth.user, self.domain or f"{shown}:{port}"
             acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", auth.realm, auth.user, 0, auth.password))
         else:
-            acfg.idUri = f"sip:{self.user}@{shown}:{port}"
+            from_user, from_host = self.user, f"{shown}:{port}"
+        self.from_hosts[host] = from_host  # a per-call From (identity) names its call's address
+        if host == self.host:
+            self.from_user, self.from_host = from_user, from_host
+        acfg.idUri = f"sip:{from_user}@{from_host}"
         proxy = self.profile.proxy
         if proxy is not None:  # loose routing: the request URI stays the target's
             acfg.sipConfig.proxies.append(proxy if ";lr" in proxy else f"{proxy};lr")
@@ -511,6 +581,14 @@ class SipStack:
             acfg.regConfig.registerOnAdd = True
             acfg.regConfig.timeoutSec = REGISTER_EXPIRES_S  # pjsua refreshes it before it lapses
             acfg.regConfig.retryIntervalSec = 0  # a failed REGISTER is reported, not retried in a loop
+        # Session timers (RFC 4028), answered whenever the far end asks: `Supported: timer` on our
+        # INVITE, a Session-Expires it sets is honoured, and whichever side it names refreshes
+        # (pjsip sends our re-INVITE/UPDATE refreshes; a far end's refresh is answered like any
+        # re-INVITE or UPDATE, the media following it). Said here, not left to the defaults: a
+        # gateway that requires timers (`Require: timer`) rejects a UAC that does not support them.
+        acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
+        acfg.callConfig.timerMinSESec = SESSION_MIN_SE_S
+        acfg.callConfig.timerSessExpiresSec = SESSION_EXPIRES_S
         acfg.mediaConfig.transportConfig.boundAddress = host
         if host in self.public:
             acfg.mediaConfig.transportConfig.publicAddress = self.public[host]  # the SDP's c=
@@ -529,10 +607,12 @@ class SipStack:
 
     def _route_kind(self, uri: str) -> str:
         """The transport a request to `uri` leaves on: the outbound proxy's, else the URI's own."""
-        kind = self._kinds.get(uri)
+        scheme, _, rest = uri.partition(":")
+        key = f"{scheme}:{rest.rpartition('@')[2]}"  # not the user: a per-call To user must not grow the cache
+        kind = self._kinds.get(key)
         if kind is None:
             kind = parse_sip_uri(self.profile.proxy or uri, "--proxy" if self.profile.proxy else "--target").transport
-            self._kinds[uri] = kind
+            self._kinds[key] = kind
         return kind
 
     def _create_transport(self, ep: pj.Endpoint, kind: str, host: str) -> tuple[int, int]:
@@ -587,7 +667,9 @@ class SipStack:
         """Place a call from `host` (one of `hosts`; None: the first); `SlotsBusy` (nothing placed, nothing
         to report) while pjsua has no free slot.
 
-        `OSError` when the media engine has no socket for it, `SipError` when pjsua refuses it.
+        A `From` among `headers` is the call's From instead of the account's (our pjproject patch
+        scripts/pjsua2/30-per-call-from.patch: pjsua has no per-call From); the request URI's user is
+        the To user. `OSError` when the media engine has no socket for it, `SipError` when pjsua refuses it.
         """
         kind = self._route_kind(uri)
         account = self.accounts.get((host or self.host, kind))
@@ -787,7 +869,11 @@ def probe_build() -> dict[str, Any]:
     except pj.Error:  # PJ_ENOTSUP: built without an SSL backend
         tls = False
     ep.libDestroy()
-    return {"max_calls": limit, "tls": tls}
+    try:  # voiceload's own build carries its patches (scripts/pjsua2/*.patch); the PyPI wheel does not
+        version = importlib.metadata.version("pjsua2-python")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    return {"max_calls": limit, "tls": tls, "voiceload_build": "+voiceload" in version}
 
 
 if __name__ == "__main__":  # `python -m voiceload.sip.ua` prints the build's facts (used by sip.lite)

@@ -50,11 +50,10 @@ from voiceload.audio.vad import samples_to_ms
 from voiceload.audio.wav import default_tape_dir, read_tape
 from voiceload.core.callflow import Ask, BotAction, BotFlow, Hangup, Play, PlayFile, Scheduler, ThinkTime
 from voiceload.core.scenario import load_scenario
-from voiceload.protocol import SESSION_HEADER
 from voiceload.sip.lite import RedirectFront, call_limit
 from voiceload.sip.ua import CLOCK_RATE, CallEvent, SipCall, SipError, SipStack
 from voiceload.sut.botmodel import DEFAULT_ENDPOINT_MS, WorkerPool
-from voiceload.sut.gateway import BrainReply, RasaGateway, session_id
+from voiceload.sut.gateway import BrainReply, RasaGateway, rasa_sender
 
 log = logging.getLogger("voiceload.sut.bot")
 
@@ -88,6 +87,7 @@ class BotSettings:
     brain: str = "scripted"  # "scripted": the scenario's prompts; "rasa": a voice gateway to `rasa_url`
     rasa_url: str | None = None
     rasa_token: str | None = None
+    rasa_sender: str = "session"  # the Rasa sender: session header, From user or Call-ID (gateway.rasa_sender)
 
 
 def beep(ms: int = 400) -> np.ndarray:
@@ -255,7 +255,8 @@ class BotWorker:
         while events:
             call, kind = events.popleft()
             if kind is CallEvent.INCOMING:
-                call.app = BotCall(self._new_flow(), sender=session_id(call.header(SESSION_HEADER), call.sip_call_id))
+                call.app = BotCall(self._new_flow(), sender=rasa_sender(self.s.rasa_sender, call.invite,
+                                                                           call.sip_call_id))
                 try:
                     self.stack.answer(call, 200)
                 except SipError as exc:  # the caller cancelled first: that call ends, the worker serves on
@@ -433,6 +434,8 @@ def _worker_cmd(s: BotSettings, port: int, queue: str | None = None, max_calls: 
         cmd += ["--brain", s.brain]
     if s.rasa_url is not None:
         cmd += ["--rasa-url", s.rasa_url]  # the token goes by environment (RASA_TOKEN_ENV): not in `ps`
+    if s.rasa_sender != "session":
+        cmd += ["--rasa-sender", s.rasa_sender]
     return cmd
 
 

@@ -28,8 +28,11 @@ import numpy.typing as npt
 from voiceload.audio import wav
 from voiceload.audio.analysis import Reference
 from voiceload.audio.wav import read_tape_span
+from voiceload.core.identity import SENDER_CALL_ID, SENDER_FROM_USER
 from voiceload.core.scenario import Scenario
 from voiceload.errors import UserError
+from voiceload.protocol import SESSION_HEADER
+from voiceload.sip.message import SipMessage, name_addr
 from voiceload.sut.asr import Recogniser
 from voiceload.sut.tts import Synthesiser
 
@@ -55,6 +58,18 @@ def session_id(header_value: str | None, call_id: str) -> str:
     """
     value = (header_value or "").strip()
     return value or call_id
+
+
+def rasa_sender(mode: str, invite: str, call_id: str) -> str:
+    """A call's Rasa sender by the gateway's `--rasa-sender` (docs/gateways.md): the session header
+    (else the Call-ID), the From user (jambonz's and Twilio's caller number; else the Call-ID) or the Call-ID."""
+    if mode == SENDER_CALL_ID:
+        return call_id
+    msg = SipMessage.parse(invite)
+    if mode == SENDER_FROM_USER:
+        user = name_addr(msg.get("From") if msg is not None else None)[2]
+        return user or call_id
+    return session_id(msg.get(SESSION_HEADER) if msg is not None else None, call_id)
 
 
 @dataclass

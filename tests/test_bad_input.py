@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Mosquitto
-from tests.refbot import DEMO, voiceload
+from tests.refbot import DEMO, stop_process, voiceload
 from voiceload.results.broker import free_port
 from voiceload.sip.lite import RedirectFront
 
@@ -85,13 +88,72 @@ def test_unreachable_target_refused(tmp_path: Path) -> None:
     assert "unreachable" in one_line_error(err)
 
 
-def test_silent_target_times_out(tmp_path: Path) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # bound but never answers
+def test_refused_tcp_target(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a TCP port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        code, err = run_scenario(tmp_path, DEMO, f"sip:bot@127.0.0.1:{port}")
+    code, err = run_scenario(tmp_path, DEMO, f"sip:bot@127.0.0.1:{port};transport=tcp")
     assert code == 2
-    assert "no SIP answer to OPTIONS" in one_line_error(err)
+    assert one_line_error(err) == (f"voiceload: error: --target sip:bot@127.0.0.1:{port};transport=tcp: unreachable "
+                                   f"(connection refused: nothing listens on TCP 127.0.0.1:{port})")
+
+
+def test_unresolvable_target(tmp_path: Path) -> None:
+    code, err = run_scenario(tmp_path, DEMO, "sip:bot@no-such-gateway.invalid:5060")
+    assert code == 2
+    assert "--target sip:bot@no-such-gateway.invalid:5060: cannot resolve host 'no-such-gateway.invalid'" \
+        in one_line_error(err)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[Callable[[str], tuple[str, Path]]]:
+    """`openssl s_server` with a fresh self-signed certificate for a subjectAltName: (target URI, cert)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(san: str) -> tuple[str, Path]:
+        cert, key = tmp_path / f"cert{len(procs)}.pem", tmp_path / f"key{len(procs)}.pem"
+        subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(cert), "-days", "2", "-subj", "/CN=voiceload-test", "-addext", f"subjectAltName={san}"],
+                       check=True, capture_output=True, timeout=60)
+        port = free_port()
+        proc = subprocess.Popen([openssl, "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert),
+                                 "-key", str(key), "-quiet"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "openssl s_server did not start"
+            time.sleep(0.05)
+        return f"sips:bot@127.0.0.1:{port}", cert
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            stop_process(proc)
+
+
+def test_tls_target_with_an_unknown_ca(tmp_path: Path, tls_server: Callable[[str], tuple[str, Path]]) -> None:
+    target, _ = tls_server("IP:127.0.0.1")
+    _, other_ca = tls_server("DNS:other.example")
+    code, err = run_scenario(tmp_path, DEMO, target, "--tls-ca", str(other_ca))
+    assert code == 2
+    assert one_line_error(err) == (f"voiceload: error: --target {target}: TLS handshake with TLS "
+                                   f"{target.split('@')[1]} failed: self-signed certificate; --tls-ca names the CA "
+                                   "that signed it")
+
+
+def test_tls_target_with_a_hostname_mismatch(tmp_path: Path, tls_server: Callable[[str], tuple[str, Path]]) -> None:
+    target, cert = tls_server("DNS:gw.example")
+    code, err = run_scenario(tmp_path, DEMO, target, "--tls-ca", str(cert))
+    assert code == 2
+    assert "failed: IP address mismatch, certificate is not valid for '127.0.0.1'" in one_line_error(err)
 
 
 def test_bad_target_uri(tmp_path: Path) -> None:

@@ -247,7 +247,7 @@ def test_sip_endings_are_named_with_their_codes() -> None:
     assert s["top_failures"] == {
         "rejected 407 Proxy Authentication Required (credentials refused)": 3,
         "rejected 503 Service Unavailable (Retry-After 5)": 1,
-        "rejected transport error: Connection refused (local 503)": 1,
+        "transport error: Connection refused (local 503)": 1,
         "timeout: no final response (local 408 Request Timeout)": 1,
         "timeout: no answer within 5000 ms": 1,
         "failed: turn N: bot took N ms (max N)": 1,

@@ -16,7 +16,15 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from voiceload.core.slo import SloResult
 from voiceload.core.stats import LatencyHistogram
-from voiceload.protocol import OUTCOME_COMPLETED, OUTCOME_REJECTED, OUTCOME_TIMEOUT, OUTCOMES, CallRecord, Heartbeat
+from voiceload.protocol import (
+    OUTCOME_COMPLETED,
+    OUTCOME_REJECTED,
+    OUTCOME_TIMEOUT,
+    OUTCOMES,
+    SIP_ORIGIN_LOCAL,
+    CallRecord,
+    Heartbeat,
+)
 
 SUMMARY_SCHEMA = 1
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -236,12 +244,15 @@ def failure_name(rec: CallRecord) -> str | None:
     """What a call that did not complete counts as among the top failures; None for a completed call.
 
     A SIP ending keeps its numbers, because they are the point: `rejected 486 Busy Here`,
-    `rejected 503 Service Unavailable (Retry-After 5)`, `timeout: no answer within 5000 ms`. A
+    `rejected 503 Service Unavailable (Retry-After 5)`, `timeout: no answer within 5000 ms`; a status
+    our own stack made is its reason alone, `transport error: Connection refused (local 503)`. A
     measured reason groups as `reason_key` does: `failed: turn 1: bot took N ms (max N)`.
     """
     if rec.outcome == OUTCOME_COMPLETED:
         return None
     if rec.outcome == OUTCOME_REJECTED:
+        if rec.sip_origin == SIP_ORIGIN_LOCAL and rec.reason:  # no response came: not the far end's refusal
+            return rec.reason
         return f"rejected {rec.reason or rec.sip_code or 'without a reason'}"
     if rec.outcome == OUTCOME_TIMEOUT:
         return f"timeout: {rec.reason or 'no answer'}"

@@ -12,7 +12,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +207,22 @@ def test_a_refused_tcp_connection_is_a_local_transport_error(tmp_path: Path) -> 
             "rejected", 503, "local", name), call
     assert summary["top_failures"] == {name: 2}
     assert f"\n  {name}: 2 calls\n" in res.stdout
+
+
+def test_a_failed_tls_handshake_in_a_call_is_a_local_transport_error(
+        tmp_path: Path, tls_server: Callable[[str], tuple[str, Path]]) -> None:
+    """openssl s_server whose certificate our --tls-ca did not sign; --no-probe lets the call meet it."""
+    target, _ = tls_server("IP:127.0.0.1")
+    _, other_ca = tls_server("DNS:other.example")
+    out = tmp_path / "run"
+    res = voiceload("run", str(DEMO), "--target", target, "-n", "1", "--tls-ca", str(other_ca), "--no-probe",
+                    "--out", str(out), timeout=120, out=out)
+    summary = checked_summary(res)
+    (call,) = res.calls()
+    assert (call["outcome"], call["sip_code"], call["sip_origin"]) == ("rejected", 503, "local"), call
+    assert "PJSIP_TLS_ECERTVERIF" in call["sip_reason"], call
+    name = f"transport error: {call['sip_reason']} (local 503)"
+    assert call["reason"] == name and summary["top_failures"] == {name: 1}
 
 
 def test_a_silent_target_warns_and_its_calls_time_out(tmp_path: Path) -> None:

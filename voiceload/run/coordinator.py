@@ -38,7 +38,7 @@ from voiceload.results import bus
 from voiceload.results.broker import EmbeddedBroker
 from voiceload.results.collector import SUMMARY_FILE, Collector, write_summary
 from voiceload.run.live import AgentHealth, LiveSnapshot, LiveView, RateMeter
-from voiceload.sip.lite import call_limit, pjsua2_build, probe_target, split_targets
+from voiceload.sip.lite import PROBE_TIMEOUT_S, call_limit, pjsua2_build, probe_target, split_targets
 
 log = logging.getLogger("voiceload.run.coordinator")
 
@@ -221,7 +221,7 @@ async def run_infrastructure(settings: RunSettings) -> AsyncIterator[bus.BrokerA
     """Probe the target (and Rasa), then give the run a broker: the user's (checked) or an embedded one."""
     if settings.channel != CHANNEL_REST and settings.probe:
         for uri in split_targets(settings.target):
-            await probe_target(uri)
+            await probe_sip_target(uri, settings.sip)
     if settings.rasa_url is not None:
         await probe_rasa(settings.rasa_url, settings.rasa_token)
     if settings.broker_url is not None:
@@ -235,6 +235,18 @@ async def run_infrastructure(settings: RunSettings) -> AsyncIterator[bus.BrokerA
         yield broker.address
     finally:
         broker.stop()
+
+
+async def probe_sip_target(uri: str, sip: SipProfile) -> None:
+    """OPTIONS to `uri` (through the outbound proxy, over its transport). Unreachable: UserError (exit 2).
+    Silence is one warning line: many SBCs never answer OPTIONS, and the calls will tell."""
+    answer = await probe_target(uri, proxy=sip.proxy, tls=sip.tls)
+    if answer is None:
+        via = f" via --proxy {sip.proxy}" if sip.proxy is not None else ""
+        print(f"[voiceload] warning: --target {uri}{via}: no answer to OPTIONS within {PROBE_TIMEOUT_S:.0f} s; "
+              "placing the calls anyway (--no-probe skips the probe)", file=sys.stderr, flush=True)
+    else:
+        log.info("probe: %s answered OPTIONS: %s", uri, answer)
 
 
 def agents_needed(concurrency: int, per_agent: int, cores: int) -> int:

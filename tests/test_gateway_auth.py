@@ -93,8 +93,7 @@ def test_100_calls_through_an_authenticating_proxy(transport: str, bot: RefBot, 
                                                    tmp_path: Path) -> None:
     """The acceptance: 100 calls at concurrency 20 over each transport complete, timed to the bot's truth."""
     out = tmp_path / "run"
-    args = ["run", str(QUICK), "--target", gateway.uri(transport), "-c", "20", "-n", "100", "--out", str(out),
-            "--no-probe"]
+    args = ["run", str(QUICK), "--target", gateway.uri(transport), "-c", "20", "-n", "100", "--out", str(out)]
     if transport == "tls":
         args += ["--tls-ca", str(gateway.ca)]
     # the capture sees SIP in the clear on the proxy's UDP leg to the bot, whatever the caller's transport

@@ -1,4 +1,4 @@
-"""Shared fixtures: real MQTT brokers (Debian mosquitto, and our embedded amqtt) on free ports."""
+"""Shared fixtures: real MQTT brokers (Debian mosquitto, and our embedded amqtt) on free ports; a TLS server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -104,3 +104,37 @@ def any_broker(request: pytest.FixtureRequest) -> BrokerAddress:
     fixture = "mosquitto_broker" if request.param == "mosquitto" else "embedded_broker"
     address: BrokerAddress = request.getfixturevalue(fixture)
     return address
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[Callable[[str], tuple[str, Path]]]:
+    """`openssl s_server` with a fresh self-signed certificate for a subjectAltName: (target URI, cert)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(san: str) -> tuple[str, Path]:
+        cert, key = tmp_path / f"cert{len(procs)}.pem", tmp_path / f"key{len(procs)}.pem"
+        subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(cert), "-days", "2", "-subj", "/CN=voiceload-test", "-addext", f"subjectAltName={san}"],
+                       check=True, capture_output=True, timeout=60)
+        port = free_port()
+        proc = subprocess.Popen([openssl, "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert),
+                                 "-key", str(key), "-quiet"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "openssl s_server did not start"
+            time.sleep(0.05)
+        return f"sips:bot@127.0.0.1:{port}", cert
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            stop_process(proc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -85,13 +85,38 @@ def test_unreachable_target_refused(tmp_path: Path) -> None:
     assert "unreachable" in one_line_error(err)
 
 
-def test_silent_target_times_out(tmp_path: Path) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # bound but never answers
+def test_refused_tcp_target(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a TCP port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        code, err = run_scenario(tmp_path, DEMO, f"sip:bot@127.0.0.1:{port}")
+    code, err = run_scenario(tmp_path, DEMO, f"sip:bot@127.0.0.1:{port};transport=tcp")
     assert code == 2
-    assert "no SIP answer to OPTIONS" in one_line_error(err)
+    assert one_line_error(err) == (f"voiceload: error: --target sip:bot@127.0.0.1:{port};transport=tcp: unreachable "
+                                   f"(connection refused: nothing listens on TCP 127.0.0.1:{port})")
+
+
+def test_unresolvable_target(tmp_path: Path) -> None:
+    code, err = run_scenario(tmp_path, DEMO, "sip:bot@no-such-gateway.invalid:5060")
+    assert code == 2
+    assert "--target sip:bot@no-such-gateway.invalid:5060: cannot resolve host 'no-such-gateway.invalid'" \
+        in one_line_error(err)
+
+
+def test_tls_target_with_an_unknown_ca(tmp_path: Path, tls_server: Callable[[str], tuple[str, Path]]) -> None:
+    target, _ = tls_server("IP:127.0.0.1")
+    _, other_ca = tls_server("DNS:other.example")
+    code, err = run_scenario(tmp_path, DEMO, target, "--tls-ca", str(other_ca))
+    assert code == 2
+    assert one_line_error(err) == (f"voiceload: error: --target {target}: TLS handshake with TLS "
+                                   f"{target.split('@')[1]} failed: self-signed certificate; --tls-ca names the CA "
+                                   "that signed it")
+
+
+def test_tls_target_with_a_hostname_mismatch(tmp_path: Path, tls_server: Callable[[str], tuple[str, Path]]) -> None:
+    target, cert = tls_server("DNS:gw.example")
+    code, err = run_scenario(tmp_path, DEMO, target, "--tls-ca", str(cert))
+    assert code == 2
+    assert "failed: IP address mismatch, certificate is not valid for '127.0.0.1'" in one_line_error(err)
 
 
 def test_bad_target_uri(tmp_path: Path) -> None:

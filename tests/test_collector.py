@@ -231,3 +231,19 @@ def test_interval_histograms_from_heartbeats_are_merged_per_turn() -> None:
     assert merged["count"] == 3
     assert merged["max"] == pytest.approx(900.0, rel=0.01)
     assert merged["p50"] == pytest.approx(420.0, rel=0.01)
+
+
+def test_render_summary_names_the_sip_failures() -> None:
+    rejected = [CallRecord(run_id=RUN, agent_id="a1", call_id=f"r{i}", seq=100 + i, outcome="rejected", sip_code=407,
+                           reason="407 Proxy Authentication Required (credentials refused)", sip_origin="remote")
+                for i in range(20)]
+    busy = [CallRecord(run_id=RUN, agent_id="a1", call_id=f"b{i}", seq=200 + i, outcome="rejected", sip_code=503,
+                       reason="503 Service Unavailable (Retry-After 5)", sip_origin="remote", retry_after_s=5)
+            for i in range(3)]
+    s = summarize([record(0), *rejected, *busy], run_id=RUN, scenario_name="happy", target="sip:bot", concurrency=4,
+                  calls_planned=24, started_at=0.0, ended_at=30.0, health=GeneratorHealth())
+    buf = StringIO()
+    Console(file=buf, width=120, force_terminal=False, color_system=None).print(render_summary(s))
+    text = buf.getvalue()
+    assert "Top failures:\n  rejected 407 Proxy Authentication Required (credentials refused): 20 calls\n" \
+           "  rejected 503 Service Unavailable (Retry-After 5): 3 calls\n" in text

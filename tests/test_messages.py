@@ -8,6 +8,7 @@ import pytest
 
 from voiceload.protocol import (
     PROTOCOL_VERSION,
+    SIP_ORIGIN_REMOTE,
     AgentState,
     Assign,
     CallRecord,
@@ -16,6 +17,7 @@ from voiceload.protocol import (
     ProtocolError,
     RtpStats,
     TurnResult,
+    sip_rejection,
 )
 
 
@@ -105,3 +107,27 @@ def test_unknown_fields_of_the_same_version_are_ignored() -> None:
     body = json.loads(AgentState("r1", "a1", "ready").to_json())
     body["added_later"] = 1
     assert AgentState.from_json(json.dumps(body)) == AgentState("r1", "a1", "ready")
+
+
+def test_call_record_sip_fields_are_optional_both_ways() -> None:
+    """Records of an older agent (no sip_reason/sip_origin/retry_after_s) still read; new ones round-trip."""
+    old = {"kind": "call", "v": 1, "run_id": "r", "agent_id": "a0", "call_id": "c", "seq": 1,
+           "outcome": "rejected", "sip_code": 486, "reason": "486 Busy Here"}
+    rec = CallRecord.from_json(json.dumps(old))
+    assert (rec.sip_reason, rec.sip_origin, rec.retry_after_s) == (None, None, None)
+    rec.sip_reason, rec.sip_origin, rec.retry_after_s = "Service Unavailable", SIP_ORIGIN_REMOTE, 5
+    back = CallRecord.from_json(rec.to_json())
+    assert (back.sip_reason, back.sip_origin, back.retry_after_s) == ("Service Unavailable", "remote", 5)
+
+
+def test_sip_rejection_in_words() -> None:
+    assert sip_rejection(486, "Busy Here", remote=True) == "486 Busy Here"
+    assert sip_rejection(503, "Service Unavailable", remote=True, retry_after_s=5) == \
+        "503 Service Unavailable (Retry-After 5)"
+    assert sip_rejection(407, "Proxy Authentication Required", remote=True, credentials=True) == \
+        "407 Proxy Authentication Required (credentials refused)"
+    assert sip_rejection(401, "Unauthorized", remote=True, credentials=False) == \
+        "401 Unauthorized (no credentials: give --auth)"
+    assert sip_rejection(403, "Forbidden", remote=True, credentials=True) == "403 Forbidden"
+    assert sip_rejection(503, "Connection refused", remote=False) == "transport error: Connection refused (local 503)"
+    assert sip_rejection(408, "Request Timeout", remote=False) == "no final response (local 408 Request Timeout)"

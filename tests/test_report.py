@@ -178,7 +178,9 @@ def test_html_headline_escaping_and_offline(tmp_path: Path) -> None:
     assert page.count("src='data:image/png;base64,") == 5
     for title in ("Slowest 10 calls", "Turns", "turn 1", "Why calls did not complete"):
         assert title in page
-    assert "N Busy Here" in page  # reasons grouped with numbers as N
+    # SIP endings keep their codes; measured reasons group with their numbers as N
+    assert "<td class='text'>rejected 486 Busy Here</td><td>1</td>" in page
+    assert "failed: turn N: &lt;b&gt;late&lt;/b&gt;" in page
 
 
 def test_without_summary_recomputes_and_says_so(tmp_path: Path) -> None:

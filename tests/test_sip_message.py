@@ -122,3 +122,13 @@ def test_garbage_is_none(data: bytes) -> None:
 def test_invalid_utf8_is_replaced_not_fatal() -> None:
     m = SipMessage.parse(b"MESSAGE sip:bot@h SIP/2.0\r\nFrom: \xff\xfe <sip:a@h>;tag=1\r\nCall-ID: c\r\n\r\n\xff")
     assert m is not None and m.from_tag == "1" and m.body == b"\xff"
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("5", 5), ("120 (I'm in a meeting)", 120), ("18000;duration=3600", 18000), (" 30 ", 30),
+    ("soon", None), ("", None), (None, None),
+])
+def test_retry_after(value: str | None, seconds: int | None) -> None:
+    extra = f"Retry-After: {value}\r\n" if value is not None else ""
+    msg = SipMessage.parse(f"SIP/2.0 503 Service Unavailable\r\nCSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n")
+    assert msg is not None and msg.retry_after_s == seconds

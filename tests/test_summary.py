@@ -183,7 +183,7 @@ def test_an_audio_clock_that_slipped_makes_the_run_invalid() -> None:
 
 SUMMARY_KEYS = ["schema", "run_id", "scenario", "target", "concurrency", "started_at", "ended_at", "duration_s",
                 "calls", "outcomes", "completion_rate", "turn_latency_ms", "turns", "greeting_onset_ms", "setup_ms",
-                "sip_codes", "hangup_by", "source_addresses", "valid", "invalid_reasons", "generator"]
+                "sip_codes", "top_failures", "hangup_by", "source_addresses", "valid", "invalid_reasons", "generator"]
 
 
 def test_summary_json_keys_in_order_and_the_post_run_keys_only_once_set() -> None:
@@ -220,3 +220,50 @@ def test_a_malformed_stored_slo_verdict_is_left_out_and_told() -> None:
                                                          "value": None, "passed": False}]}, on_bad_slo=told.append)
     assert s.slo == [SloResult("a<=1", "a", "<=", 1.0, None, False)]
     assert len(told) == 1 and "broken" in told[0]
+
+
+# --- top failures: SIP endings by name --------------------------------------------------------------
+
+
+def sip_end(n: int, outcome: str, code: int | None, reason: str, origin: str = "remote",
+            retry_after: int | None = None) -> CallRecord:
+    return CallRecord(run_id="r1", agent_id="a1", call_id=f"s{n}", seq=n, outcome=outcome, sip_code=code,
+                      reason=reason, sip_origin=origin, retry_after_s=retry_after)
+
+
+def test_sip_endings_are_named_with_their_codes() -> None:
+    records = [rec(0)] + [
+        sip_end(1 + i, "rejected", 407, "407 Proxy Authentication Required (credentials refused)") for i in range(3)
+    ] + [
+        sip_end(10, "rejected", 503, "503 Service Unavailable (Retry-After 5)", retry_after=5),
+        sip_end(11, "rejected", 503, "transport error: Connection refused (local 503)", origin="local"),
+        sip_end(12, "timeout", 408, "no final response (local 408 Request Timeout)", origin="local"),
+        sip_end(13, "timeout", 487, "no answer within 5000 ms", origin="local"),
+        rec(14, "failed", turns=[(3412.0, False, "bot took 3412 ms (max 3000)")]),
+    ]
+    for r in records[-1:]:
+        r.reason = "turn 0: bot took 3412 ms (max 3000)"
+    s = run(records)
+    assert s["top_failures"] == {
+        "rejected 407 Proxy Authentication Required (credentials refused)": 3,
+        "rejected 503 Service Unavailable (Retry-After 5)": 1,
+        "transport error: Connection refused (local 503)": 1,
+        "timeout: no final response (local 408 Request Timeout)": 1,
+        "timeout: no answer within 5000 ms": 1,
+        "failed: turn N: bot took N ms (max N)": 1,
+    }
+    assert Summary.from_dict(json.loads(json.dumps(s))).top_failures == s["top_failures"]
+
+
+def test_top_failures_keep_ten_and_count_the_rest() -> None:
+    records = [sip_end(i, "rejected", 400 + i, f"{400 + i} Reason") for i in range(12)]
+    records.append(sip_end(99, "rejected", 400, "400 Reason"))
+    top = run(records)["top_failures"]
+    assert len(top) == 11 and next(iter(top)) == "rejected 400 Reason" and top["rejected 400 Reason"] == 2
+    assert top["other"] == 2
+
+
+def test_an_older_summary_without_top_failures_still_reads() -> None:
+    body = run([rec(0)])
+    del body["top_failures"]
+    assert Summary.from_dict(body).top_failures == {}

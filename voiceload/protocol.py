@@ -34,6 +34,31 @@ OUTCOME_ERROR = "error"  # the agent itself could not place or run the call
 OUTCOME_AGENT_LOST = "agent_lost"  # the agent process died with the call in flight or unreported
 OUTCOMES = (OUTCOME_COMPLETED, OUTCOME_FAILED, OUTCOME_REJECTED, OUTCOME_TIMEOUT, OUTCOME_ERROR, OUTCOME_AGENT_LOST)
 
+# Where a call's final SIP status came from (CallRecord.sip_origin)
+SIP_ORIGIN_REMOTE = "remote"  # a response the far end (or a proxy on the way) sent
+SIP_ORIGIN_LOCAL = "local"  # our own SIP stack: a transport error, a transaction timeout, our CANCEL
+
+
+def sip_rejection(code: int, reason: str, *, remote: bool, retry_after_s: int | None = None,
+                  credentials: bool | None = None) -> str:
+    """A final error status in words, e.g. `503 Service Unavailable (Retry-After 5)`; the record's `reason`.
+
+    A status our own stack made (no response came) says so: `transport error: Connection refused (local 503)`.
+    `credentials` (whether the agent had any) tells a refused password from a missing one on 401/407.
+    """
+    if not remote:
+        if code == 408:  # a transaction timeout: nothing came back
+            return f"no final response (local 408 {reason or 'Request Timeout'})"
+        if code == 503:  # pjsip's status for a transport failure, with the socket's error as its text
+            return f"transport error: {reason or 'unknown'} (local 503)"
+        return f"{reason or 'error'} (local {code})"
+    text = f"{code} {reason}".rstrip()
+    if retry_after_s is not None:
+        text += f" (Retry-After {retry_after_s})"
+    if code in (401, 407) and credentials is not None:
+        text += " (credentials refused)" if credentials else " (no credentials: give --auth)"
+    return text
+
 
 class ProtocolError(ValueError):
     """A message that is not ours, or of another protocol version."""
@@ -166,6 +191,10 @@ class CallRecord(Message):
     outcome: str
     sip_code: int | None = None
     reason: str | None = None
+    # the final SIP status in parts (new in 1, optional: records without them read as None)
+    sip_reason: str | None = None  # its reason phrase; pjsip's error text when local, e.g. "Connection refused"
+    sip_origin: str | None = None  # SIP_ORIGIN_REMOTE | SIP_ORIGIN_LOCAL; None: unknown (no SIP, older agent)
+    retry_after_s: int | None = None  # the final response's Retry-After, when it carried one
     started_at: float = 0.0  # unix time the INVITE was sent
     setup_ms: float | None = None  # INVITE sent -> 200 OK received
     ringing_ms: float | None = None  # INVITE sent -> first 18x received

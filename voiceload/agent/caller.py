@@ -45,10 +45,13 @@ from voiceload.protocol import (
     OUTCOME_REJECTED,
     OUTCOME_TIMEOUT,
     SESSION_HEADER,
+    SIP_ORIGIN_LOCAL,
+    SIP_ORIGIN_REMOTE,
     CallRecord,
     CallStarted,
     TurnResult,
     session_id,
+    sip_rejection,
 )
 from voiceload.sip.lite import local_address_for, split_targets
 from voiceload.sip.ua import CLOCK_RATE, SLOT_RETRY_S, CallEvent, SipCall, SipError, SipStack, SlotsBusy
@@ -400,13 +403,25 @@ class Agent(AgentBase):
             rec.setup_ms = round((t.answered - t.invite) * 1000, 1)
         if t.invite is not None and t.ringing is not None:
             rec.ringing_ms = round((t.ringing - t.invite) * 1000, 1)
+        final = call.final
+        if final is not None:
+            rec.sip_reason = final.reason or None
+            rec.sip_origin = SIP_ORIGIN_REMOTE if final.remote else SIP_ORIGIN_LOCAL
+            rec.retry_after_s = final.retry_after_s
         if t.answered is None:  # never connected: the final response tells why
-            if cc.reason or call.status_code in (None, 408):
-                rec.outcome = OUTCOME_TIMEOUT
-                rec.reason = cc.reason or f"no final response ({call.status_text or 'timeout'})"
+            code = final.code if final is not None and final.code else call.status_code
+            rec.sip_code = code
+            if cc.reason:  # we gave up (answer_timeout_ms): our CANCEL ended it
+                rec.outcome, rec.reason = OUTCOME_TIMEOUT, cc.reason
+                rec.sip_origin = SIP_ORIGIN_LOCAL
+            elif code is None:
+                rec.outcome, rec.reason = OUTCOME_TIMEOUT, f"no final response ({call.status_text or 'timeout'})"
             else:
-                rec.outcome = OUTCOME_REJECTED
-                rec.reason = f"{call.status_code} {call.status_text}"
+                remote = final is None or final.remote
+                rec.reason = sip_rejection(code, final.reason if final is not None else call.status_text,
+                                           remote=remote, retry_after_s=rec.retry_after_s,
+                                           credentials=self.s.sip.auth is not None)
+                rec.outcome = OUTCOME_TIMEOUT if code == 408 else OUTCOME_REJECTED
             return rec
         rec.sip_code = 200
         held = _holds_after_answer(call)

@@ -16,7 +16,15 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from voiceload.core.slo import SloResult
 from voiceload.core.stats import LatencyHistogram
-from voiceload.protocol import OUTCOME_COMPLETED, OUTCOME_REJECTED, OUTCOMES, CallRecord, Heartbeat
+from voiceload.protocol import (
+    OUTCOME_COMPLETED,
+    OUTCOME_REJECTED,
+    OUTCOME_TIMEOUT,
+    OUTCOMES,
+    SIP_ORIGIN_LOCAL,
+    CallRecord,
+    Heartbeat,
+)
 
 SUMMARY_SCHEMA = 1
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -166,6 +174,7 @@ def summarize(
     slipped: Counter[str] = Counter()  # per agent: calls whose audio clock slipped past the limit
     turns: dict[int, _TurnStats] = {}
     sources: dict[str, SourceCounts] = {}
+    failures: Counter[str] = Counter()
 
     for rec in records:
         placed += 1
@@ -176,6 +185,8 @@ def summarize(
             src.rejected += rec.outcome == OUTCOME_REJECTED
         completed += rec.outcome == OUTCOME_COMPLETED
         outcomes[rec.outcome] += 1
+        if (name := failure_name(rec)) is not None:
+            failures[name] += 1
         sip_codes[str(rec.sip_code) if rec.sip_code is not None else "none"] += 1
         hangup_by[rec.hangup_by or "none"] += 1
         agents.add(rec.agent_id)
@@ -223,12 +234,50 @@ def summarize(
         greeting_onset_ms=LatencyStats.of(greeting),
         setup_ms=LatencyStats.of(setup),
         sip_codes=dict(sorted(sip_codes.items())),
+        top_failures=top_failures(failures),
         hangup_by=dict(sorted(hangup_by.items())),
         source_addresses=dict(sorted(sources.items(), key=lambda kv: _ip_key(kv[0]))),
         valid=not invalid,
         invalid_reasons=invalid,
         generator=health.summary(thresholds, LatencyStats.of(slip)),
     )
+
+
+TOP_FAILURES = 10  # summary.json's top_failures holds this many names; the rest count under OTHER_FAILURES
+OTHER_FAILURES = "other"
+
+
+def failure_name(rec: CallRecord) -> str | None:
+    """What a call that did not complete counts as among the top failures; None for a completed call.
+
+    A SIP ending keeps its numbers, because they are the point: `rejected 486 Busy Here`,
+    `rejected 503 Service Unavailable (Retry-After 5)`, `timeout: no answer within 5000 ms`; a status
+    our own stack made is its reason alone, `transport error: Connection refused (local 503)`. A
+    measured reason groups as `reason_key` does: `failed: turn 1: bot took N ms (max N)`.
+    """
+    if rec.outcome == OUTCOME_COMPLETED:
+        return None
+    if rec.outcome == OUTCOME_REJECTED:
+        if rec.sip_origin == SIP_ORIGIN_LOCAL and rec.reason:  # no response came: not the far end's refusal
+            return rec.reason
+        return f"rejected {rec.reason or rec.sip_code or 'without a reason'}"
+    if rec.outcome == OUTCOME_TIMEOUT:
+        return f"timeout: {rec.reason or 'no answer'}"
+    return f"{rec.outcome}: {reason_key(rec.reason)}"
+
+
+def failure_counts(records: Iterable[CallRecord]) -> Counter[str]:
+    """Calls per failure name (see `failure_name`) over every call that did not complete."""
+    return Counter(name for rec in records if (name := failure_name(rec)) is not None)
+
+
+def top_failures(counts: Counter[str], top: int = TOP_FAILURES) -> dict[str, int]:
+    """The `top` most common failure names, most common first; the calls of the rest under "other"."""
+    kept = dict(counts.most_common(top))
+    rest = sum(counts.values()) - sum(kept.values())
+    if rest:
+        kept[OTHER_FAILURES] = rest
+    return kept
 
 
 def reason_key(reason: str | None) -> str:
@@ -357,6 +406,7 @@ class Summary:
     greeting_onset_ms: LatencyStats = field(default_factory=LatencyStats)
     setup_ms: LatencyStats = field(default_factory=LatencyStats)
     sip_codes: dict[str, int] = field(default_factory=dict)  # final response code ("none": no response) -> calls
+    top_failures: dict[str, int] = field(default_factory=dict)  # failure_name -> calls, most common first
     hangup_by: dict[str, int] = field(default_factory=dict)
     source_addresses: dict[str, SourceCounts] = field(default_factory=dict)  # local IP -> its calls
     valid: bool = False

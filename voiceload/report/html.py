@@ -8,12 +8,11 @@ from __future__ import annotations
 import functools
 import heapq
 import html
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from voiceload.core.summary import LatencyStats, Summary, reason_key
+from voiceload.core.summary import LatencyStats, Summary, failure_counts, top_failures
 from voiceload.core.timeseries import RunSeries
 from voiceload.protocol import OUTCOME_COMPLETED, CallRecord
 from voiceload.report.formats import fmt_ms, fmt_pct, iso_utc
@@ -159,7 +158,8 @@ def _figure_html(fig: Figure, caption: str) -> str:
 
 
 def _failure_table(why: list[tuple[str, int]]) -> str:
-    return "\n".join(["<h2>Why calls did not complete</h2><table><tr><th>reason (numbers as N)</th><th>calls</th></tr>",
+    return "\n".join(["<h2>Why calls did not complete</h2><table><tr><th>outcome and reason (SIP status as sent; "
+                      "measured numbers as N)</th><th>calls</th></tr>",
                       "".join(f"<tr><td class='text'>{_e(r)}</td><td>{n}</td></tr>" for r, n in why),
                       "</table>"])
 
@@ -279,9 +279,9 @@ def _turns_table(s: Summary, greeting: GreetingCounts | None) -> str:
     return head + "".join(rows) + "</table><p class='sub'>latencies in ms; n = replies measured (late ones too)</p>"
 
 
-def _failure_reasons(records: Iterable[CallRecord], top: int = 10) -> list[tuple[str, int]]:
-    c: Counter[str] = Counter(reason_key(r.reason) for r in records if r.outcome != OUTCOME_COMPLETED)
-    return c.most_common(top)
+def _failure_reasons(records: Iterable[CallRecord]) -> list[tuple[str, int]]:
+    """The summary's top failures, counted again from the records (a run dir of an older voiceload has none)."""
+    return list(top_failures(failure_counts(records)).items())
 
 
 def _worst_turn(rec: CallRecord) -> tuple[float, int] | None:

@@ -33,6 +33,10 @@ def render_summary(summary: Summary) -> RenderableType:
     outcomes = ", ".join(f"{k} {v}" for k, v in summary.outcomes.items() if v)
     if outcomes:
         head.append(f"\nOutcomes: {outcomes}")
+    if summary.top_failures:
+        head.append("\nTop failures:")
+        for name, n in summary.top_failures.items():
+            head.append(f"\n  {name}: {n} call{'s' if n != 1 else ''}", style="red")
 
     table = Table(title="Bot response latency (ms, wire)", box=box.SIMPLE_HEAD, title_justify="left")
     for col in ("turn", "n", "ok", "not ok", "p50", "p95", "p99", "max", "top failure"):

@@ -39,7 +39,14 @@ from voiceload.results import bus
 from voiceload.results.broker import EmbeddedBroker
 from voiceload.results.collector import SUMMARY_FILE, Collector, write_summary
 from voiceload.run.live import AgentHealth, LiveSnapshot, LiveView, RateMeter
-from voiceload.sip.lite import call_limit, check_local_addresses, pjsua2_build, probe_target, split_targets
+from voiceload.sip.lite import (
+    PROBE_TIMEOUT_S,
+    call_limit,
+    check_local_addresses,
+    pjsua2_build,
+    probe_target,
+    split_targets,
+)
 
 log = logging.getLogger("voiceload.run.coordinator")
 
@@ -230,7 +237,7 @@ async def run_infrastructure(settings: RunSettings) -> AsyncIterator[bus.BrokerA
     if settings.channel != CHANNEL_REST and settings.probe:
         bind = settings.addresses.bind
         for uri in split_targets(settings.target):
-            await probe_target(uri, local=bind[0] if bind else None)
+            await probe_sip_target(uri, settings.sip, local=bind[0] if bind else None)
     if settings.rasa_url is not None:
         await probe_rasa(settings.rasa_url, settings.rasa_token)
     if settings.broker_url is not None:
@@ -244,6 +251,19 @@ async def run_infrastructure(settings: RunSettings) -> AsyncIterator[bus.BrokerA
         yield broker.address
     finally:
         broker.stop()
+
+
+async def probe_sip_target(uri: str, sip: SipProfile, *, local: str | None = None) -> None:
+    """OPTIONS to `uri` (through the outbound proxy, over its transport, from `local`: the first --bind).
+    Unreachable: UserError (exit 2). Silence is one warning line: many SBCs never answer OPTIONS, and the
+    calls will tell."""
+    answer = await probe_target(uri, proxy=sip.proxy, tls=sip.tls, local=local)
+    if answer is None:
+        via = f" via --proxy {sip.proxy}" if sip.proxy is not None else ""
+        print(f"[voiceload] warning: --target {uri}{via}: no answer to OPTIONS within {PROBE_TIMEOUT_S:.0f} s; "
+              "placing the calls anyway (--no-probe skips the probe)", file=sys.stderr, flush=True)
+    else:
+        log.info("probe: %s answered OPTIONS: %s", uri, answer)
 
 
 def agents_needed(concurrency: int, per_agent: int, cores: int) -> int:

@@ -130,6 +130,13 @@ class SipMessage:
         return int(value) if value.isdigit() else None
 
     @property
+    def retry_after_s(self) -> int | None:
+        """Retry-After's delta-seconds (RFC 3261 20.33: `120 (in a meeting);duration=3600`), None if absent or bad."""
+        value = (self.get("retry-after") or "").strip()
+        digits = value[: len(value) - len(value.lstrip("0123456789"))]
+        return int(digits) if digits else None
+
+    @property
     def media(self) -> tuple[str, int] | None:
         """(address, port) of the first audio stream its SDP body offers or answers, None if none."""
         if b"m=audio" not in self.body:

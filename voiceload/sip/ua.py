@@ -125,6 +125,21 @@ class CallTimes:
     disconnected: float | None = None
 
 
+@dataclass(frozen=True)
+class FinalResponse:
+    """How an outgoing call's INVITE ended: its final status, and whether the far end sent it.
+
+    `remote` False means our own stack made the status up: a transport error (pjsip's 503 with the
+    socket's error, e.g. a refused TCP connection or a failed TLS handshake), a transaction timeout
+    (408), or our own CANCEL.
+    """
+
+    code: int | None
+    reason: str
+    remote: bool
+    retry_after_s: int | None = None  # the final response's Retry-After (e.g. a 503's), when it had one
+
+
 class SipCall(pj.Call):
     """A call whose callbacks only record facts and queue an event for the pump loop."""
 
@@ -143,6 +158,7 @@ class SipCall(pj.Call):
         self.sip_call_id = ""
         self.status_code: int | None = None
         self.status_text = ""
+        self.final: FinalResponse | None = None  # set once: at answer, or when the call ends unanswered
         self._state = pj.PJSIP_INV_STATE_NULL
         self.media: pj.AudioMedia | None = None
         self.rtp: RtpStats | None = None
@@ -170,6 +186,11 @@ class SipCall(pj.Call):
         if ci.lastStatusCode:
             self.status_code = int(ci.lastStatusCode)
             self.status_text = ci.lastReason
+        if self.final is None:
+            if ci.state in (pj.PJSIP_INV_STATE_CONNECTING, pj.PJSIP_INV_STATE_CONFIRMED):
+                self.final = FinalResponse(self.status_code or 200, self.status_text or "OK", remote=True)
+            elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                self.final = self._final_of(prm.e)
         if ci.state == pj.PJSIP_INV_STATE_EARLY and self.times.ringing is None:
             self.times.ringing = now
         elif ci.state == pj.PJSIP_INV_STATE_CONNECTING and self.times.answered is None:
@@ -184,6 +205,20 @@ class SipCall(pj.Call):
             if not self.local_hangup:
                 self.remote_hangup = True
         self.stack.events.append((self, CallEvent.STATE))
+
+    def _final_of(self, e: pj.SipEvent) -> FinalResponse:
+        """The unanswered call's end as the event that ended it tells: a response received (with its
+        Retry-After), or a status of our own stack (a timer, a transport error, our hangup)."""
+        local = FinalResponse(self.status_code, self.status_text, remote=False)
+        try:
+            if e.type != pj.PJSIP_EVENT_TSX_STATE or e.body.tsxState.type != pj.PJSIP_EVENT_RX_MSG:
+                return local
+            msg = SipMessage.parse(str(e.body.tsxState.src.rdata.wholeMsg))
+        except (pj.Error, AttributeError, TypeError):
+            return local
+        if msg is None or msg.is_request or msg.status is None or msg.cseq_method != "INVITE":
+            return local
+        return FinalResponse(msg.status, msg.reason or self.status_text, remote=True, retry_after_s=msg.retry_after_s)
 
     def onCallSdpCreated(self, prm: pj.OnCallSdpCreatedParam) -> None:
         # the far end is to send its RTP to the engine's socket, not to pjsua's idle stream

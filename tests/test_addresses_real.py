@@ -188,13 +188,13 @@ def test_bad_addresses_are_one_line_and_exit_2_before_any_packet(
 def test_two_source_addresses_over_tcp_register_and_call_through_an_authenticating_proxy(tmp_path: Path) -> None:
     """Kamailio demanding digest auth over TCP, `--bind 127.0.0.2,127.0.0.3 --register`: its own log says
     each address registered (its own Contact), placed half the calls over its own TCP connection, and
-    unregistered at the end."""
+    unregistered at the end; the OPTIONS probe came from the first address, over TCP."""
     b = start_bot(tmp_path, scenario=QUICK, max_calls=8)
     try:
         with kamailio(tmp_path, b.target) as gw:
             out = tmp_path / "run"
             res = voiceload("run", str(QUICK), "--target", gw.uri("tcp"), "-c", "4", "-n", "4", "--out", str(out),
-                            "--bind", "127.0.0.2,127.0.0.3", "--register", "--no-probe", out=out,
+                            "--bind", "127.0.0.2,127.0.0.3", "--register", out=out,
                             env={"VOICELOAD_AUTH": f"{USER}:{PASSWORD}"})
             summary = checked_summary(res)
             rx, registers = gw.lines("rx"), gw.lines("register")
@@ -210,6 +210,9 @@ def test_two_source_addresses_over_tcp_register_and_call_through_an_authenticati
         if m:
             invites.setdefault(m.group(3), set()).add((m.group(1), m.group(2)))
     assert invites == {c["call_id"]: {(c["source_address"], "tcp")} for c in calls}, invites
+    probes = [ln for ln in rx if ln.startswith("vltest rx OPTIONS ") and " user probe " in ln]  # not the fixture's
+    assert len(probes) == 1 and probes[0].startswith("vltest rx OPTIONS from 127.0.0.2:"), probes  # the first address
+    assert " over tcp " in probes[0], probes
     contacts = [re.search(r"contact <?sip:[^@]+@([0-9.]+)", ln) for ln in registers]
     expires = [ln.split(" expires ")[1].split()[0] for ln in registers]
     assert sorted(zip(expires, [m.group(1) if m else "" for m in contacts], strict=True)) == [

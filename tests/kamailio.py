@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 KAMAILIO = shutil.which("kamailio") or ("/usr/sbin/kamailio" if Path("/usr/sbin/kamailio").exists() else None)
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 USER, PASSWORD = "caller7", "s3cret-Pass"
+USER2, PASSWORD2 = "caller8", "other-Pass2"  # a second caller, for per-call credentials
 
 
 @dataclass
@@ -123,6 +124,7 @@ def start_kamailio(tmp: Path, bot_target: str, *, algorithm: str = "MD5", timeou
         cfg = (HERE / "kamailio" / "proxy.cfg").read_text()
         for name, value in {"UDP_PORT": udp, "TCP_PORT": tcp, "TLS_PORT": tls, "MODULES": f"{MODULES}/",
                             "TLS_CFG": tls_cfg, "USER": USER, "PASSWORD": PASSWORD, "BOT": bot,
+                            "USER2": USER2, "PASSWORD2": PASSWORD2,
                             "ALGORITHM": algorithm}.items():
             cfg = cfg.replace(f"@@{name}@@", str(value))
         path = directory / "kamailio.cfg"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kamailio import KAMAILIO, PASSWORD, USER, Kamailio, kamailio
+from tests.kamailio import KAMAILIO, PASSWORD, PASSWORD2, USER, USER2, Kamailio, kamailio
 from tests.refbot import (
     REPO,
     RefBot,
@@ -190,3 +190,28 @@ def test_sha256_digest(bot: RefBot, tmp_path: Path) -> None:
         summary = checked_summary(res)
         assert summary["calls"]["completed"] == 2
         assert set(invites_per_call(gw).values()) == {2}
+
+
+def test_each_call_answers_with_the_credentials_of_its_row(gateway: Kamailio, tmp_path: Path) -> None:
+    """An identities file with auth_user/auth_password columns: each call authenticates as its row's
+    user (also its From user), as SIPp's per-call [authentication]; the credentials never go on the wire."""
+    rows = tmp_path / "callers.csv"
+    rows.write_text(f"auth_user,auth_password\n{USER},{PASSWORD}\n{USER2},{PASSWORD2}\n{USER2},wrong-one\n")
+    out = tmp_path / "run"
+    res = voiceload("run", str(QUICK), "--target", gateway.uri("udp"), "-c", "1", "-n", "6", "--out", str(out),
+                    "--identities", str(rows), out=out)
+    summary = checked_summary(res)
+    calls = sorted(res.calls(), key=lambda c: c["seq"])
+    assert [c["outcome"] for c in calls] == ["completed", "completed", "rejected"] * 2, [c["reason"] for c in calls]
+    assert [c["sip_code"] for c in calls] == [200, 200, 407] * 2
+    assert summary["calls"]["completed"] == 4
+    users = {}
+    for line in gateway.lines("rx"):
+        if line.startswith("vltest rx INVITE "):
+            assert " xauth <null> " in line, line  # the header stayed inside the stack
+            users.setdefault(line.rsplit("callid ", 1)[1], set()).add(line.split(" user ", 1)[1].split()[0])
+    assert [users[c["call_id"]] for c in calls] == [{USER}, {USER2}, {USER2}] * 2
+    for path in out.rglob("*"):
+        if path.is_file():
+            for secret in (PASSWORD, PASSWORD2, "wrong-one"):
+                assert secret.encode() not in path.read_bytes(), (path, secret)

@@ -126,6 +126,19 @@ def test_a_call_gets_its_row_and_templates_expanded() -> None:
     assert not IdentitySpec().active and s.active
 
 
+def test_rows_with_credentials_give_each_call_its_own_and_its_from_user() -> None:
+    rows = parse_identities("auth_user,auth_password,name\nalice,pw-a,A\nbob,pw:b,B\n", "ids.csv")
+    assert rows.has_credentials and not ROWS.has_credentials
+    s = spec(identities="ids.csv")  # no template at all: the file alone makes the spec active
+    assert s.active
+    got = s.expand(CallFields(2, "a0", "r-a0-2", "r"), rows, random.Random(0))
+    assert got.auth == ("bob", "pw:b") and got.from_user == "bob"
+    assert "pw:b" not in repr(got)
+    got = spec(identities="ids.csv", from_user="{csv.name}").expand(CallFields(1, "a0", "r-a0-1", "r"), rows,
+                                                                     random.Random(0))
+    assert got.auth == ("alice", "pw-a") and got.from_user == "A"  # a From template still wins
+
+
 def test_the_command_line_replaces_the_scenarios_values_and_headers_by_name() -> None:
     scenario = IdentitySpec(from_user="s{seq}", display_name="Scenario", headers=(("X-A", "1"), ("X-B", "2")))
     merged = scenario.merged(from_user="c{seq}", headers=[("x-b", "3"), ("X-C", "4")], sender="call-id")

@@ -54,7 +54,16 @@ from voiceload.protocol import (
     sip_rejection,
 )
 from voiceload.sip.lite import local_address_for, split_targets
-from voiceload.sip.ua import CLOCK_RATE, SLOT_RETRY_S, CallEvent, SipCall, SipError, SipStack, SlotsBusy
+from voiceload.sip.ua import (
+    CALL_AUTH_HEADER,
+    CLOCK_RATE,
+    SLOT_RETRY_S,
+    CallEvent,
+    SipCall,
+    SipError,
+    SipStack,
+    SlotsBusy,
+)
 
 log = logging.getLogger("voiceload.agent")
 
@@ -209,6 +218,8 @@ class Agent(AgentBase):
             who = self.identity.expand(CallFields(seq, self.s.agent_id, session, self.s.run_id),
                                        self.identity_rows, self._rng)
             headers.update(who.headers)
+            if who.auth is not None:  # never sent: the stack answers this call's challenges with it
+                headers[CALL_AUTH_HEADER] = f"{who.auth[0]}:{who.auth[1]}"
             from_header = who.from_header(self.stack.from_user, self.stack.from_hosts.get(source, self.stack.from_host))
             if from_header is not None:
                 headers["From"] = from_header

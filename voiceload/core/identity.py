@@ -19,7 +19,7 @@ import io
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 FIELDS = ("seq", "agent", "session", "run")  # a call's own fields (docs/scenarios.md)
 MAX_DIGITS = 64
@@ -31,8 +31,12 @@ SENDERS = (SENDER_SESSION, SENDER_FROM_USER, SENDER_CALL_ID)
 # of one of these names would make a message with two of them, or break the dialog
 RESERVED_HEADERS = frozenset({
     "from", "f", "to", "t", "call-id", "i", "cseq", "via", "v", "contact", "m", "content-length", "l",
-    "content-type", "c", "max-forwards", "route", "record-route", "x-voiceload-session",
+    "content-type", "c", "max-forwards", "route", "record-route", "x-voiceload-session", "x-voiceload-auth",
 })
+# Columns of an identities file that give each call its own digest credentials (SIPp's per-call
+# [authentication]): with both, a call answers challenges as its row's user, whose name is also its
+# From user unless a From template says otherwise.
+AUTH_USER_COLUMN, AUTH_PASSWORD_COLUMN = "auth_user", "auth_password"
 _TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")  # RFC 3261 token: what a header name may be
 # RFC 3261 user part: unreserved and user-unreserved characters pass, everything else is %-escaped
 _USER_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,;?/")
@@ -155,6 +159,11 @@ class IdentityRows:
     def row(self, index: int) -> dict[str, str]:
         return dict(zip(self.columns, self.rows[index % len(self.rows)], strict=True))
 
+    @property
+    def has_credentials(self) -> bool:
+        """Each row carries its own digest credentials (auth_user and auth_password columns)."""
+        return AUTH_USER_COLUMN in self.columns and AUTH_PASSWORD_COLUMN in self.columns
+
 
 def parse_identities(text: str, source: str) -> IdentityRows:
     """A CSV text (comma- or semicolon-separated, header line first; blank and `#` lines skipped) -> rows."""
@@ -205,6 +214,7 @@ class CallIdentity:
     display_name: str | None = None
     to_user: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    auth: tuple[str, str] | None = field(default=None, repr=False)  # (user, password) from its row
 
     def from_header(self, default_user: str, host: str) -> str | None:
         """The call's From value (name-addr), or None when neither a From user nor a display name is set.
@@ -280,7 +290,7 @@ class IdentitySpec:
     @property
     def active(self) -> bool:
         return bool(self.from_user is not None or self.display_name is not None or self.to_user is not None
-                     or self.headers)
+                     or self.headers or self.identities is not None)
 
     def merged(self, *, from_user: str | None = None, display_name: str | None = None, to_user: str | None = None,
                headers: Sequence[tuple[str, str]] = (), identities: str | None = None,
@@ -328,9 +338,16 @@ class IdentitySpec:
         def value(text: str | None) -> str | None:
             return None if text is None else _compiled(text).expand(call, row, rng)
 
+        auth = None
+        if row is not None and rows is not None and rows.has_credentials:
+            auth = (row[AUTH_USER_COLUMN], row[AUTH_PASSWORD_COLUMN])
+        from_user = value(self.from_user)
+        if from_user is None and auth is not None:  # gateways find the caller's account by its From user
+            from_user = auth[0]
         return CallIdentity(
-            from_user=value(self.from_user), display_name=value(self.display_name), to_user=value(self.to_user),
+            from_user=from_user, display_name=value(self.display_name), to_user=value(self.to_user),
             headers=tuple((name, _compiled(text).expand(call, row, rng)) for name, text in self.headers),
+            auth=auth,
         )
 
 

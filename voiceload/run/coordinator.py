@@ -178,7 +178,11 @@ def checked_identity(spec: IdentitySpec) -> IdentitySpec:
             except (OSError, UnicodeDecodeError) as exc:
                 raise UserError(f"identities file {spec.identities}: cannot read it: "
                                 f"{getattr(exc, 'strerror', None) or exc}") from None
-            spec.check_rows(parse_identities(text, spec.identities))
+            rows = parse_identities(text, spec.identities)
+            spec.check_rows(rows)
+            if rows.has_credentials and not pjsua2_build().per_call_from:
+                raise UserError(f"identities file {spec.identities}: per-call credentials (auth_user, auth_password) "
+                                "need voiceload's own pjsua2 build (run `make pjsua2`)")
     except IdentityError as exc:
         raise UserError(str(exc)) from None
     return spec

@@ -55,6 +55,9 @@ RTP_PORT_MIN, RTP_PORT_MAX = 10_000, 60_000
 PORTS_PER_CALL = 3  # conference ports: the call's stream, its tape recorder, its current player
 PJ_ETOOMANY = 70010  # pj_status_t of "no free call slot"
 REGISTER_EXPIRES_S = 300
+# A call's own digest credentials, "user:password", among its headers: our pjproject patch
+# (scripts/pjsua2/40-per-call-credentials.patch) puts them in the call's dialog and never sends it
+CALL_AUTH_HEADER = "X-Voiceload-Auth"
 SESSION_MIN_SE_S = 90  # RFC 4028's floor, and pjsip's
 SESSION_EXPIRES_S = 1800  # what we ask for; a far end may lower it (not below Min-SE)
 SLOT_RETRY_S = 0.02  # how soon a caller refused with SlotsBusy should try again (a BYE round trip or so)
@@ -706,6 +709,9 @@ class SipStack:
         scripts/pjsua2/30-per-call-from.patch: pjsua has no per-call From); the request URI's user is
         the To user. `OSError` when the media engine has no socket for it, `SipError` when pjsua refuses it.
         """
+        if headers and CALL_AUTH_HEADER in headers and not _voiceload_build():
+            raise SipError("per-call credentials need voiceload's own pjsua2 build (make pjsua2): "
+                           "this one would send them as a header")
         kind = self._route_kind(uri)
         account = self.accounts.get((host or self.host, kind))
         if account is None:
@@ -882,6 +888,15 @@ def _favour_media_threads(tids: set[int]) -> None:
             return
 
 
+@functools.cache
+def _voiceload_build() -> bool:
+    """The installed pjsua2 is voiceload's own build, with its patches (scripts/pjsua2/*.patch)."""
+    try:
+        return "+voiceload" in importlib.metadata.version("pjsua2-python")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 @_sip_errors
 def probe_build() -> dict[str, Any]:
     """What the installed pjsua2 build can do: its per-process call limit and whether it has TLS.
@@ -904,11 +919,7 @@ def probe_build() -> dict[str, Any]:
     except pj.Error:  # PJ_ENOTSUP: built without an SSL backend
         tls = False
     ep.libDestroy()
-    try:  # voiceload's own build carries its patches (scripts/pjsua2/*.patch); the PyPI wheel does not
-        version = importlib.metadata.version("pjsua2-python")
-    except importlib.metadata.PackageNotFoundError:
-        version = ""
-    return {"max_calls": limit, "tls": tls, "voiceload_build": "+voiceload" in version}
+    return {"max_calls": limit, "tls": tls, "voiceload_build": _voiceload_build()}
 
 
 if __name__ == "__main__":  # `python -m voiceload.sip.ua` prints the build's facts (used by sip.lite)

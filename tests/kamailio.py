@@ -103,10 +103,12 @@ def make_certificate(directory: Path, name: str = "gw", cn: str = "127.0.0.1") -
     return cert, key
 
 
-def start_kamailio(tmp: Path, bot_target: str, *, algorithm: str = "MD5", timeout_s: float = 20.0) -> Kamailio:
+def start_kamailio(tmp: Path, bot_target: str, *, algorithm: str = "MD5", max_expires: int = 3600,
+                   timeout_s: float = 20.0) -> Kamailio:
     """Kamailio relaying to `bot_target` (sip:bot@host:port, UDP), up and answering OPTIONS.
 
-    `algorithm`: the digest algorithm of its challenges (MD5, SHA-256).
+    `algorithm`: the digest algorithm of its challenges (MD5, SHA-256); `max_expires`: the longest
+    registration it grants (a short one makes callers refresh within a test).
     """
     assert KAMAILIO is not None, "kamailio is not installed (scripts/setup.sh --test installs it)"
     directory = tmp / "kamailio"
@@ -125,7 +127,7 @@ def start_kamailio(tmp: Path, bot_target: str, *, algorithm: str = "MD5", timeou
         for name, value in {"UDP_PORT": udp, "TCP_PORT": tcp, "TLS_PORT": tls, "MODULES": f"{MODULES}/",
                             "TLS_CFG": tls_cfg, "USER": USER, "PASSWORD": PASSWORD, "BOT": bot,
                             "USER2": USER2, "PASSWORD2": PASSWORD2,
-                            "ALGORITHM": algorithm}.items():
+                            "ALGORITHM": algorithm, "MAX_EXPIRES": max_expires}.items():
             cfg = cfg.replace(f"@@{name}@@", str(value))
         path = directory / "kamailio.cfg"
         path.write_text(cfg)
@@ -149,8 +151,8 @@ def start_kamailio(tmp: Path, bot_target: str, *, algorithm: str = "MD5", timeou
 
 
 @contextlib.contextmanager
-def kamailio(tmp: Path, bot_target: str, algorithm: str = "MD5") -> Iterator[Kamailio]:
-    gw = start_kamailio(tmp, bot_target, algorithm=algorithm)
+def kamailio(tmp: Path, bot_target: str, algorithm: str = "MD5", max_expires: int = 3600) -> Iterator[Kamailio]:
+    gw = start_kamailio(tmp, bot_target, algorithm=algorithm, max_expires=max_expires)
     try:
         yield gw
     finally:

@@ -154,6 +154,20 @@ def test_register_before_the_calls_and_unregister_after(gateway: Kamailio, tmp_p
     assert registers[1].startswith(f"vltest register {USER} expires 0 ")  # the unREGISTER
 
 
+def test_a_short_registration_is_refreshed_before_it_lapses(bot: RefBot, tmp_path: Path) -> None:
+    """The registrar grants 10 s: pjsua refreshes it (5 s before it lapses) for as long as the agent runs."""
+    with kamailio(tmp_path, bot.target, max_expires=10) as gw:
+        out = tmp_path / "run"
+        res = voiceload("run", str(QUICK), "--target", gw.uri("udp"), "-c", "1", "-n", "4", "--out", str(out),
+                        "--register", out=out, env={"VOICELOAD_AUTH": f"{USER}:{PASSWORD}"})
+        summary = checked_summary(res)
+        assert summary["calls"]["completed"] == 4
+        registers = gw.lines("register")
+        asked = [ln for ln in registers if ln.startswith(f"vltest register {USER} expires 300 ")]
+        assert len(asked) >= 2, registers  # the first and at least one refresh over a run of ~15 s
+        assert registers[-1].startswith(f"vltest register {USER} expires 0 ")
+
+
 def test_refused_register_stops_the_run_before_any_call(gateway: Kamailio, tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = voiceload("run", str(QUICK), "--target", gateway.uri("udp"), "-c", "2", "-n", "2", "--out", str(out),

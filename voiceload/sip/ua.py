@@ -666,7 +666,7 @@ class SipStack:
             tcfg.tlsConfig.certFile = tls.cert_file or ""
             tcfg.tlsConfig.privKeyFile = tls.key_file or ""
             tcfg.tlsConfig.verifyServer = tls.verify_server
-            tcfg.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
+            tcfg.tlsConfig.proto = pj.PJ_SSL_SOCK_PROTO_TLS1_2 | pj.PJ_SSL_SOCK_PROTO_TLS1_3  # 1.2 or later
         types = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP, "tls": pj.PJSIP_TRANSPORT_TLS}
         tid = ep.transportCreate(types[kind], tcfg)
         return int(tid), int(str(ep.transportGetInfo(tid).localName).rsplit(":", 1)[1])

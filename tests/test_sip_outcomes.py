@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,9 @@ from tests.test_sipp_interop import (
     UAS_XML,
     ULAW_SILENCE,
     free_udp_port,
-    udp_port_bound,
+    tcp_port_listening,
     ulaw_file,
+    wait_for_sipp,
     write_scenario,
 )
 
@@ -40,12 +40,6 @@ REJECT_XML = Path(__file__).resolve().parent / "sipp" / "uas_reject.xml"
 CALLS = 3
 OPTIONS_RECV = re.compile(r'\s*<recv request="OPTIONS"[^>]*>\s*</recv>\n')
 WARNING = "no answer to OPTIONS within 3 s; placing the calls anyway (--no-probe skips the probe)"
-
-
-def tcp_port_listening(port: int) -> bool:
-    """Whether some socket listens on TCP `port` (from /proc: no connection is made to find out)."""
-    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return any(int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "0A" for f in (x.split() for x in lines))
 
 
 @dataclass
@@ -97,14 +91,7 @@ def sipp(tmp_path: Path) -> Iterator[Any]:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work)
         uas = Uas(proc, port, work)
         started.append(uas)
-        bound = udp_port_bound if transport == "udp" else tcp_port_listening
-        deadline = time.monotonic() + 10
-        while not bound(port):
-            if proc.poll() is not None:
-                pytest.fail(f"sipp exited with {proc.returncode}: {(work / 'sipp.out').read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("sipp did not bind its SIP port within 10 s")
-            time.sleep(0.05)
+        wait_for_sipp(proc, port, lambda: (work / "sipp.out").read_text()[-2000:], transport=transport)
         return uas
 
     try:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +109,25 @@ def udp_port_bound(port: int) -> bool:
     return any(int(line.split()[1].rsplit(":", 1)[1], 16) == port for line in lines)
 
 
+def tcp_port_listening(port: int) -> bool:
+    """Whether some socket listens on TCP `port` (from /proc: no connection is made to find out)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "0A" for f in (x.split() for x in lines))
+
+
+def wait_for_sipp(proc: subprocess.Popen[bytes], port: int, why_dead: Callable[[], str], *,
+                  transport: str = "udp", timeout_s: float = 10.0) -> None:
+    """Return once SIPp holds its SIP port; fail the test if it exits (saying `why_dead()`) or takes too long."""
+    bound = udp_port_bound if transport == "udp" else tcp_port_listening
+    deadline = time.monotonic() + timeout_s
+    while not bound(port):
+        if proc.poll() is not None:
+            pytest.fail(f"sipp exited with {proc.returncode}: {why_dead()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"sipp did not bind its SIP port within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
 def ulaw_file(wav: Path, out: Path, *, tail_ms: int = 0) -> Path:
     """Raw G.711 u-law for SIPp 3.6.1's rtp_stream (it sends file bytes as they are and does not
     skip a WAV header), padded with silence to whole 20 ms packets plus `tail_ms`."""
@@ -179,13 +198,7 @@ def sipp_uas(tmp_path: Path, offsets: dict[str, int]) -> Iterator[Sipp]:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=work)
     s = Sipp(proc, f"sip:bot@127.0.0.1:{sip_port}", work)
     try:
-        deadline = time.monotonic() + 10
-        while not udp_port_bound(sip_port):
-            if proc.poll() is not None:
-                pytest.fail(f"sipp exited with {proc.returncode}: {s.errors()}")
-            if time.monotonic() > deadline:
-                pytest.fail("sipp did not bind its SIP port within 10 s")
-            time.sleep(0.05)
+        wait_for_sipp(proc, sip_port, s.errors)
         yield s
     finally:
         s.stop()

@@ -39,8 +39,8 @@ from tests.test_sipp_interop import (
     free_udp_port,
     ms_of,
     onset_ms_in,
-    udp_port_bound,
     ulaw_file,
+    wait_for_sipp,
 )
 from voiceload.audio import g711
 from voiceload.audio.wav import load_wav
@@ -140,14 +140,11 @@ def start_sipp(work: Path, xml: Path, calls: int, keys: dict[str, str]) -> Sipp:
     with open(work / "sipp.out", "wb") as out, open(work / "sipp.err", "wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=work)
     s = Sipp(proc, f"sip:bot@127.0.0.1:{sip_port}", work)
-    deadline = time.monotonic() + 10
-    while not udp_port_bound(sip_port):
-        if proc.poll() is not None:
-            pytest.fail(f"sipp exited with {proc.returncode}: {s.errors()}")
-        if time.monotonic() > deadline:
-            s.stop()
-            pytest.fail("sipp did not bind its SIP port within 10 s")
-        time.sleep(0.05)
+    try:
+        wait_for_sipp(proc, sip_port, s.errors)
+    except BaseException:  # pytest.fail's outcome too: the UAS must not outlive the test
+        s.stop()
+        raise
     return s
 
 

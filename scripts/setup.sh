@@ -15,7 +15,7 @@ apt_pkgs=(espeak-ng sox libsndfile1 gcc libc6-dev)
 "$PY" -c "import ensurepip" 2>/dev/null || apt_pkgs+=(python3-venv)
 "$PY" -c "import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h'))" \
     2>/dev/null || apt_pkgs+=(python3-dev)
-[ "$want_test" = 1 ] && apt_pkgs+=(mosquitto sip-tester tcpdump chromium kamailio kamailio-tls-modules)
+[ "$want_test" = 1 ] && apt_pkgs+=(mosquitto sip-tester tcpdump chromium kamailio kamailio-tls-modules openssl)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sysconfig
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KAMAILIO = shutil.which("kamailio") or ("/usr/sbin/kamailio" if Path("/usr/sbin/kamailio").exists() else None)
-MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+MODULES = Path("/usr/lib") / (sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu") / "kamailio" / "modules"
 USER, PASSWORD = "caller7", "s3cret-Pass"
 USER2, PASSWORD2 = "caller8", "other-Pass2"  # a second caller, for per-call credentials
 

@@ -110,6 +110,14 @@ Bind = Annotated[str | None, typer.Option(
 Advertise = Annotated[str | None, typer.Option(
     help="The address the far end must send to (a generator behind NAT): in Via, Contact and SDP c= while the "
          "sockets stay bound locally; one IP, or one per --bind address.")]
+# The calls' media offer (voiceload/core/mediaprofile.py); each overrides the scenario's `media:`
+Codecs = Annotated[str | None, typer.Option(
+    help="Codecs to offer, in order: PCMU, PCMA, G722, opus (e.g. PCMA,PCMU) [default: the scenario's, else PCMU].")]
+Srtp = Annotated[str | None, typer.Option(
+    help="SRTP (SDES, AES_CM_128_HMAC_SHA1_80): off, optional (offered, the far end chooses) or required "
+         "[default: the scenario's, else off].")]
+Dtmf = Annotated[str | None, typer.Option(
+    help="How `dtmf:` steps are sent: rfc4733 (RTP events) or info (SIP INFO) [default: rfc4733].")]
 # Per-call identity (voiceload/core/identity.py): templates with {seq} {agent} {session} {run} {digits:N} {csv.COL}
 FromUser = Annotated[str | None, typer.Option(
     "--from", help="From user (caller-ID) per call, a template, e.g. '+1555{digits:7}' or '{csv.caller}'; "
@@ -142,6 +150,18 @@ def _sip_settings(auth: str | None, proxy: str | None, tls_ca: Path | None, tls_
     tls = {"ca_file": tls_ca, "cert_file": tls_cert, "key_file": tls_key, "verify_server": tls_verify}
     return {"auth": creds, "proxy": proxy, "register": register, "addresses": addresses,
             "tls": {k: str(v) if isinstance(v, Path) else v for k, v in tls.items()}}
+
+
+def _media_settings(codecs: str | None, srtp: str | None, dtmf: str | None) -> dict[str, Any]:
+    """The media flags as RunSettings.media (MediaProfile fields), each checked."""
+    from voiceload.core.mediaprofile import check_dtmf, check_srtp, parse_codecs
+
+    try:
+        return {"media": {"codecs": parse_codecs(codecs) if codecs is not None else None,
+                          "srtp": check_srtp(srtp) if srtp is not None else None,
+                          "dtmf": check_dtmf(dtmf) if dtmf is not None else None}}
+    except UserError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _identity_settings(from_user: str | None, display_name: str | None, to_user: str | None,
@@ -195,6 +215,9 @@ def run(
     probe: Probe = True,
     bind: Bind = None,
     advertise: Advertise = None,
+    codecs: Codecs = None,
+    srtp: Srtp = None,
+    dtmf: Dtmf = None,
     from_user: FromUser = None,
     display_name: DisplayName = None,
     to_user: ToUser = None,
@@ -232,6 +255,7 @@ def run(
         agent_limit=calls_per_agent, probe=probe,
         **_sip_settings(auth, proxy, tls_ca, tls_cert, tls_key, tls_verify, register, bind, advertise),
         **_identity_settings(from_user, display_name, to_user, header, identities, rasa_sender),
+        **_media_settings(codecs, srtp, dtmf),
     )
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
@@ -283,6 +307,9 @@ def capacity(
     probe: Probe = True,
     bind: Bind = None,
     advertise: Advertise = None,
+    codecs: Codecs = None,
+    srtp: Srtp = None,
+    dtmf: Dtmf = None,
     from_user: FromUser = None,
     display_name: DisplayName = None,
     to_user: ToUser = None,
@@ -311,7 +338,8 @@ def capacity(
                                        **_sip_settings(auth, proxy, tls_ca, tls_cert, tls_key, tls_verify, register,
                                                        bind, advertise),
                                        **_identity_settings(from_user, display_name, to_user, header, identities,
-                                                            None))
+                                                            None),
+                                       **_media_settings(codecs, srtp, dtmf))
     if out is None:
         settings.out_dir = Path("runs") / settings.run_id
     cs = capacity_mod.CapacitySettings(

@@ -162,6 +162,19 @@ class RtpStats:
     tx_packets: int | None = None
     tx_errors: int | None = None  # engine: sends the kernel refused
     late_samples: int | None = None  # engine: received after their part of the tape was written
+    # media in the field (engine): what was negotiated, what the far end said in RTCP
+    codec: str | None = None  # the negotiated codec (core/mediaprofile.py's names: PCMU, PCMA, G722, opus)
+    srtp: bool | None = None  # the call's media was SRTP (AES_CM_128_HMAC_SHA1_80)
+    rx_cn: int | None = None  # comfort-noise packets (PT 13): taped as silence
+    rx_dtmf: int | None = None  # telephone-event packets (RFC 4733) received
+    rx_foreign: int | None = None  # packets from another address than the far end's negotiated one
+    rx_auth_failed: int | None = None  # SRTP packets that failed authentication or replay checks (dropped)
+    rtcp_tx: int | None = None  # RTCP reports sent
+    rtcp_rx: int | None = None  # RTCP reports received
+    rtt_ms_mean: float | None = None  # round trip from the far end's RTCP reports (LSR/DLSR), when it sent any
+    rtt_ms_max: float | None = None
+    far_lost: int | None = None  # the far end's last report: packets of ours it lost, cumulative
+    far_jitter_ms: float | None = None  # the far end's last report: its interarrival jitter of our stream
     jbuf_delay_ms_mean: int | None = None  # pjsua's jitter buffer
     jbuf_empty: int | None = None
     jbuf_discard: int | None = None
@@ -176,6 +189,27 @@ class RtpStats:
         names = {f.name for f in fields(cls)} - {"extra"}
         return cls(**{k: v for k, v in body.items() if k in names},
                    extra={k: v for k, v in body.items() if k not in names})
+
+
+@dataclass
+class CallQuality:
+    """ITU-T G.107 E-model of one call's audio as we received it (core/emodel.py says how)."""
+
+    r_factor: float  # 0..100 (93.2: G.711 with no loss and little delay)
+    mos: float  # 1..4.5, the listening quality estimated from R
+    loss_pct: float  # packet loss the estimate used (ours as receiver)
+    delay_ms: float  # one-way delay it used: half the RTCP round trip (when known), packetisation, a jitter buffer
+    codec: str | None = None
+
+
+@dataclass
+class DtmfEvent:
+    """A DTMF digit the far end sent."""
+
+    digit: str  # 0-9, *, #, A-D
+    at_ms: float  # its start, ms after the answer (tape time)
+    duration_ms: float
+    method: str = "rfc4733"  # rfc4733 | info
 
 
 @dataclass
@@ -207,6 +241,8 @@ class CallRecord(Message):
     source_address: str | None = None  # the local IP the call's SIP and RTP came from (--bind)
     held_ms: float | None = None  # the far end held the call (sendonly, inactive, c=0.0.0.0) this long in all
     media_moves: int | None = None  # times the far end moved its RTP address after media started
+    quality: CallQuality | None = None  # the E-model's estimate of the call's listening quality (core/emodel.py)
+    dtmf_received: list[DtmfEvent] = field(default_factory=list)  # digits the far end sent (RFC 4733 or INFO)
 
     @classmethod
     def _from_dict(cls, body: dict[str, Any]) -> CallRecord:
@@ -216,6 +252,9 @@ class CallRecord(Message):
         rec.turns = [TurnResult(**t) if isinstance(t, dict) else t for t in rec.turns]
         if isinstance(rec.rtp, dict):
             rec.rtp = RtpStats.from_dict(rec.rtp)
+        if isinstance(rec.quality, dict):
+            rec.quality = CallQuality(**rec.quality)
+        rec.dtmf_received = [DtmfEvent(**d) if isinstance(d, dict) else d for d in rec.dtmf_received]
         return rec
 
     def to_dict(self) -> dict[str, Any]:

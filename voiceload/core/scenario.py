@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +15,7 @@ import yaml
 
 from voiceload.audio import wav as wavfile
 from voiceload.core import slo as slomod
+from voiceload.core.mediaprofile import MediaProfile, media_from_scenario
 from voiceload.core.shape import LoadShape, parse_shape
 from voiceload.core.sipprofile import ProfileError, SipProfile, profile_from_scenario
 from voiceload.errors import ScenarioError, UserError
@@ -91,7 +92,7 @@ RANGES: dict[str, tuple[int, int]] = {
 
 TOP_KEYS = (
     "version", "name", "description", "silence_gap_ms", "answer_timeout_ms", "max_call_ms",
-    "greeting", "turns", "hangup", "slo", "load", "sip", "early_media",
+    "greeting", "turns", "hangup", "slo", "load", "sip", "early_media", "media",
 )
 EARLY_MEDIA = ("ignore", "listen")
 PROMPT_KEYS = ("prompt", "max_wait_ms", "transcript")
@@ -213,6 +214,8 @@ class _Validator:
         slos = self.slos(top["slo"], n_turns, has_greeting) if "slo" in top else ()
         load_shape, max_rate = self.load(top["load"]) if "load" in top else (None, None)
         sip = self.sip(top["sip"]) if "sip" in top else SipProfile()
+        if "media" in top:
+            sip = replace(sip, media=self.media(top["media"]))
         early_media = self.early_media(top["early_media"]) if "early_media" in top else "ignore"
 
         if (
@@ -411,6 +414,15 @@ class _Validator:
         except ProfileError as exc:
             self.add(node, exc.fld, exc.message)
             return SipProfile()
+
+    def media(self, node: yaml.Node) -> MediaProfile:
+        """`media:`: the calls' codecs, SRTP and DTMF method (voiceload.core.mediaprofile), checked now."""
+        try:
+            return media_from_scenario(_construct(node))
+        except UserError as exc:
+            fld, _, message = str(exc).partition(": ")
+            self.add(node, fld, message)
+            return MediaProfile()
 
     # -- values -----------------------------------------------------------------------------
 

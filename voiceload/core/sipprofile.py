@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from voiceload.core.identity import SENDERS, IdentityError, IdentitySpec, Template, check_header_name
+from voiceload.core.mediaprofile import MediaProfile
 from voiceload.errors import UserError
 
 TRANSPORTS = ("udp", "tcp", "tls")
@@ -120,9 +121,10 @@ class SipProfile:
     tls: TlsSettings = field(default_factory=TlsSettings)
     register: bool = False  # each agent REGISTERs (refreshed) before its calls and unREGISTERs at its end
     identity: IdentitySpec = field(default_factory=IdentitySpec)  # per-call From/To/headers (core/identity.py)
+    media: MediaProfile = field(default_factory=MediaProfile)  # codecs, SRTP, DTMF (core/mediaprofile.py)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps({**asdict(self), "media": self.media.to_dict()})
 
     @classmethod
     def from_json(cls, text: str) -> SipProfile:
@@ -134,6 +136,7 @@ class SipProfile:
             tls=TlsSettings(**data.get("tls") or {}),
             register=bool(data.get("register", False)),
             identity=_identity_from_json(data.get("identity") or {}),
+            media=MediaProfile.from_dict(data.get("media") or {}),
         )
 
     def merged(self, **overrides: Any) -> SipProfile:

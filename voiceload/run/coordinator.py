@@ -87,6 +87,7 @@ class RunSettings:
     register: bool | None = None  # --register
     probe: bool = True  # OPTIONS each target before the run (--no-probe skips it)
     addresses: Addresses = field(default_factory=Addresses)  # --bind/--advertise: the calls' source addresses
+    media: dict[str, Any] = field(default_factory=dict)  # MediaProfile fields from --codecs/--srtp/--dtmf
     identity: dict[str, Any] = field(default_factory=dict)  # --from/--display-name/--to-user/--header/--identities
     sip: SipProfile = field(default_factory=SipProfile)  # the effective profile, set by validate()
 
@@ -141,6 +142,7 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
         settings.sip = scenario.sip.merged(
             auth=settings.auth, proxy=settings.proxy, tls=tls, register=settings.register,
             identity=checked_identity(scenario.sip.identity.merged(**settings.identity)),
+            media=dataclasses.replace(scenario.sip.media, **{k: v for k, v in settings.media.items() if v is not None}),
         ).checked(targets)
         if "tls" in settings.sip.transports(targets) and not pjsua2_build().tls:
             raise UserError(f"--target {settings.target}: TLS, but this pjsua2 build has no TLS "

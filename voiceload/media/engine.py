@@ -84,6 +84,29 @@ def far_end(*, we_send: bool, remote: str | None) -> FarEnd:
     return FarEnd(remote=remote, sending=we_send and remote is not None)
 
 
+@dataclass(frozen=True)
+class ChannelMedia:
+    """What a call's SDP negotiation left for its media: the engine sends and expects exactly this."""
+
+    codec: str = "PCMU"  # core/mediaprofile.py's name: PCMU, PCMA, G722, opus
+    pt: int = 0  # the payload type we send (the far end's number for the codec) and accept
+    event_pt: int | None = None  # telephone-event (RFC 4733) payload type, when both sides offered it
+    srtp_tx: bytes | None = None  # SRTP AES_CM_128_HMAC_SHA1_80: our master key + salt (30 bytes), None: plain RTP
+    srtp_rx: bytes | None = None  # the far end's master key + salt, from its a=crypto
+    rtcp: str | None = None  # where our RTCP goes ('ip:port'); None: no RTCP (the far end offered none)
+    rtcp_mux: bool = False  # RTCP on the RTP socket (RFC 5761), both ways
+    stereo: bool = False  # tape: caller left, far end right (--keep-tapes), instead of one mixed track
+
+
+@dataclass(frozen=True)
+class DtmfReceived:
+    """A digit the far end sent as RFC 4733 events."""
+
+    digit: str
+    at: float  # its first packet's arrival, monotonic s
+    duration_ms: float
+
+
 def encode_pcmu(samples: np.ndarray) -> bytes:
     """16-bit samples -> G.711 mu-law bytes (what goes on the wire)."""
     return bytes(_rtpengine.encode_pcmu(np.ascontiguousarray(samples, dtype="<i2").tobytes()))

@@ -22,8 +22,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define RTPE_CLOCK_RATE 8000      /* samples per second, on the wire and on the tape */
-#define RTPE_FRAME_SAMPLES 160    /* samples (and PCMU bytes) per 20 ms frame */
+#include "codec.h"
+
+#define RTPE_CLOCK_RATE 8000      /* samples per second on the tape (the wire's clock is the codec's) */
+#define RTPE_FRAME_SAMPLES 160    /* tape samples per 20 ms frame */
+#define RTPE_SRTP_KEY_LEN 30      /* AES_CM_128_HMAC_SHA1_80: a 16-byte master key and a 14-byte salt */
+#define RTPE_MAX_DTMF 32          /* digits one rtpe_dtmf call may queue */
+#define RTPE_MAX_DTMF_RX 64       /* received DTMF events a channel keeps */
 #define RTPE_READ_LAG_MS 80       /* a channel's socket is read every this many ms */
 #define RTPE_MAX_CAPACITY 65536
 
@@ -40,7 +45,38 @@ enum {
     RTPE_ERR_CAPACITY,            /* capacity outside 1..RTPE_MAX_CAPACITY */
     RTPE_ERR_THREAD,              /* the clock thread did not start */
     RTPE_ERR_IDLE,                /* the channel was not started */
+    RTPE_ERR_CODEC,               /* an unknown codec, or its coder would not start */
+    RTPE_ERR_SRTP,                /* libsrtp refused the keys */
+    RTPE_ERR_BUSY,                /* DTMF is being sent already, or bad digits */
 };
+
+/* What a call's SDP negotiation left for its media (rtpe_start). */
+typedef struct {
+    int codec;                    /* RTPE_PCMU, RTPE_PCMA, RTPE_G722, RTPE_OPUS (codec.h) */
+    int pt;                       /* the payload type we send and decode */
+    int event_pt;                 /* telephone-event's payload type; -1: none negotiated */
+    const uint8_t *srtp_tx_key;   /* RTPE_SRTP_KEY_LEN bytes: ours; NULL: plain RTP */
+    const uint8_t *srtp_rx_key;   /* the far end's; set with srtp_tx_key */
+    int rtcp;                     /* 0: no RTCP; 1: to rtcp_remote from the channel's RTCP socket; 2: muxed on RTP */
+    struct sockaddr_in rtcp_remote;
+    int stereo;                   /* tape: caller left, far end right; 0: one mixed track */
+} rtpe_media;
+
+/* A recording encoded for one codec (rtpe_encode_clip): the caller keeps it valid while it plays. */
+typedef struct {
+    const uint8_t *bytes;         /* the frames back to back */
+    const uint32_t *offsets;      /* frame k starts at bytes + offsets[k] */
+    const uint16_t *sizes;
+    const int16_t *pcm;           /* what the tape shows of it: RTPE_FRAME_SAMPLES a frame */
+    size_t frames;
+} rtpe_clip;
+
+/* A DTMF event the far end sent (RFC 4733). */
+typedef struct {
+    char digit;
+    int64_t at_ns;                /* its first packet's arrival, monotonic */
+    double duration_ms;           /* as its last packet said */
+} rtpe_dtmf_event;
 
 typedef struct rtpe_chan rtpe_chan;  /* one call's socket, RTP state and tape: engine.c's own */
 
@@ -68,6 +104,12 @@ typedef struct {
     double rx_delay_ms_max;       /* the most a packet was taped ahead of its arrival */
     unsigned rx_sources;          /* SSRCs the far end sent from, one after the other */
     unsigned moves;               /* times rtpe_set_remote moved the channel */
+    unsigned long long rx_cn, rx_dtmf, rx_foreign, rx_auth_failed, rtcp_tx, rtcp_rx;
+    double rtt_ms_mean, rtt_ms_max;    /* from the far end's reports; < 0: none measured */
+    long long far_lost;                /* the far end's last report on our stream; < 0: none */
+    double far_jitter_ms;
+    int n_dtmf;
+    rtpe_dtmf_event dtmf[RTPE_MAX_DTMF_RX];
 } rtpe_stats;
 
 /* The clock's lateness and load since the previous rtpe_health_take(). */
@@ -96,19 +138,28 @@ void rtpe_free(rtpe_engine *e);
 /* `host` (dotted IPv4) and `port` as a socket address: RTPE_OK or RTPE_ERR_ADDR. */
 int rtpe_ipv4(const char *host, int port, struct sockaddr_in *out);
 
-/* [locks] A channel with a UDP socket bound to `local` (port 0: a free one); nothing is sent
- * until rtpe_start. Sets *channel and *port. */
-int rtpe_open(rtpe_engine *e, const struct sockaddr_in *local, int *channel, int *port);
+/* [locks] A channel with two UDP sockets bound to `local` (port 0: free ones), RTP and RTCP;
+ * nothing is sent until rtpe_start. Sets *channel, *port and *rtcp_port. */
+int rtpe_open(rtpe_engine *e, const struct sockaddr_in *local, int *channel, int *port, int *rtcp_port);
 
-/* [locks] Start channel `i` sending to `remote` from the next tick on, taping the call to a WAV
- * file at `tape_path` (NULL: no tape). Sets *t0 to the tape's sample 0, monotonic seconds. */
+/* [locks] Start channel `i` sending `media` to `remote` from the next tick on, taping the call to a
+ * WAV file at `tape_path` (NULL: no tape). Sets *t0 to the tape's sample 0, monotonic seconds. */
 int rtpe_start(rtpe_engine *e, int i, const struct sockaddr_in *remote, const char *tape_path,
-               uint32_t ssrc, double *t0);
+               uint32_t ssrc, const rtpe_media *media, double *t0);
 
-/* [locks] Play `len` PCMU bytes at `data` on channel `i` from the next tick on (NULL: silence),
- * replacing what it played. `owner` is the caller's handle on `data`, which must stay valid
- * until the channel gives the owner back: *old_owner is the previous one's, now unused. */
-int rtpe_play(rtpe_engine *e, int i, const uint8_t *data, size_t len, void *owner, void **old_owner);
+/* [locks] Play `clip` (encoded for the channel's codec; NULL: silence) on channel `i` from the next
+ * tick on, replacing what it played; sets *first to when its first frame is due (monotonic s).
+ * `owner` is the caller's handle on the clip's memory, which must stay valid until the channel
+ * gives the owner back: *old_owner is the previous one's, now unused. */
+int rtpe_play(rtpe_engine *e, int i, const rtpe_clip *clip, void *owner, void **old_owner, double *first);
+
+/* [locks] Send `digits` (0-9 * # A-D) as RFC 4733 events on channel `i` from the next tick on, each
+ * `duration_ms` long (rounded up to 20 ms) then `gap_ms` of audio (at least 40 ms: the end packet
+ * is sent three times); the audio playing pauses meanwhile. Sets *start and *end (monotonic s):
+ * the first event's start and the last one's end. RTPE_ERR_BUSY: digits already queued, bad
+ * digits, or no telephone-event negotiated. */
+int rtpe_dtmf(rtpe_engine *e, int i, const char *digits, int duration_ms, int gap_ms, int volume,
+              double *start, double *end);
 
 /* [locks] Follow the far end of started channel `i` after a re-negotiation (a 200 OK whose SDP
  * differs from the 183's, a re-INVITE or UPDATE): send to `remote` from the next tick on (NULL:
@@ -134,5 +185,8 @@ double rtpe_monotonic(void);
 
 /* `n` 16-bit samples → `n` G.711 µ-law bytes, the engine's own coder (thread-safe, lock-free). */
 void rtpe_encode_pcmu(const int16_t *samples, size_t n, uint8_t *out);
+
+/* Once per process (after rtpe_tables_init): libsrtp's own initialisation. RTPE_OK or RTPE_ERR_SRTP. */
+int rtpe_srtp_init(void);
 
 #endif

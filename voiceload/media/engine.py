@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +34,29 @@ from voiceload.media import _rtpengine  # the C engine; types in _rtpengine.pyi
 from voiceload.protocol import RtpStats
 
 _M_AUDIO = re.compile(r"^m=audio \d+ ", re.MULTILINE)
-_A_RTCP = re.compile(r"^a=rtcp:[^\r\n]*\r?\n", re.MULTILINE)
+_A_RTCP = re.compile(r"^a=rtcp(?:-mux)?(?::[^\r\n]*)?\r?\n", re.MULTILINE)
+CODEC_IDS = {"PCMU": _rtpengine.PCMU, "PCMA": _rtpengine.PCMA, "G722": _rtpengine.G722, "opus": _rtpengine.OPUS}
+SRTP_KEY_LEN = _rtpengine.SRTP_KEY_LEN
 
 
-def offer_with_port(sdp: str, port: int) -> str:
+def offer_with_port(sdp: str, port: int, rtcp_port: int | None = None) -> str:
     """pjsua's SDP with the audio stream moved to `port` (the engine's socket).
 
-    The `a=rtcp` line goes too: the engine sends no RTCP, and the far end's reports would go to
-    pjsua's socket. The address (`c=`) stays: pjsua's stream and the engine's socket are bound to the
-    call's source address, and pjsua already wrote the advertised address there when there is one.
+    pjsua's `a=rtcp` line goes too, or the far end's reports would go to pjsua's socket; with
+    `rtcp_port` (the engine's RTCP socket) it names that one instead, with `a=rtcp-mux` offered
+    (RFC 5761: a far end that takes it sends its reports to `port`). The address (`c=`) stays:
+    pjsua's stream and the engine's sockets are bound to the call's source address, and pjsua
+    already wrote the advertised address there when there is one.
     """
-    if not _M_AUDIO.search(sdp):
+    match = _M_AUDIO.search(sdp)
+    if not match:
         raise ValueError("SDP offer has no m=audio line")
-    return _A_RTCP.sub("", _M_AUDIO.sub(f"m=audio {port} ", sdp, count=1))
+    out = _A_RTCP.sub("", _M_AUDIO.sub(f"m=audio {port} ", sdp, count=1))
+    if rtcp_port is None:
+        return out
+    eol = "\r\n" if "\r\n" in out else "\n"
+    m_line_end = out.index(eol, out.index(f"m=audio {port} ")) + len(eol)
+    return out[:m_line_end] + f"a=rtcp:{rtcp_port}{eol}a=rtcp-mux{eol}" + out[m_line_end:]
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -112,21 +122,38 @@ def encode_pcmu(samples: np.ndarray) -> bytes:
     return bytes(_rtpengine.encode_pcmu(np.ascontiguousarray(samples, dtype="<i2").tobytes()))
 
 
+Clip = tuple[bytes, bytes, bytes, bytes]  # encode_clip's frames, offsets, sizes, tape samples
+
+
 @dataclass
 class RtpChannel:
-    """One call's RTP socket in the engine."""
+    """One call's RTP and RTCP sockets in the engine."""
 
     engine: MediaEngine
     index: int
     port: int
+    rtcp_port: int = 0
     started: float | None = None  # monotonic time of the tape's sample 0, once started
     closed: bool = False
     moves: int = 0  # times `follow` moved it to another address
+    media: ChannelMedia = field(default_factory=lambda: ChannelMedia())
+    dtmf_received: list[DtmfReceived] = field(default_factory=list)  # what the far end sent, filled by close()
 
-    def start(self, remote: str, tape_path: Path | None, ssrc: int) -> float:
-        """Send to `remote` ('ip:port') and tape the call from now; returns the tape's start (monotonic s)."""
+    def start(self, remote: str, tape_path: Path | None, ssrc: int, media: ChannelMedia | None = None) -> float:
+        """Send `media` to `remote` ('ip:port') and tape the call from now; returns the tape's start (monotonic s)."""
+        media = media or ChannelMedia()
         host, port = split_address(remote)
-        self.started = float(self.engine._engine.start(self.index, host, port, tape_path, ssrc & 0xFFFFFFFF))
+        rtcp_mode, rtcp_host, rtcp_port = 0, None, 0
+        if media.rtcp_mux:
+            rtcp_mode = 2
+        elif media.rtcp is not None:
+            rtcp_mode = 1
+            rtcp_host, rtcp_port = split_address(media.rtcp)
+        self.media = media
+        self.started = float(self.engine._engine.start(
+            self.index, host, port, tape_path, ssrc & 0xFFFFFFFF, CODEC_IDS[media.codec], media.pt,
+            -1 if media.event_pt is None else media.event_pt, media.srtp_tx, media.srtp_rx,
+            rtcp_mode, rtcp_host, rtcp_port, media.stereo))
         return self.started
 
     def follow(self, far: FarEnd) -> bool:
@@ -141,8 +168,15 @@ class RtpChannel:
         return moved
 
     def play(self, path: Path) -> float:
-        """Play a recording into the call now (replacing any still playing); when its first frame goes out."""
-        return float(self.engine._engine.play(self.index, self.engine.pcmu(path)))
+        """Play a recording into the call now (replacing any still playing); when its first frame is due."""
+        return float(self.engine._engine.play(self.index, self.engine.clip(path, self.media.codec)))
+
+    def send_dtmf(self, digits: str, duration_ms: int = 100, gap_ms: int = 60, volume: int = 10) -> tuple[float, float]:
+        """Send `digits` as RFC 4733 events from the next tick on (durations in whole 20 ms packets, gaps
+        of at least 40 ms); (start of the first, end of the last), monotonic s. ValueError when no
+        telephone-event was negotiated or digits are still being sent."""
+        start, end = self.engine._engine.dtmf(self.index, digits, duration_ms, gap_ms, volume)
+        return float(start), float(end)
 
     def last_loud(self) -> float | None:
         """When (monotonic s, the packet's arrival) the far end was last loud; None if it never was."""
@@ -156,8 +190,18 @@ class RtpChannel:
         self.closed = True
         stats: dict[str, Any] = dict(self.engine._engine.close(self.index))
         stats.pop("moves", None)  # the call's record counts them (`moves`)
-        for key in ("rx_jitter_ms_mean", "rx_jitter_ms_max", "rx_delay_ms_max"):
-            stats[key] = round(stats[key], 2)
+        self.dtmf_received = [DtmfReceived(d, at, round(ms, 1)) for d, at, ms in stats.pop("dtmf")]
+        for key in ("rx_jitter_ms_mean", "rx_jitter_ms_max", "rx_delay_ms_max", "rtt_ms_mean", "rtt_ms_max",
+                    "far_jitter_ms"):
+            stats[key] = round(stats[key], 2) if stats[key] >= 0 else None  # < 0: not measured
+        if stats["far_lost"] < 0:
+            stats["far_lost"] = None
+        if not stats["rtcp_tx"] and not stats["rtcp_rx"]:
+            stats["rtcp_tx"] = stats["rtcp_rx"] = None
+        for key in ("rx_cn", "rx_dtmf", "rx_foreign", "rx_auth_failed"):  # only when something happened
+            stats[key] = stats[key] or None
+        stats["codec"] = self.media.codec
+        stats["srtp"] = True if self.media.srtp_tx is not None else None
         return RtpStats.from_dict(stats)
 
 
@@ -187,13 +231,18 @@ class MediaEngine:
 
     def open(self, host: str | None = None) -> RtpChannel:
         """A call's RTP socket on `host` (one of the agent's source addresses; default: the engine's)."""
-        index, port = self._engine.open(host or self.host)
-        return RtpChannel(self, int(index), int(port))
+        index, port, rtcp_port = self._engine.open(host or self.host)
+        return RtpChannel(self, int(index), int(port), int(rtcp_port))
 
     @functools.cache  # noqa: B019 - one engine per process, a handful of recordings
-    def pcmu(self, path: Path) -> bytes:
-        """A recording as PCMU, encoded once per process."""
-        return encode_pcmu(wav.load_wav(path))
+    def clip(self, path: Path, codec: str = "PCMU") -> Clip:
+        """A recording as `codec`'s 20 ms frames, encoded once per process and codec; the tape shows
+        the recording itself (so a played utterance is found on the tape whatever the codec)."""
+        samples = np.ascontiguousarray(wav.load_wav(path), dtype="<i2")
+        frames, offsets, sizes, _decoded = _rtpengine.encode_clip(CODEC_IDS[codec], samples.tobytes())
+        pcm = np.zeros(len(sizes) // 2 * _rtpengine.FRAME_SAMPLES, dtype="<i2")
+        pcm[:len(samples)] = samples
+        return frames, offsets, sizes, pcm.tobytes()
 
     def health(self) -> EngineHealth:
         return EngineHealth(**self._engine.health())

@@ -4,8 +4,9 @@
  *
  * Every engine call that takes the engine's lock runs without the GIL (ENGINE_CALL): the clock
  * thread takes that lock every tick, and must never wait for whatever Python thread holds the GIL.
- * Nothing inside ENGINE_CALL may touch a Python object. A channel's playing bytes object is its
- * play owner (rtpe_play): the engine holds one reference to it until it gives it back.
+ * Nothing inside ENGINE_CALL may touch a Python object. A channel's playing clip (a tuple of the
+ * bytes objects rtpe_clip points into) is its play owner (rtpe_play): the engine holds one
+ * reference to it until it gives it back.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -55,59 +56,107 @@ static void Engine_dealloc(Engine *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* open(host) -> (channel, port): a socket bound to host on a free port, nothing sent yet */
+/* open(host) -> (channel, port, rtcp_port): RTP and RTCP sockets bound to host on free ports, nothing sent yet */
 static PyObject *Engine_open(Engine *self, PyObject *args) {
     const char *host;
     if (!PyArg_ParseTuple(args, "s", &host)) return NULL;
     struct sockaddr_in a;
     if (rtpe_ipv4(host, 0, &a) != RTPE_OK) return not_ipv4(host);
-    int rc, channel = -1, port = 0;
-    ENGINE_CALL(rc = rtpe_open(&self->eng, &a, &channel, &port))
+    int rc, channel = -1, port = 0, rtcp_port = 0;
+    ENGINE_CALL(rc = rtpe_open(&self->eng, &a, &channel, &port, &rtcp_port))
     if (rc == RTPE_ERR_SYS) return PyErr_SetFromErrno(PyExc_OSError);
     if (rc != RTPE_OK) return PyErr_Format(PyExc_OSError, "all %d media channels in use", self->eng.capacity);
-    return Py_BuildValue("(ii)", channel, port);
+    return Py_BuildValue("(iii)", channel, port, rtcp_port);
 }
 
-/* start(channel, remote_host, remote_port, tape_path or None, ssrc) -> tape start (monotonic s) */
+/* start(channel, remote_host, remote_port, tape_path or None, ssrc, codec, pt, event_pt, srtp_tx, srtp_rx,
+ *       rtcp_mode, rtcp_host, rtcp_port, stereo) -> tape start (monotonic s) */
 static PyObject *Engine_start(Engine *self, PyObject *args) {
-    int i, port;
+    int i, port, codec = RTPE_PCMU, pt = 0, event_pt = -1, rtcp = 0, rtcp_port = 0, stereo = 0;
     unsigned int ssrc;
-    const char *host;
+    const char *host, *rtcp_host = NULL;
+    Py_buffer tx_key = {0}, rx_key = {0};
     PyObject *path_obj;
-    if (!PyArg_ParseTuple(args, "isiOI", &i, &host, &port, &path_obj, &ssrc)) return NULL;
+    if (!PyArg_ParseTuple(args, "isiOI|iiiz*z*izip", &i, &host, &port, &path_obj, &ssrc, &codec, &pt, &event_pt,
+                          &tx_key, &rx_key, &rtcp, &rtcp_host, &rtcp_port, &stereo))
+        return NULL;
+    rtpe_media m = {.codec = codec, .pt = pt, .event_pt = event_pt, .rtcp = rtcp, .stereo = stereo};
+    int keys_ok = (tx_key.buf == NULL && rx_key.buf == NULL) ||
+                  (tx_key.len == RTPE_SRTP_KEY_LEN && rx_key.len == RTPE_SRTP_KEY_LEN);
+    m.srtp_tx_key = tx_key.buf;
+    m.srtp_rx_key = rx_key.buf;
     struct sockaddr_in r;
-    if (rtpe_ipv4(host, port, &r) != RTPE_OK) return not_ipv4(host);
+    int addr_ok = rtpe_ipv4(host, port, &r) == RTPE_OK &&
+                  (rtcp != 1 || (rtcp_host != NULL && rtpe_ipv4(rtcp_host, rtcp_port, &m.rtcp_remote) == RTPE_OK));
+    if (!keys_ok || !addr_ok) {
+        if (tx_key.buf) PyBuffer_Release(&tx_key);
+        if (rx_key.buf) PyBuffer_Release(&rx_key);
+        if (!keys_ok) return PyErr_Format(PyExc_ValueError, "SRTP keys: both, of %d bytes each", RTPE_SRTP_KEY_LEN);
+        return not_ipv4(host);
+    }
     PyObject *bytes = NULL;
     if (path_obj != Py_None && !PyUnicode_FSConverter(path_obj, &bytes)) return NULL;
     const char *path = bytes ? PyBytes_AS_STRING(bytes) : NULL;
     int rc;
     double t0 = 0.0;
-    ENGINE_CALL(rc = rtpe_start(&self->eng, i, &r, path, (uint32_t)ssrc, &t0))
+    ENGINE_CALL(rc = rtpe_start(&self->eng, i, &r, path, (uint32_t)ssrc, &m, &t0))
     if (rc == RTPE_ERR_TAPE) PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
     Py_XDECREF(bytes);
+    if (tx_key.buf) PyBuffer_Release(&tx_key);
+    if (rx_key.buf) PyBuffer_Release(&rx_key);
     switch (rc) {
     case RTPE_OK: return PyFloat_FromDouble(t0);
     case RTPE_ERR_TAPE: return NULL;
     case RTPE_ERR_NOMEM: return PyErr_NoMemory();
     case RTPE_ERR_NOCHAN: return no_chan(i);
+    case RTPE_ERR_CODEC: return PyErr_Format(PyExc_ValueError, "codec %d (payload type %d): the engine cannot start it", codec, pt);
+    case RTPE_ERR_SRTP: return PyErr_Format(PyExc_ValueError, "libsrtp refused the SRTP keys");
     default: return PyErr_Format(PyExc_ValueError, "media channel %d already started", i);
     }
 }
 
-/* play(channel, pcmu: bytes) -> monotonic time (s) the first frame goes out (the next tick, about) */
+/* play(channel, clip) -> monotonic time (s) the first frame is due. `clip` is encode_clip()'s tuple
+ * (frames, offsets, sizes, pcm): the engine keeps a reference to it while it plays. */
 static PyObject *Engine_play(Engine *self, PyObject *args) {
     int i;
-    PyObject *data;
-    if (!PyArg_ParseTuple(args, "iS", &i, &data)) return NULL;
-    Py_INCREF(data);  /* the channel's reference, until the engine gives it back */
-    const uint8_t *pcmu = (const uint8_t *)PyBytes_AS_STRING(data);
-    size_t len = (size_t)PyBytes_GET_SIZE(data);
+    PyObject *clip_obj;
+    if (!PyArg_ParseTuple(args, "iO!", &i, &PyTuple_Type, &clip_obj)) return NULL;
+    PyObject *f, *o, *z, *p;
+    if (!PyArg_ParseTuple(clip_obj, "SSSS", &f, &o, &z, &p)) return NULL;
+    rtpe_clip clip = {
+        .bytes = (const uint8_t *)PyBytes_AS_STRING(f),
+        .offsets = (const uint32_t *)PyBytes_AS_STRING(o),
+        .sizes = (const uint16_t *)PyBytes_AS_STRING(z),
+        .pcm = (const int16_t *)PyBytes_AS_STRING(p),
+        .frames = (size_t)PyBytes_GET_SIZE(z) / sizeof(uint16_t),
+    };
+    if ((size_t)PyBytes_GET_SIZE(o) != clip.frames * sizeof(uint32_t) ||
+        (size_t)PyBytes_GET_SIZE(p) != clip.frames * RTPE_FRAME_SAMPLES * sizeof(int16_t))
+        return PyErr_Format(PyExc_ValueError, "not a clip of encode_clip()");
+    Py_INCREF(clip_obj);  /* the channel's reference, until the engine gives it back */
     void *old = NULL;
     int rc;
-    ENGINE_CALL(rc = rtpe_play(&self->eng, i, pcmu, len, data, &old))
-    if (rc != RTPE_OK) { Py_DECREF(data); return no_chan(i); }
+    double first = 0.0;
+    ENGINE_CALL(rc = rtpe_play(&self->eng, i, &clip, clip_obj, &old, &first))
+    if (rc != RTPE_OK) { Py_DECREF(clip_obj); return no_chan(i); }
     Py_XDECREF((PyObject *)old);
-    return PyFloat_FromDouble(rtpe_monotonic());
+    return PyFloat_FromDouble(first);
+}
+
+/* dtmf(channel, digits, duration_ms, gap_ms, volume) -> (start, end), monotonic s */
+static PyObject *Engine_dtmf(Engine *self, PyObject *args) {
+    int i, duration_ms, gap_ms, volume;
+    const char *digits;
+    if (!PyArg_ParseTuple(args, "isiii", &i, &digits, &duration_ms, &gap_ms, &volume)) return NULL;
+    int rc;
+    double start = 0.0, end = 0.0;
+    ENGINE_CALL(rc = rtpe_dtmf(&self->eng, i, digits, duration_ms, gap_ms, volume, &start, &end))
+    if (rc == RTPE_ERR_IDLE) return PyErr_Format(PyExc_ValueError, "media channel %d not started", i);
+    if (rc == RTPE_ERR_BUSY)
+        return PyErr_Format(PyExc_ValueError, "DTMF %s: digits still being sent, digits other than 0-9*#A-D, "
+                            "or no telephone-event negotiated", digits);
+    if (rc != RTPE_OK) return no_chan(i);
+    return Py_BuildValue("(dd)", start, end);
 }
 
 /* set_remote(channel, remote_host or None, remote_port, sending) -> whether the address changed */
@@ -143,12 +192,23 @@ static PyObject *Engine_close(Engine *self, PyObject *args) {
     ENGINE_CALL(rc = rtpe_close(&self->eng, i, &s, &old))
     if (rc != RTPE_OK) return no_chan(i);
     Py_XDECREF((PyObject *)old);
-    return Py_BuildValue("{s:K,s:L,s:K,s:d,s:d,s:d,s:K,s:K,s:K,s:I,s:I}",
+    PyObject *dtmf = PyList_New(s.n_dtmf);
+    if (dtmf == NULL) return NULL;
+    for (int k = 0; k < s.n_dtmf; k++) {
+        PyObject *ev = Py_BuildValue("(C d d)", s.dtmf[k].digit, (double)s.dtmf[k].at_ns / 1e9, s.dtmf[k].duration_ms);
+        if (ev == NULL) { Py_DECREF(dtmf); return NULL; }
+        PyList_SET_ITEM(dtmf, k, ev);
+    }
+    return Py_BuildValue("{s:K,s:L,s:K,s:d,s:d,s:d,s:K,s:K,s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:d,s:d,s:L,s:d,s:N}",
                          "rx_packets", s.rx_packets, "rx_lost", s.rx_lost, "rx_other_pt", s.rx_other_pt,
                          "rx_jitter_ms_mean", s.rx_jitter_ms_mean, "rx_jitter_ms_max", s.rx_jitter_ms_max,
                          "rx_delay_ms_max", s.rx_delay_ms_max,
                          "tx_packets", s.tx_packets, "tx_errors", s.tx_errors, "late_samples", s.late_samples,
-                         "rx_sources", s.rx_sources, "moves", s.moves);
+                         "rx_sources", s.rx_sources, "moves", s.moves,
+                         "rx_cn", s.rx_cn, "rx_dtmf", s.rx_dtmf, "rx_foreign", s.rx_foreign,
+                         "rx_auth_failed", s.rx_auth_failed, "rtcp_tx", s.rtcp_tx, "rtcp_rx", s.rtcp_rx,
+                         "rtt_ms_mean", s.rtt_ms_mean, "rtt_ms_max", s.rtt_ms_max,
+                         "far_lost", s.far_lost, "far_jitter_ms", s.far_jitter_ms, "dtmf", dtmf);
 }
 
 /* health() -> the clock's lateness and load since the previous call */
@@ -164,7 +224,9 @@ static PyMethodDef Engine_methods[] = {
     {"open", (PyCFunction)Engine_open, METH_VARARGS, "open(host) -> (channel, port): bind a call's RTP socket"},
     {"start", (PyCFunction)Engine_start, METH_VARARGS,
      "start(channel, remote_host, remote_port, tape_path, ssrc) -> tape start, monotonic seconds"},
-    {"play", (PyCFunction)Engine_play, METH_VARARGS, "play(channel, pcmu) -> monotonic time the first frame goes out"},
+    {"play", (PyCFunction)Engine_play, METH_VARARGS, "play(channel, clip) -> monotonic time the first frame is due"},
+    {"dtmf", (PyCFunction)Engine_dtmf, METH_VARARGS,
+     "dtmf(channel, digits, duration_ms, gap_ms, volume) -> (start, end) monotonic s of the RFC 4733 events"},
     {"set_remote", (PyCFunction)Engine_set_remote, METH_VARARGS,
      "set_remote(channel, remote_host or None, remote_port, sending) -> True when the address changed"},
     {"last_loud", (PyCFunction)Engine_last_loud, METH_O,
@@ -196,8 +258,38 @@ static PyObject *encode_pcmu(PyObject *mod, PyObject *arg) {
     return out;
 }
 
+/* encode_clip(codec, int16 samples at 8 kHz) -> (frames, offsets, sizes, decoded): 20 ms frames */
+static PyObject *encode_clip(PyObject *mod, PyObject *args) {
+    int codec;
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "iy*", &codec, &b)) return NULL;
+    size_t n = (size_t)b.len / 2, frames = (n + RTPE_FRAME_SAMPLES - 1) / RTPE_FRAME_SAMPLES;
+    if (frames == 0) frames = 1;
+    size_t cap = frames * RTPE_MAX_FRAME_BYTES;
+    uint8_t *out = malloc(cap);
+    uint32_t *offsets = malloc(frames * sizeof(uint32_t));
+    uint16_t *sizes = malloc(frames * sizeof(uint16_t));
+    int16_t *decoded = malloc(frames * RTPE_FRAME_SAMPLES * sizeof(int16_t));
+    PyObject *result = NULL;
+    if (!out || !offsets || !sizes || !decoded) { PyErr_NoMemory(); goto done; }
+    long used;
+    Py_BEGIN_ALLOW_THREADS
+    used = rtpe_encode_clip(codec, (const int16_t *)b.buf, n, frames, out, cap, offsets, sizes, decoded);
+    Py_END_ALLOW_THREADS
+    if (used < 0) { PyErr_Format(PyExc_ValueError, "codec %d: could not encode", codec); goto done; }
+    result = Py_BuildValue("(y#y#y#y#)", out, (Py_ssize_t)used, offsets, (Py_ssize_t)(frames * sizeof(uint32_t)),
+                           sizes, (Py_ssize_t)(frames * sizeof(uint16_t)),
+                           decoded, (Py_ssize_t)(frames * RTPE_FRAME_SAMPLES * sizeof(int16_t)));
+done:
+    free(out); free(offsets); free(sizes); free(decoded);
+    PyBuffer_Release(&b);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"encode_pcmu", encode_pcmu, METH_O, "encode_pcmu(int16 samples buffer) -> PCMU bytes (G.711 mu-law)"},
+    {"encode_clip", encode_clip, METH_VARARGS,
+     "encode_clip(codec, int16 samples buffer) -> (frames, offsets, sizes, decoded) in 20 ms frames"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "voiceload.media._rtpengine",
@@ -206,6 +298,7 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "voiceload.media._
 
 PyMODINIT_FUNC PyInit__rtpengine(void) {
     rtpe_tables_init();
+    if (rtpe_srtp_init() != RTPE_OK) { PyErr_SetString(PyExc_ImportError, "libsrtp2 did not initialise"); return NULL; }
     if (PyType_Ready(&EngineType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
@@ -214,5 +307,10 @@ PyMODINIT_FUNC PyInit__rtpengine(void) {
     PyModule_AddIntConstant(m, "FRAME_SAMPLES", RTPE_FRAME_SAMPLES);
     PyModule_AddIntConstant(m, "READ_LAG_MS", RTPE_READ_LAG_MS);
     PyModule_AddIntConstant(m, "CLOCK_RATE", RTPE_CLOCK_RATE);
+    PyModule_AddIntConstant(m, "PCMU", RTPE_PCMU);
+    PyModule_AddIntConstant(m, "PCMA", RTPE_PCMA);
+    PyModule_AddIntConstant(m, "G722", RTPE_G722);
+    PyModule_AddIntConstant(m, "OPUS", RTPE_OPUS);
+    PyModule_AddIntConstant(m, "SRTP_KEY_LEN", RTPE_SRTP_KEY_LEN);
     return m;
 }

@@ -350,6 +350,10 @@ class Agent(AgentBase):
             return float("inf")
         if t.confirmed is None or cc.flow.state is CallerState.DONE:
             return give_up_at
+        if call.media_error is not None:  # negotiated, but nothing the engine can send or read
+            cc.reason = f"media: {call.media_error}"
+            call.hangup_now(488 if t.confirmed is None else 200)
+            return float("inf")
         if call.tape is None:  # media and CONFIRMED arrive in either order
             if now - t.confirmed > MEDIA_WAIT_S:
                 cc.reason = "call confirmed but no audio stream became active"

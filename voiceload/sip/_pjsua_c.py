@@ -8,7 +8,7 @@ Undeclared, ctypes would pass and return every value as a C int: wrong for the c
 from __future__ import annotations
 
 import ctypes
-from ctypes import c_int, c_uint, c_void_p
+from ctypes import c_char_p, c_int, c_size_t, c_uint, c_void_p
 
 # name: (restype, argtypes) as in pjsua.h; pj_status_t, pjsua_call_id and pjsua_conf_port_id are C ints
 PROTOTYPES: dict[str, tuple[type, tuple[type, ...]]] = {
@@ -18,6 +18,11 @@ PROTOTYPES: dict[str, tuple[type, tuple[type, ...]]] = {
     "pjsua_conf_remove_port": (c_int, (c_int,)),
     "pjsua_call_set_user_data": (c_int, (c_int, c_void_p)),
 }
+# voiceload's own build only (scripts/pjsua2/50-remote-sdp.patch); absent from others
+OPTIONAL: dict[str, tuple[type, tuple[type, ...]]] = {
+    "pjsua_call_print_rem_nego_sdp": (c_int, (c_int, c_char_p, c_size_t)),
+}
+SDP_MAX = 8192  # bytes of printed SDP: a call's few lines with room to spare
 
 
 class Pjsua:
@@ -28,6 +33,12 @@ class Pjsua:
         for name, (restype, argtypes) in PROTOTYPES.items():
             func = getattr(self._lib, name)
             func.restype, func.argtypes = restype, list(argtypes)
+        self.optional: set[str] = set()
+        for name, (restype, argtypes) in OPTIONAL.items():
+            func = getattr(self._lib, name, None)
+            if func is not None:
+                func.restype, func.argtypes = restype, list(argtypes)
+                self.optional.add(name)
 
     def call_get_max_count(self) -> int:
         """The library's call slots (its per-process call limit)."""
@@ -48,3 +59,16 @@ class Pjsua:
     def call_set_user_data(self, call_id: int, user_data: int) -> int:
         """Attach a pointer to a call slot (pjsua2 keeps its Call object there); returns the pj_status_t."""
         return int(self._lib.pjsua_call_set_user_data(call_id, user_data))
+
+    @property
+    def prints_remote_sdp(self) -> bool:
+        return "pjsua_call_print_rem_nego_sdp" in self.optional
+
+    def call_remote_sdp(self, call_id: int) -> str | None:
+        """The far end's SDP of the call's active negotiation, as text; None before one, or on a
+        build without voiceload's patch (then the engine cannot learn SRTP keys or rtcp-mux)."""
+        if not self.prints_remote_sdp:
+            return None
+        buf = ctypes.create_string_buffer(SDP_MAX)
+        n = int(self._lib.pjsua_call_print_rem_nego_sdp(call_id, buf, SDP_MAX))
+        return buf.raw[:n].decode("utf-8", "replace") if n > 0 else None

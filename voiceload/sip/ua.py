@@ -40,11 +40,13 @@ from typing import Any, ParamSpec, TypeVar
 
 import pjsua2 as pj
 
+from voiceload.core.mediaprofile import CODECS, codec
 from voiceload.core.sipprofile import SipProfile, parse_sip_uri
-from voiceload.media.engine import FarEnd, MediaEngine, RtpChannel, far_end, offer_with_port
+from voiceload.media.engine import CODEC_IDS, ChannelMedia, FarEnd, MediaEngine, RtpChannel, far_end
 from voiceload.protocol import RtpStats
 from voiceload.sip import _pjsua_c
 from voiceload.sip.message import SipMessage
+from voiceload.sip.sdp import SdpError, channel_media, make_offer, read_answer
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +175,9 @@ class SipCall(pj.Call):
         self.holds: list[list[float]] = []  # [start, end] monotonic s of each hold by the far end; end inf: on hold
         self.far_held = False  # the latest negotiation left the far end holding the call (or early media sendonly)
         self.media_moves = 0  # times the engine's channel followed the far end to another RTP address
+        self.srtp_key: bytes | None = None  # the SRTP key our offer carried (None: plain RTP offered)
+        self.offer_sdp = ""  # our SDP offer as sent
+        self.media_error: str | None = None  # the negotiated media is beyond the engine: the call ends with this
         self.invite = ""  # an incoming call's INVITE as received (for its headers)
         self.app: Any = None  # the role's per-call state
         # close() and release() act once per call: several state events of one call can wait in
@@ -224,9 +229,16 @@ class SipCall(pj.Call):
         return FinalResponse(msg.status, msg.reason or self.status_text, remote=True, retry_after_s=msg.retry_after_s)
 
     def onCallSdpCreated(self, prm: pj.OnCallSdpCreatedParam) -> None:
-        # the far end is to send its RTP to the engine's socket, not to pjsua's idle stream
+        # the far end is to send its RTP to the engine's socket, not to pjsua's idle stream; the
+        # engine does SRTP, so the key in the offer is the engine's (sip/sdp.py)
         if self.channel is not None:
-            prm.sdp.wholeSdp = offer_with_port(prm.sdp.wholeSdp, self.channel.port)
+            # the first SDP is our offer; a later one (an answer to a re-INVITE, say) keeps the call's key
+            later = self.channel.started is not None
+            srtp = "off" if later and self.srtp_key is None else self.stack.profile.media.srtp
+            offer = make_offer(prm.sdp.wholeSdp, self.channel.port, self.channel.rtcp_port, srtp,
+                               key=self.srtp_key if later else None)
+            self.srtp_key = offer.srtp_key
+            self.offer_sdp = prm.sdp.wholeSdp = offer.sdp
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         ci = self.getInfo()
@@ -267,8 +279,13 @@ class SipCall(pj.Call):
             if self.channel.started is None:
                 if far.remote is None:  # nowhere to send yet (early media inactive): wait for the next offer
                     return
+                media = self._negotiated_media(ci.id, i)
+                if media is None:  # beyond the engine: media_error says why, the agent ends the call
+                    self.stack.events.append((self, CallEvent.MEDIA))
+                    return
                 path = self.stack.next_tape_path() if self.stack.tape_dir is not None else None
-                started = self.channel.start(far.remote, path, ssrc=ci.id * 7919 + self.stack.ssrc_base)
+                started = self.channel.start(far.remote, path, ssrc=ci.id * 7919 + self.stack.ssrc_base,
+                                             media=media)
                 if path is not None:
                     self.tape = Tape(path, started)
                 if far.held:
@@ -285,6 +302,30 @@ class SipCall(pj.Call):
             self._silence_pjsua_stream(ci.id)
             self.stack.events.append((self, CallEvent.MEDIA))
             return
+
+    def _negotiated_media(self, call_id: int, index: int) -> ChannelMedia | None:
+        """What the engine must send and expect, as pjsua negotiated the codec and the far end's SDP
+        says the rest (SRTP key, RTCP mux, telephone-event); None (and media_error) if it cannot."""
+        try:
+            si = self.getStreamInfo(index)
+            name = str(si.codecName)
+            if name.lower() not in CODECS or codec(name).name not in CODEC_IDS:
+                self.media_error = f"the far end chose codec {name}, which the engine does not speak"
+                return None
+            chosen = codec(name)
+            remote = _lib().call_remote_sdp(call_id)
+            if remote is not None:
+                answer = read_answer(remote, codec_rate=chosen.rtp_rate, srtp=self.stack.profile.media.srtp)
+            else:  # a build that cannot show it (not voiceload's): plain RTP, telephone-event as we offered it
+                answer = read_answer(self.offer_sdp, codec_rate=chosen.rtp_rate, srtp="off")
+            rtcp = str(si.remoteRtcpAddress) or None
+            return channel_media(chosen.name, int(si.txPt), answer, self.srtp_key, rtcp,
+                                 stereo=self.stack.stereo_tapes)
+        except SdpError as exc:
+            self.media_error = str(exc)
+        except pj.Error as exc:
+            self.media_error = f"no stream info for the negotiated media: {exc.info()}"
+        return None
 
     def _note_hold(self, far: FarEnd, now: float) -> None:
         """Holds count from the answer on: before it, a one-way stream is early media (a 183 with
@@ -527,6 +568,7 @@ class SipStack:
         # finished SipCall objects, reused for the next calls, per transport: a pjsua2 Call keeps its account
         self._pools: dict[AccountKey, list[SipCall]] = {}
         self.tape_dir: Path | None = None  # when set, every call is taped from its first media frame
+        self.stereo_tapes = False  # engine tapes in two channels (caller left, far end right): kept tapes
         self.media = media  # outgoing calls' RTP goes through this engine instead of pjmedia
         self.ssrc_base = random.getrandbits(32)
         self.every_call: weakref.WeakSet[SipCall] = weakref.WeakSet()
@@ -580,9 +622,11 @@ class SipStack:
         ep.audDevManager().setNullDev()
         ep.libStart()
         _favour_media_threads(_thread_ids() - threads_before)
-        # G.711 u-law only: what every gateway speaks, and what SIPp streams
-        for codec in ep.codecEnum2():
-            ep.codecSetPriority(codec.codecId, 255 if codec.codecId.startswith("PCMU/") else 0)
+        # the profile's codecs in its order (default: G.711 u-law only, what every gateway speaks), no other
+        wanted = [CODECS[name.lower()].pjsua_id + "/" for name in self.profile.media.codecs]
+        for info in ep.codecEnum2():
+            rank = next((k for k, prefix in enumerate(wanted) if info.codecId.startswith(prefix)), None)
+            ep.codecSetPriority(info.codecId, 0 if rank is None else 255 - rank)
         # one account per transport, bound to it: pjsip sends over TLS only through a TLS listener
         # it is told to use, and a bound account makes every transport behave the same way
         # (several source addresses: each address's transports get their own accounts, and each address

@@ -279,17 +279,17 @@ class MediaStats:
         if rtp is None:
             return
         self.calls += 1
-        self.codecs[rtp.codec or UNKNOWN_CODEC] += 1
-        self.srtp += bool(rtp.srtp)
-        if rtp.rx_packets is not None:
-            if rtp.rx_packets == 0:
-                self.no_audio += 1
-            else:
-                self.loss_pct.record(loss_percent(rtp.rx_packets, rtp.rx_lost or 0))
-        if rtp.rx_jitter_ms_mean is not None and rtp.rx_packets:
-            self.jitter_ms.record(rtp.rx_jitter_ms_mean)
-        if rtp.rtt_ms_mean is not None:
-            self.rtt_ms.record(rtp.rtt_ms_mean)
+        self.codecs[str(rtp.codec or UNKNOWN_CODEC)] += 1
+        self.srtp += rtp.srtp is True
+        received = _count(rtp.rx_packets)  # a record is text from the wire: a counter of the wrong type is none
+        if received == 0:
+            self.no_audio += 1
+        elif received is not None:
+            self.loss_pct.record(loss_percent(received, _count(rtp.rx_lost) or 0))
+            if (jitter := _float(rtp.rx_jitter_ms_mean)) is not None:
+                self.jitter_ms.record(jitter)
+        if (rtt := _float(rtp.rtt_ms_mean)) is not None:
+            self.rtt_ms.record(rtt)
         q = rec.quality
         if q is None:
             return
@@ -366,6 +366,14 @@ def _ip_key(addr: str) -> tuple[int, ...]:
     """127.0.0.10 after 127.0.0.9: addresses in numeric order (anything else sorts first)."""
     parts = addr.split(".")
     return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
+
+
+def _count(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 def _round(v: float | None) -> float | None:

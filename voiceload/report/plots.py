@@ -210,6 +210,9 @@ def plot_mos(mos: Iterable[float], media: MediaSummary) -> Figure:
     edges = [1.0 + i * MOS_BIN for i in range(round(3.6 / MOS_BIN) + 1)]
     counts, _, _ = ax.hist(values, bins=edges, color=BLUE, alpha=0.8)
     ax.set_ylim(0, max(float(max(counts)), 1.0) * 1.25)  # room for the legend
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for stat, value, color in (("p50", media.mos.p50, BLUE), ("p5", media.mos.p5, ORANGE)):
         if value is not None:
             ax.axvline(value, color=color, linestyle="--", linewidth=1, label=f"run {stat} {value:.2f}")

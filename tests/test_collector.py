@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 import pytest
 from rich.console import Console
 
+from voiceload.core.emodel import call_quality
 from voiceload.core.summary import GeneratorHealth, Summary, summarize
 from voiceload.errors import UserError
-from voiceload.protocol import AgentState, CallRecord, Heartbeat, TurnResult
+from voiceload.protocol import AgentState, CallRecord, Heartbeat, RtpStats, TurnResult
 from voiceload.report.text import render_summary
 from voiceload.results import bus
 from voiceload.results.bus import BrokerAddress, Bus
@@ -247,3 +248,45 @@ def test_render_summary_names_the_sip_failures() -> None:
     text = buf.getvalue()
     assert "Top failures:\n  rejected 407 Proxy Authentication Required (credentials refused): 20 calls\n" \
            "  rejected 503 Service Unavailable (Retry-After 5): 3 calls\n" in text
+
+
+def test_records_with_quality_feed_the_live_mos_and_a_malformed_one_is_rejected() -> None:
+    col = Collector()
+    col.run_id, col.expected_calls = RUN, 10
+    for n, lost in enumerate((0, 0, 100)):
+        rec = record(n)
+        rec.rtp = RtpStats(rx_packets=1000, rx_lost=lost, rx_jitter_ms_mean=0.4, codec="PCMA")
+        rec.quality = call_quality(rec.rtp)
+        col.handle(bus.topic_calls(RUN, "a1"), rec.to_json())
+    bad = json.loads(record(5).to_json())
+    bad["quality"] = {"r_factor": "high", "mos": 4.4, "loss_pct": 0.0, "delay_ms": 40.0}
+    col.handle(bus.topic_calls(RUN, "a1"), json.dumps(bad).encode())
+    assert (col.received, col.rejected) == (3, 1)
+    assert col.media.rated == 3 and col.media.mos.value_at(50) == 4.41
+    worst = col.media.mos.value_at(0)
+    assert worst is not None and worst < 4.0
+
+
+def test_render_summary_has_a_call_quality_line() -> None:
+    recs = []
+    for n in range(4):
+        rec = record(n)
+        rec.rtp = RtpStats(rx_packets=1000, rx_lost=50 * n, codec="PCMU" if n else "G722")
+        rec.quality = call_quality(rec.rtp)
+        recs.append(rec)
+    s = summarize(recs, run_id=RUN, scenario_name="happy", target="sip:bot", concurrency=4, calls_planned=4,
+                  started_at=0.0, ended_at=30.0, health=GeneratorHealth())
+    buf = StringIO()
+    Console(file=buf, width=120, force_terminal=False, color_system=None).print(render_summary(s))
+    line = next(x for x in buf.getvalue().splitlines() if x.startswith("Call quality"))
+    assert line.startswith("Call quality (E-model, 4 calls rated): MOS p50 ")
+    assert "worst" in line and "loss p95" in line and "PCMU x3, G722 x1" in line
+    assert "Call quality" not in _plain(summarize([record(0)], run_id=RUN, scenario_name="", target="",
+                                                  concurrency=1, calls_planned=1, started_at=0.0, ended_at=1.0,
+                                                  health=GeneratorHealth()))
+
+
+def _plain(s: Summary) -> str:
+    buf = StringIO()
+    Console(file=buf, width=120, force_terminal=False, color_system=None).print(render_summary(s))
+    return buf.getvalue()

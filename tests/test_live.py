@@ -29,7 +29,7 @@ PLAIN = re.compile(
     r"\[voiceload\]  (?P<elapsed>\d+\.\d)s  active (?P<active>\d+)/(?P<target>\d+)  "
     r"done (?P<done>\d+)/(?P<total>\d+) \((?P<ok>\d+) ok, (?P<failed>\d+) failed\)  "
     r"(?P<rate>\d+\.\d) calls/s  turn p50/p95 ms: (?P<turns>-|(?:\d+=(?:\d+|-)/(?:\d+|-) ?)+)  "
-    r"agents (?P<agents>.+)"
+    r"agents (?P<agents>.+?)(?:  MOS p50/worst: (?P<mos>\d\.\d\d|-)/(?P<mos_worst>\d\.\d\d|-))?"
 )
 
 
@@ -208,3 +208,22 @@ def test_rate_meter_uses_the_last_window() -> None:
         rate = meter.observe(float(t), 100)
     assert rate == 0.0
     assert meter.observe(16.5, 105) == pytest.approx(5 / 5.5)
+
+
+def test_call_quality_in_the_plain_line_and_the_panel() -> None:
+    view, _ = plain_view()
+    view.update(snap())
+    assert "MOS" not in view.plain_line()  # no call rated yet: the field is left out
+    view.update(snap(mos_p50=4.41, mos_worst=3.0))
+    m = PLAIN.fullmatch(view.plain_line())
+    assert m is not None, view.plain_line()
+    assert (m["agents"], m["mos"], m["mos_worst"]) == ("2 ok", "4.41", "3.00")
+    assert view.plain_line().endswith("agents 2 ok  MOS p50/worst: 4.41/3.00")
+
+    console = recorded()
+    tty = LiveView(40, 8, "demo", TARGET, tty=True, console=console)
+    tty.update(snap(mos_p50=4.41, mos_worst=3.0))
+    console.print(tty.render_once())
+    plain = console.export_text(clear=False)
+    assert re.search(r"quality MOS p50 4\.41\s+worst 3\.00", plain), plain
+    assert "\x1b[1;31m3.00" in console.export_text(styles=True)  # a poor call shows red

@@ -17,9 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from voiceload.cli import app
+from voiceload.core.emodel import call_quality
 from voiceload.core.summary import GeneratorHealth, summarize
 from voiceload.errors import UserError
-from voiceload.protocol import CallRecord, GreetingResult, Heartbeat, TurnResult
+from voiceload.protocol import CallRecord, GreetingResult, Heartbeat, RtpStats, TurnResult
 from voiceload.report import write_reports
 from voiceload.report.formats import fmt_ms, fmt_pct
 from voiceload.report.table import TURNS_CSV_COLUMNS
@@ -269,3 +270,28 @@ def test_slo_results_stored_in_summary_are_used(tmp_path: Path) -> None:
     # explicit results win over the stored ones
     write_reports(run_dir, slo_results=[])
     assert "p95_turn_latency_ms<=1000" not in cases(ET.parse(run_dir / "junit.xml").getroot())
+
+
+def test_html_call_quality_section(tmp_path: Path) -> None:
+    recs = records()
+    for n, rec in enumerate(recs[:3]):
+        rec.rtp = RtpStats(rx_packets=1000, rx_lost=(0, 20, 120)[n], rx_jitter_ms_mean=0.5, codec="PCMA",
+                           rtt_ms_mean=30.0 if n == 0 else None)
+        rec.quality = call_quality(rec.rtp)
+    run_dir, summary = make_run(tmp_path, recs)
+    write_reports(run_dir)
+    page = (run_dir / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 6  # the MOS histogram too
+    assert "<h2>Call quality</h2>" in page and "Call quality (E-model MOS)" in page
+    assert "PCMA: 3" in page and "3 rated, 0 received no audio" in page
+    worst = summary["media"]["worst_calls"]
+    assert [w["call_id"] for w in worst] == ["c2<script>alert(1)</script>&", "c1", "c0"]
+    table = page[page.index("Lowest MOS (3 calls)"):]
+    assert table.index("c2&lt;script&gt;") < table.index("<code>c1</code>") < table.index("<code>c0</code>")
+    assert f"<td>{worst[0]['mos']:.2f}</td>" in table
+
+
+def test_html_without_media_has_no_quality_section(tmp_path: Path) -> None:
+    run_dir, summary = make_run(tmp_path)
+    write_reports(run_dir)
+    assert "media" not in summary and "Call quality" not in (run_dir / "report.html").read_text()

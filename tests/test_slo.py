@@ -225,3 +225,40 @@ def test_slo_is_frozen() -> None:
     assert isinstance(slo, Slo)
     with pytest.raises(AttributeError):
         slo.threshold = 0.1  # type: ignore[misc]
+
+
+# --- call quality -----------------------------------------------------------------------------------
+
+
+def test_quality_metrics_parse_and_bound_their_thresholds() -> None:
+    assert parse_slo("mos_p5>=3.8").metric == "mos_p5"
+    for name in ("mos_min", "mos_p1", "r_factor_p10", "loss_pct_p95", "jitter_ms_max", "rtt_ms_p99"):
+        assert parse_slo(f"{name}>=1").metric == name
+    with pytest.raises(UserError, match=r"mos lies between 1 and 4\.5"):
+        parse_slo("mos_p5>=38")
+    with pytest.raises(UserError, match="loss_pct lies between 0 and 100"):
+        parse_slo("loss_pct_p95<=101")
+    with pytest.raises(UserError, match="did you mean 'mos_p5'"):
+        parse_slo("mos_p05>=3.8")
+
+
+def test_quality_slos_against_a_summary() -> None:
+    from voiceload.core.emodel import call_quality
+    from voiceload.protocol import RtpStats
+
+    records = []
+    for i in range(20):
+        rtp = RtpStats(rx_packets=1000, rx_lost=100 if i == 0 else 0, rx_jitter_ms_mean=1.0)
+        records.append(CallRecord(run_id="r", agent_id="a", call_id=f"c{i}", seq=i, outcome="completed", rtp=rtp,
+                                  quality=call_quality(rtp)))
+    s = summarize(records, run_id="r", scenario_name="", target="", concurrency=1, calls_planned=20,
+                  started_at=0.0, ended_at=1.0, health=GeneratorHealth())
+    results = {x.metric: x for x in evaluate(parse_slos(["mos_p50>=4.3", "mos_min>=3.8", "loss_pct_max<=1",
+                                                         "rtt_ms_p95<=300"]), s)}
+    assert results["mos_p50"].passed and results["mos_p50"].value == 4.41
+    assert not results["mos_min"].passed and results["mos_min"].value is not None
+    assert not results["loss_pct_max"].passed
+    assert results["rtt_ms_p95"].value is None and not results["rtt_ms_p95"].passed  # no RTCP: no data
+    no_media = summarize([], run_id="r", scenario_name="", target="", concurrency=1, calls_planned=0,
+                         started_at=0.0, ended_at=1.0, health=GeneratorHealth())
+    assert value_of("mos_p5", no_media) is None

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from voiceload.core.emodel import call_quality
 from voiceload.core.slo import SloResult, evaluate, parse_slos
 from voiceload.core.summary import (
     MAX_AGENT_CPU_PERCENT,
@@ -14,10 +15,11 @@ from voiceload.core.summary import (
     SUMMARY_SCHEMA,
     GeneratorHealth,
     HealthThresholds,
+    MediaStats,
     Summary,
     summarize,
 )
-from voiceload.protocol import CallRecord, GreetingResult, Heartbeat, TurnResult
+from voiceload.protocol import CallRecord, GreetingResult, Heartbeat, RtpStats, TurnResult
 
 REL = 1e-3
 
@@ -267,3 +269,65 @@ def test_an_older_summary_without_top_failures_still_reads() -> None:
     body = run([rec(0)])
     del body["top_failures"]
     assert Summary.from_dict(body).top_failures == {}
+
+
+# --- media: codecs and call quality -----------------------------------------------------------------
+
+def media_rec(n: int, *, codec: str | None = "PCMU", rx: int = 1000, lost: int = 0, jitter: float = 0.5,
+              rtt: float | None = None, srtp: bool | None = None, outcome: str = "completed") -> CallRecord:
+    r = rec(n, outcome)
+    r.rtp = RtpStats(rx_packets=rx, rx_lost=lost, rx_jitter_ms_mean=jitter, rtt_ms_mean=rtt, codec=codec, srtp=srtp)
+    r.quality = call_quality(r.rtp)
+    return r
+
+
+def test_no_media_section_without_rtp_counters() -> None:
+    body = run([rec(0), rec(1)])
+    assert "media" not in body and list(body) == SUMMARY_KEYS
+
+
+def test_media_section_counts_codecs_and_rates_quality() -> None:
+    records = [media_rec(i, codec="PCMA" if i % 4 == 0 else "PCMU", srtp=i < 3) for i in range(20)]
+    records[7] = media_rec(7, lost=100, rtt=400.0)  # 9.1 % loss, 200 ms one way + 20 + 20
+    records[11] = media_rec(11, lost=30)
+    records.append(media_rec(20, rx=0))  # answered, but no audio came back
+    records.append(rec(21, "rejected", sip=486))  # no media at all
+    body = run(records)
+    assert list(body) == [*SUMMARY_KEYS, "media"]
+    m = body["media"]
+    assert (m["calls"], m["rated"], m["no_audio"], m["srtp"]) == (21, 20, 1, 3)
+    assert m["codecs"] == {"PCMU": 16, "PCMA": 5}
+    assert m["mos"]["p50"] == 4.41 and m["mos"]["max"] == 4.41 and m["mos"]["count"] == 20
+    q7, q11 = records[7].quality, records[11].quality
+    assert q7 is not None and q11 is not None
+    assert m["mos"]["min"] == q7.mos and m["r_factor"]["min"] == pytest.approx(q7.r_factor, abs=0.1)
+    assert m["mos"]["p5"] == q7.mos  # 1 call in 20
+    assert m["loss_pct"]["max"] == pytest.approx(100 / 1100 * 100, rel=REL) and m["loss_pct"]["p50"] == 0.0
+    assert m["rtt_ms"]["count"] == 1 and m["rtt_ms"]["p50"] == 400.0
+    assert m["jitter_ms"]["count"] == 20 and m["jitter_ms"]["mean"] == 0.5
+    worst = m["worst_calls"]
+    assert [w["call_id"] for w in worst] == ["c7", "c11", "c0", "c1", "c2"]  # lowest MOS, then the earlier record
+    assert worst[0] == {"call_id": "c7", "agent_id": "a1", "codec": "PCMU", "mos": q7.mos, "r_factor": q7.r_factor,
+                        "loss_pct": q7.loss_pct, "delay_ms": 240.0}
+
+
+def test_media_section_reads_back_and_keeps_the_file_order() -> None:
+    s = summarize([media_rec(0), media_rec(1, lost=50)], run_id="r1", scenario_name="happy", target="t",
+                  concurrency=2, calls_planned=2, started_at=0.0, ended_at=1.0, health=healthy())
+    s.slo = evaluate(parse_slos(["mos_p5>=3.8"]), s)
+    body = json.loads(s.to_json())
+    assert list(body) == [*SUMMARY_KEYS, "media", "slo"]
+    assert list(body["media"]) == ["calls", "rated", "no_audio", "codecs", "srtp", "mos", "r_factor", "loss_pct",
+                                   "jitter_ms", "rtt_ms", "worst_calls"]
+    assert list(body["media"]["mos"]) == ["p50", "p10", "p5", "p1", "min", "max", "mean", "count"]
+    assert Summary.from_dict(body) == s
+    assert Summary.from_dict({"schema": 1}).media is None
+
+
+def test_the_media_accumulator_is_bounded() -> None:
+    stats = MediaStats()
+    for i in range(2000):
+        stats.observe(media_rec(i, lost=i % 50))
+    out = stats.summary()
+    assert out is not None and len(out.worst_calls) == 5 and out.rated == 2000
+    assert [w.call_id for w in out.worst_calls] == ["c49", "c99", "c149", "c199", "c249"]  # 49 lost of 1049

@@ -25,6 +25,7 @@ from voiceload.audio.analysis import Played, analyse_caller_tape
 from voiceload.audio.wav import read_tape
 from voiceload.core.addresses import ANY, Addresses
 from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Hangup, Play
+from voiceload.core.emodel import call_quality
 from voiceload.core.identity import (
     CallFields,
     IdentityError,
@@ -414,6 +415,7 @@ class Agent(AgentBase):
             seq=cc.seq, outcome=OUTCOME_FAILED, sip_code=call.status_code, started_at=cc.started_at,
             rtp=call.rtp, source_address=cc.source or None,
         )
+        rec.quality = call_quality(call.rtp) if call.rtp is not None else None
         if t.invite is not None and t.answered is not None:
             rec.setup_ms = round((t.answered - t.invite) * 1000, 1)
         if t.invite is not None and t.ringing is not None:

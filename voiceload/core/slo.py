@@ -1,6 +1,6 @@
 """SLO gate: `METRIC OP NUMBER` expressions checked against a run's Summary. Pure.
 
-    p95_turn_latency_ms <= 1500      completion_rate>=0.99      setup_p95_ms<=500
+    p95_turn_latency_ms <= 1500      completion_rate>=0.99      setup_p95_ms<=500      mos_p5>=3.8
 
 Metrics name a value of summary.json (docs/results.md); the table is in docs/live-and-slo.md.
 A metric without data (no turn measured, nothing placed) cannot meet its SLO: value None, failed.
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from voiceload.errors import EXIT_INVALID_RUN, EXIT_OK, EXIT_SLO_FAILED, UserError
 
 if TYPE_CHECKING:  # summary.py stores SloResults: it imports this module
-    from voiceload.core.summary import LatencyStats, Summary
+    from voiceload.core.summary import LatencyStats, QualityStats, SpreadStats, Summary
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
@@ -36,14 +36,27 @@ _LATENCY: dict[str, tuple[str, str]] = {
     **{f"setup_{s}_ms": ("setup_ms", s) for s in STATS},
     **{f"greeting_{s}_onset_ms": ("greeting_onset_ms", s) for s in STATS},
 }
-FIXED_METRICS = (*RATE_METRICS, *COUNT_METRICS, *_LATENCY)
+# call quality (summary.json's `media`): MOS and R are judged at their low end, loss, jitter and RTT at their high
+QUALITY_STATS = ("p50", "p10", "p5", "p1", "min", "mean")
+SPREAD_STATS = ("p50", "p95", "p99", "max", "mean")
+_MEDIA: dict[str, tuple[str, str]] = {
+    **{f"mos_{s}": ("mos", s) for s in QUALITY_STATS},
+    **{f"r_factor_{s}": ("r_factor", s) for s in QUALITY_STATS},
+    **{f"loss_pct_{s}": ("loss_pct", s) for s in SPREAD_STATS},
+    **{f"jitter_ms_{s}": ("jitter_ms", s) for s in SPREAD_STATS},
+    **{f"rtt_ms_{s}": ("rtt_ms", s) for s in SPREAD_STATS},
+}
+_BOUNDS = {"mos": (1.0, 4.5), "r_factor": (0.0, 100.0), "loss_pct": (0.0, 100.0)}  # what a threshold can be
+FIXED_METRICS = (*RATE_METRICS, *COUNT_METRICS, *_LATENCY, *_MEDIA)
 _TURN = re.compile(rf"turn(\d+)_({'|'.join(STATS)})_latency_ms")
 _EXPR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|=<|=>|<|>|=)\s*(\S.*?)\s*")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 VALID_METRICS = (
     "completion_rate, error_rate, failed_calls, <stat>_turn_latency_ms, turn<N>_<stat>_latency_ms, "
-    f"setup_<stat>_ms, greeting_<stat>_onset_ms (<stat>: {', '.join(STATS)}; <N>: turn number from 0)"
+    f"setup_<stat>_ms, greeting_<stat>_onset_ms (<stat>: {', '.join(STATS)}; <N>: turn number from 0), "
+    f"mos_<q>, r_factor_<q> (<q>: {', '.join(QUALITY_STATS)}), loss_pct_<s>, jitter_ms_<s>, rtt_ms_<s> "
+    f"(<s>: {', '.join(SPREAD_STATS)})"
 )
 
 
@@ -128,6 +141,10 @@ def parse_slo(text: str) -> Slo:
         raise UserError(f"SLO {expr!r}: {metric} is a fraction from 0 to 1, got {number}{hint}")
     if threshold < 0:
         raise UserError(f"SLO {expr!r}: {metric} is never negative, got {number}")
+    if metric in _MEDIA and (bounds := _BOUNDS.get(_MEDIA[metric][0])) is not None:
+        lo, hi = bounds
+        if not lo <= threshold <= hi:
+            raise UserError(f"SLO {expr!r}: {_MEDIA[metric][0]} lies between {lo:g} and {hi:g}, got {number}")
     return Slo(expr=expr, metric=metric, op=op, threshold=threshold)
 
 
@@ -153,6 +170,9 @@ def value_of(metric: str, summary: Summary) -> float | None:
     if metric in _LATENCY:
         key, stat = _LATENCY[metric]
         return _stat(getattr(summary, key), stat)
+    if metric in _MEDIA:
+        key, stat = _MEDIA[metric]
+        return None if summary.media is None else _stat(getattr(summary.media, key), stat)
     m = _TURN.fullmatch(metric)
     if m is None:
         raise ValueError(f"unknown SLO metric {metric!r}")
@@ -180,7 +200,7 @@ def exit_code(summary: Summary, results: Iterable[SloResult]) -> int:
     return EXIT_OK if all(r.passed for r in results) else EXIT_SLO_FAILED
 
 
-def _stat(stats: LatencyStats, stat: str) -> float | None:
+def _stat(stats: LatencyStats | QualityStats | SpreadStats, stat: str) -> float | None:
     if not stats.count:
         return None
     return _number(stats.stat(stat))

@@ -96,3 +96,61 @@ def _ms(us: float) -> float:
     """µs -> ms, without digits beyond the histogram's precision (0.1 %) from 10 ms up."""
     ms = us / 1000.0
     return round(ms, 1 if ms >= 10 else 3)
+
+
+class ValueHistogram:
+    """Non-negative values of any unit (MOS, %, ms) at a fixed resolution, read as named statistics.
+
+    A value is kept as an integer number of `1/scale` steps, exact up to 2048 steps and within 0.1 %
+    above (rounded down to the bottom of its bucket), so MOS at `scale=100` (two decimals, at most 450
+    steps) is exact. Zero is a value here (no loss is the common case), unlike in `LatencyHistogram`.
+    The mean is exact (a running sum).
+    """
+
+    def __init__(self, *, scale: int, highest: float) -> None:
+        self.scale = scale
+        self._h = HdrHistogram(1, max(int(highest * scale), 2), SIGNIFICANT_DIGITS)
+        self._sum = 0.0
+        self.out_of_range = 0
+
+    def record(self, value: float) -> None:
+        if not math.isfinite(value) or value < 0:
+            self.out_of_range += 1
+            return
+        if not self._h.record_value(round(value * self.scale)):
+            self.out_of_range += 1
+            return
+        self._sum += value
+
+    @property
+    def count(self) -> int:
+        return int(self._h.get_total_count())
+
+    def value_at(self, percentile: float) -> float | None:
+        """One percentile (0-100) in the values' unit; None when empty."""
+        return None if self.count == 0 else self._floor(self._h.get_value_at_percentile(percentile))
+
+    def _floor(self, steps: int) -> float:
+        return self._h.get_lowest_equivalent_value(steps) / self.scale
+
+    def stats(self, percentiles: dict[str, float], digits: int) -> dict[str, Any]:
+        """{name: value at that percentile, ...,"min","max","mean"} rounded to `digits` (None when empty), "count"."""
+        n = self.count
+        out: dict[str, Any] = {}
+        for name, p in percentiles.items():
+            v = self.value_at(p)
+            out[name] = None if v is None else round(v, digits)
+        if n == 0:
+            return {**out, "min": None, "max": None, "mean": None, "count": 0}
+        out["min"] = round(self._floor(self._h.get_min_value()), digits)
+        out["max"] = round(self._floor(self._h.get_max_value()), digits)
+        out["mean"] = round(self._sum / n, digits)
+        out["count"] = n
+        return out
+
+    def merge(self, other: ValueHistogram) -> None:
+        if other.scale != self.scale:
+            raise ValueError(f"cannot merge histograms of scale {other.scale} into {self.scale}")
+        self._h.add(other._h)
+        self._sum += other._sum
+        self.out_of_range += other.out_of_range

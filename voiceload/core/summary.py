@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from voiceload.core.emodel import loss_percent
 from voiceload.core.slo import SloResult
-from voiceload.core.stats import LatencyHistogram
+from voiceload.core.stats import LatencyHistogram, ValueHistogram
 from voiceload.protocol import (
     OUTCOME_COMPLETED,
     OUTCOME_REJECTED,
@@ -175,9 +176,11 @@ def summarize(
     turns: dict[int, _TurnStats] = {}
     sources: dict[str, SourceCounts] = {}
     failures: Counter[str] = Counter()
+    media = MediaStats()
 
     for rec in records:
         placed += 1
+        media.observe(rec)
         if rec.source_address is not None:
             src = sources.setdefault(rec.source_address, SourceCounts())
             src.calls += 1
@@ -240,7 +243,81 @@ def summarize(
         valid=not invalid,
         invalid_reasons=invalid,
         generator=health.summary(thresholds, LatencyStats.of(slip)),
+        media=media.summary(),
     )
+
+
+# MOS and R: the low end is the bad end, so the summary gives low percentiles
+QUALITY_PERCENTILES = {"p50": 50.0, "p10": 10.0, "p5": 5.0, "p1": 1.0}
+# loss, jitter, round trip: the high end is the bad end
+SPREAD_PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+WORST_CALLS = 5  # summary.json's media.worst_calls holds the calls of lowest MOS, this many
+UNKNOWN_CODEC = "unknown"  # media.codecs' key for records that name no codec (agents before codecs)
+
+
+class MediaStats:
+    """The media half of the summary, fed one record at a time: codecs, E-model quality, loss, jitter, RTT.
+
+    Constant memory (histograms and the few worst calls), so the collector can keep one for the live
+    view as well. Only records with RTP counters count: an unanswered call had no media to judge.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.no_audio = 0
+        self.srtp = 0
+        self.codecs: Counter[str] = Counter()
+        self.mos = ValueHistogram(scale=100, highest=5.0)
+        self.r_factor = ValueHistogram(scale=10, highest=100.0)
+        self.loss_pct = ValueHistogram(scale=1000, highest=100.0)
+        self.jitter_ms = ValueHistogram(scale=100, highest=10_000.0)
+        self.rtt_ms = ValueHistogram(scale=10, highest=60_000.0)
+        self._worst: list[tuple[float, float, int, WorstCall]] = []  # at most WORST_CALLS, lowest MOS first
+
+    def observe(self, rec: CallRecord) -> None:
+        rtp = rec.rtp
+        if rtp is None:
+            return
+        self.calls += 1
+        self.codecs[str(rtp.codec or UNKNOWN_CODEC)] += 1
+        self.srtp += rtp.srtp is True
+        received = _count(rtp.rx_packets)  # a record is text from the wire: a counter of the wrong type is none
+        if received == 0:
+            self.no_audio += 1
+        elif received is not None:
+            self.loss_pct.record(loss_percent(received, _count(rtp.rx_lost) or 0))
+            if (jitter := _float(rtp.rx_jitter_ms_mean)) is not None:
+                self.jitter_ms.record(jitter)
+        if (rtt := _float(rtp.rtt_ms_mean)) is not None:
+            self.rtt_ms.record(rtt)
+        q = rec.quality
+        if q is None:
+            return
+        self.mos.record(q.mos)
+        self.r_factor.record(q.r_factor)
+        key = (q.mos, q.r_factor, self.calls)  # ties: the earlier record first
+        if len(self._worst) < WORST_CALLS or key < self._worst[-1][:3]:
+            worst = WorstCall(rec.call_id, rec.agent_id, q.codec, q.mos, q.r_factor, q.loss_pct, q.delay_ms)
+            self._worst.append((*key, worst))
+            self._worst.sort(key=lambda w: w[:3])
+            del self._worst[WORST_CALLS:]
+
+    @property
+    def rated(self) -> int:
+        return self.mos.count
+
+    def summary(self) -> MediaSummary | None:
+        """summary.json's `media` section; None when no record carried RTP counters (it is then left out)."""
+        if not self.calls:
+            return None
+        return MediaSummary(
+            calls=self.calls, rated=self.rated, no_audio=self.no_audio,
+            codecs=dict(self.codecs.most_common()), srtp=self.srtp,
+            mos=QualityStats.of(self.mos, 2), r_factor=QualityStats.of(self.r_factor, 1),
+            loss_pct=SpreadStats.of(self.loss_pct, 3), jitter_ms=SpreadStats.of(self.jitter_ms, 2),
+            rtt_ms=SpreadStats.of(self.rtt_ms, 1),
+            worst_calls=[w[3] for w in self._worst],
+        )
 
 
 TOP_FAILURES = 10  # summary.json's top_failures holds this many names; the rest count under OTHER_FAILURES
@@ -289,6 +366,14 @@ def _ip_key(addr: str) -> tuple[int, ...]:
     """127.0.0.10 after 127.0.0.9: addresses in numeric order (anything else sorts first)."""
     parts = addr.split(".")
     return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
+
+
+def _count(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 def _round(v: float | None) -> float | None:
@@ -387,8 +472,99 @@ class GeneratorSummary:
 
 
 @dataclass
+class QualityStats:
+    """MOS or R over the calls the E-model rated: the low percentiles, since low is bad (None: none rated)."""
+
+    p50: float | None = None
+    p10: float | None = None
+    p5: float | None = None
+    p1: float | None = None
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    count: int = 0
+
+    @classmethod
+    def of(cls, h: ValueHistogram, digits: int) -> QualityStats:
+        return cls(**h.stats(QUALITY_PERCENTILES, digits))
+
+    def stat(self, name: str) -> Any:
+        return getattr(self, name)
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> QualityStats:
+        return _record(cls, body)
+
+
+@dataclass
+class SpreadStats:
+    """Packet loss, jitter or round trip over calls: the high percentiles, since high is bad."""
+
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    count: int = 0
+
+    @classmethod
+    def of(cls, h: ValueHistogram, digits: int) -> SpreadStats:
+        return cls(**h.stats(SPREAD_PERCENTILES, digits))
+
+    def stat(self, name: str) -> Any:
+        return getattr(self, name)
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> SpreadStats:
+        return _record(cls, body)
+
+
+@dataclass
+class WorstCall:
+    """One of the calls of lowest MOS, with what the E-model judged it on."""
+
+    call_id: str
+    agent_id: str
+    codec: str | None
+    mos: float
+    r_factor: float
+    loss_pct: float
+    delay_ms: float
+
+
+@dataclass
+class MediaSummary:
+    """summary.json's `media`: present once a call carried RTP counters (docs/results.md, docs/media.md)."""
+
+    calls: int = 0  # calls with RTP counters (answered calls, in practice)
+    rated: int = 0  # of those, the calls the E-model rated (audio received, codec known)
+    no_audio: int = 0  # calls with RTP counters that received no packet at all
+    codecs: dict[str, int] = field(default_factory=dict)  # negotiated codec -> calls, most common first
+    srtp: int = 0  # calls whose media was SRTP
+    mos: QualityStats = field(default_factory=QualityStats)
+    r_factor: QualityStats = field(default_factory=QualityStats)
+    loss_pct: SpreadStats = field(default_factory=SpreadStats)  # per call: lost / expected, %
+    jitter_ms: SpreadStats = field(default_factory=SpreadStats)  # per call: mean RFC 3550 jitter
+    rtt_ms: SpreadStats = field(default_factory=SpreadStats)  # per call: mean RTCP round trip, when measured
+    worst_calls: list[WorstCall] = field(default_factory=list)  # lowest MOS first
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> MediaSummary:
+        worst = body.get("worst_calls") or []
+        if not isinstance(worst, list):
+            raise ValueError(f"summary key 'media.worst_calls' is a {type(worst).__name__}, not a list")
+        return _record(cls, {
+            **body,
+            **{k: QualityStats.from_dict(_obj(body, k)) for k in ("mos", "r_factor")},
+            **{k: SpreadStats.from_dict(_obj(body, k)) for k in ("loss_pct", "jitter_ms", "rtt_ms")},
+            "worst_calls": [_record(WorstCall, _as_obj(w, "media.worst_calls[]")) for w in worst],
+        })
+
+
+@dataclass
 class Summary:
-    """summary.json. The last three are set after the run: absent from the file while None."""
+    """summary.json. `media` and the last three (set after the run) are absent from the file while None."""
 
     schema: int = SUMMARY_SCHEMA
     run_id: str = ""
@@ -412,13 +588,14 @@ class Summary:
     valid: bool = False
     invalid_reasons: list[str] = field(default_factory=list)
     generator: GeneratorSummary = field(default_factory=GeneratorSummary)
+    media: MediaSummary | None = None  # codecs and call quality; absent when no call carried RTP counters
     capacity: dict[str, Any] | None = None  # `voiceload capacity`'s answer (also capacity.json)
     slo: list[SloResult] | None = None  # the SLO verdicts, in order
     exit_code: int | None = None  # the command's exit code
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
-        for key in _SET_AFTER_THE_RUN:
+        for key in _ABSENT_WHEN_NONE:
             if body[key] is None:
                 del body[key]
         return body
@@ -447,12 +624,15 @@ class Summary:
             "source_addresses": {str(k): _record(SourceCounts, _as_obj(v, f"source_addresses.{k}"))
                                  for k, v in _obj(body, "source_addresses").items()},
             "generator": GeneratorSummary.from_dict(_obj(body, "generator")),
+            "media": None if body.get("media") is None else MediaSummary.from_dict(_obj(body, "media")),
             "capacity": capacity if isinstance(capacity, dict) else None,
             "slo": None if "slo" not in body else _slo_results(body["slo"], on_bad_slo),
         })
 
 
 _SET_AFTER_THE_RUN = ("capacity", "slo", "exit_code")
+# left out of the file while None: summary.json of a run without them reads as it always did
+_ABSENT_WHEN_NONE = ("media", *_SET_AFTER_THE_RUN)
 
 
 class _Dataclass(Protocol):

@@ -12,7 +12,15 @@ from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from voiceload.core.summary import LatencyStats, Summary, failure_counts, top_failures
+from voiceload.core.summary import (
+    LatencyStats,
+    MediaSummary,
+    QualityStats,
+    SpreadStats,
+    Summary,
+    failure_counts,
+    top_failures,
+)
 from voiceload.core.timeseries import RunSeries
 from voiceload.protocol import OUTCOME_COMPLETED, CallRecord
 from voiceload.report.formats import fmt_ms, fmt_pct, iso_utc
@@ -22,6 +30,7 @@ from voiceload.report.plots import (
     plot_concurrency,
     plot_latency_over_time,
     plot_latency_vs_concurrency,
+    plot_mos,
     plot_outcomes,
     png_b64,
 )
@@ -67,6 +76,8 @@ def render_html(run: RunData, slos: Sequence[SloResult] = ()) -> str:
     parts += ["<h2>Summary</h2>", _summary_tables(s, run.series)]
     parts += ["<h2>Load and latency over time</h2>", _figures(run, slos)]
     parts += ["<h2>Turns</h2>", _turns_table(s, greeting_counts(run.records))]
+    if s.media is not None:
+        parts.append(_quality_section(s.media, run.records))
     why = _failure_reasons(run.records)
     if why:
         parts.append(_failure_table(why))
@@ -152,7 +163,7 @@ def _figures(run: RunData, slos: Sequence[SloResult]) -> str:
 
 
 def _figure_html(fig: Figure, caption: str) -> str:
-    title = fig.axes[0].get_title() if fig.axes else ""
+    title = (fig.axes[0].get_title(loc="left") or fig.axes[0].get_title()) if fig.axes else ""  # titles sit left
     return (f"<figure><img alt='{_e(title)}' src='data:image/png;base64,{png_b64(fig)}'>"
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
@@ -307,6 +318,44 @@ def _slowest_table(records: list[CallRecord]) -> str:
                    f"<td>{fmt_ms(ms)}</td><td>{idx}</td><td class='text {cls}'>{_e(rec.outcome)}</td>"
                    f"<td class='text'>{_e(rec.reason or '')}</td></tr>")
     out.append("</table>")
+    return "".join(out)
+
+
+def _quality_section(m: MediaSummary, records: Sequence[CallRecord]) -> str:
+    """Codecs, the E-model's MOS and R, loss, jitter, RTT; the MOS histogram; the calls of lowest MOS."""
+    def q(st: QualityStats) -> str:
+        if not st.count:
+            return "–"
+        return f"p50 {st.p50:g} · p10 {st.p10:g} · p5 {st.p5:g} · p1 {st.p1:g} · worst {st.min:g} (n={st.count})"
+
+    def spread(st: SpreadStats, unit: str) -> str:
+        if not st.count:
+            return "–"
+        return f"p50 {st.p50:g} · p95 {st.p95:g} · p99 {st.p99:g} · max {st.max:g} {unit} (n={st.count})"
+
+    rows = [
+        ("calls with media", f"{m.calls} ({m.rated} rated, {m.no_audio} received no audio, {m.srtp} SRTP)"),
+        ("codecs", _counts(m.codecs)),
+        ("MOS (E-model)", q(m.mos)),
+        ("R factor", q(m.r_factor)),
+        ("packet loss, received", spread(m.loss_pct, "%")),
+        ("jitter, received (mean per call)", spread(m.jitter_ms, "ms")),
+        ("round trip (RTCP)", spread(m.rtt_ms, "ms")),
+    ]
+    out = ["<h2>Call quality</h2><table class='kv'>"
+           + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"]
+    mos = [rec.quality.mos for rec in records if rec.quality is not None]
+    out.append(_figure_html(plot_mos(mos, m), "ITU-T G.107 E-model estimate per call, from the audio the caller "
+                                              "received: loss, jitter and RTCP round trip (docs/media.md)."))
+    if m.worst_calls:
+        out.append(f"<h3>Lowest MOS ({len(m.worst_calls)} calls)</h3><table><tr><th class='text'>call id</th>"
+                   "<th class='text'>agent</th><th class='text'>codec</th><th>MOS</th><th>R</th><th>loss %</th>"
+                   "<th>one-way delay ms</th></tr>")
+        for w in m.worst_calls:
+            out.append(f"<tr><td class='text'><code>{_e(w.call_id)}</code></td><td class='text'>{_e(w.agent_id)}</td>"
+                       f"<td class='text'>{_e(w.codec or '–')}</td><td>{w.mos:.2f}</td><td>{w.r_factor:.1f}</td>"
+                       f"<td>{w.loss_pct:g}</td><td>{w.delay_ms:g}</td></tr>")
+        out.append("</table>")
     return "".join(out)
 
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from voiceload.core.summary import Summary
+from voiceload.core.summary import MediaSummary, Summary
 from voiceload.core.timeseries import RunSeries
 from voiceload.protocol import OUTCOMES
 from voiceload.report.formats import fmt_ms
@@ -190,6 +190,34 @@ def _bars(ax: Axes, labels: list[str], values: list[int], colors: list[str]) -> 
     ax.set_ylabel("calls")
     ax.grid(axis="x", visible=False)
 
+
+
+MOS_BIN = 0.1
+
+
+def plot_mos(mos: Iterable[float], media: MediaSummary) -> Figure:
+    """The calls' E-model MOS as a histogram (0.1 wide bins, 1 to 4.5), with the run's p50 and p5."""
+    fig, ax = _titled_plot("Call quality (E-model MOS)", "MOS (1 bad … 4.5 best)", "calls")
+    values = [v for v in mos if 1.0 <= v <= 4.5]
+    ax.set_xlim(1.0, 4.6)
+    if not values:
+        _no_data(ax, "call rated")
+        return fig
+    # G.109's classes, lightly shaded: R >= 80 (MOS 4.03) satisfied, R < 60 (MOS 3.1) many dissatisfied
+    ax.axvspan(1.0, 3.1, color=RED, alpha=0.06, linewidth=0)
+    ax.axvspan(3.1, 4.03, color=ORANGE, alpha=0.06, linewidth=0)
+    ax.axvspan(4.03, 4.6, color=GREEN, alpha=0.06, linewidth=0)
+    edges = [1.0 + i * MOS_BIN for i in range(round(3.6 / MOS_BIN) + 1)]
+    counts, _, _ = ax.hist(values, bins=edges, color=BLUE, alpha=0.8)
+    ax.set_ylim(0, max(float(max(counts)), 1.0) * 1.25)  # room for the legend
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for stat, value, color in (("p50", media.mos.p50, BLUE), ("p5", media.mos.p5, ORANGE)):
+        if value is not None:
+            ax.axvline(value, color=color, linestyle="--", linewidth=1, label=f"run {stat} {value:.2f}")
+    ax.legend(loc="upper left", frameon=False, ncols=2)
+    return fig
 
 
 def plot_capacity(cap: dict[str, Any]) -> Figure:

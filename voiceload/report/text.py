@@ -16,6 +16,10 @@ def _fmt_ms(v: Any) -> str:
     return "-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
+def _two(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def render_summary(summary: Summary) -> RenderableType:
     """The end-of-run report for the terminal; plain text with simple rules when not a terminal."""
     calls = summary.calls
@@ -62,6 +66,12 @@ def render_summary(summary: Summary) -> RenderableType:
         tail.append("\nSource addresses: " + ", ".join(
             f"{addr} {c.calls} calls ({c.completed} completed{rejected[addr]})"
             for addr, c in summary.source_addresses.items()))
+    media = summary.media
+    if media is not None and media.rated:
+        mos, loss = media.mos, media.loss_pct
+        codecs = ", ".join(f"{c} x{n}" for c, n in media.codecs.items())
+        tail.append(f"\nCall quality (E-model, {media.rated} calls rated): MOS p50 {_two(mos.p50)}, "
+                    f"p5 {_two(mos.p5)}, worst {_two(mos.min)}; loss p95 {_two(loss.p95)} %; codecs {codecs}")
     cpu, lag = gen.max_cpu_percent, gen.max_pump_lag_ms
     cpu_s = "-" if cpu is None else f"{cpu:.0f} %"
     lag_s = "-" if lag is None else f"{lag:.0f} ms"

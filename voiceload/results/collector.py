@@ -19,13 +19,21 @@ from pathlib import Path
 from typing import IO, Any
 
 from voiceload.core.stats import LatencyHistogram
-from voiceload.core.summary import DEFAULT_THRESHOLDS, GeneratorHealth, HealthThresholds, Summary, summarize
+from voiceload.core.summary import (
+    DEFAULT_THRESHOLDS,
+    GeneratorHealth,
+    HealthThresholds,
+    MediaStats,
+    Summary,
+    summarize,
+)
 from voiceload.errors import UserError
 from voiceload.protocol import (
     OUTCOME_AGENT_LOST,
     OUTCOME_COMPLETED,
     Ack,
     AgentState,
+    CallQuality,
     CallRecord,
     CallStarted,
     GreetingResult,
@@ -90,6 +98,7 @@ class Collector:
         self.lost_agents: set[str] = set()
         self.latest_heartbeats: dict[str, Heartbeat] = {}  # for the live view
         self._turn_hist: dict[int, LatencyHistogram] = {}
+        self.media = MediaStats()  # codecs and call quality so far, for the live view
 
     @property
     def received(self) -> int:
@@ -292,6 +301,7 @@ class Collector:
         self.records.append(rec)
         self.recorded_seqs.setdefault(rec.agent_id, set()).add(rec.seq)
         self.completed += rec.outcome == OUTCOME_COMPLETED
+        self.media.observe(rec)
 
     def _write(self, rec: CallRecord) -> None:
         if self._out is not None:
@@ -318,6 +328,14 @@ def _check_record(rec: CallRecord) -> None:
         raise ProtocolError("call record with a malformed greeting")
     if rec.rtp is not None and not isinstance(rec.rtp, RtpStats):
         raise ProtocolError("call record with malformed rtp stats")
+    q = rec.quality
+    if q is not None and (not isinstance(q, CallQuality)
+                          or not all(_is_number(v) for v in (q.mos, q.r_factor, q.loss_pct, q.delay_ms))):
+        raise ProtocolError("call record with a malformed quality estimate")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def write_summary(path: Path, summary: Summary) -> None:

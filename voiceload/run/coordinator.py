@@ -602,6 +602,7 @@ async def _live(collector: Collector, fleet: Fleet, settings: RunSettings, scena
                 turn_p50_ms={i: p["p50"] for i, p in turns.items()},
                 turn_p95_ms={i: p["p95"] for i, p in turns.items()},
                 agents=agents,
+                mos_p50=collector.media.mos.value_at(50), mos_worst=collector.media.mos.value_at(0),
             ))
             await asyncio.sleep(LIVE_PERIOD_S)
 

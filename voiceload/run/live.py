@@ -7,7 +7,9 @@ second; elsewhere (CI logs, a file) a `[voiceload] ...` line is printed every `p
 seconds and once more at `stop()`, in a fixed format that scripts can parse (one line):
 
     [voiceload]  12.0s  active 8/8  done 24/40 (24 ok, 0 failed)  3.1 calls/s
-        turn p50/p95 ms: 0=433/453 1=412/472  agents 2 ok
+        turn p50/p95 ms: 0=433/453 1=412/472  agents 2 ok  MOS p50/worst: 4.41/3.90
+
+The MOS field (the E-model's estimate, core/emodel.py) is there once a finished call carried one.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class LiveSnapshot:
     turn_p50_ms: Mapping[int, float | None] = field(default_factory=dict)  # turn index -> ms (None: no data)
     turn_p95_ms: Mapping[int, float | None] = field(default_factory=dict)
     agents: list[AgentHealth] = field(default_factory=list)
+    mos_p50: float | None = None  # the E-model's MOS over the finished calls it rated (None: none yet)
+    mos_worst: float | None = None  # the lowest of them
 
     @property
     def done(self) -> int:
@@ -200,9 +204,10 @@ class LiveView:
         s = self._snap
         turns = " ".join(f"{i}={_ms(s.turn_p50_ms.get(i))}/{_ms(s.turn_p95_ms.get(i))}"
                          for i in _turn_indices(s)) or "-"
+        mos = f"  MOS p50/worst: {_mos(s.mos_p50)}/{_mos(s.mos_worst)}" if s.mos_p50 is not None else ""
         return (f"{PLAIN_PREFIX}  {s.elapsed_s:.1f}s  active {s.active_calls}/{s.target_concurrency}  "
                 f"done {s.done}/{self.total_calls} ({s.completed} ok, {s.failed} failed)  "
-                f"{s.calls_per_s:.1f} calls/s  turn p50/p95 ms: {turns}  {self._agents_plain()}")
+                f"{s.calls_per_s:.1f} calls/s  turn p50/p95 ms: {turns}  {self._agents_plain()}{mos}")
 
     def _agents_plain(self) -> str:
         agents = self._snap.agents
@@ -240,6 +245,12 @@ class LiveView:
         calls.append("   ")
         calls.append(f"failed {s.failed}", style="bold red" if s.failed else "")
         calls.append(f"   {s.calls_per_s:.1f} calls/s")
+        if s.mos_p50 is not None:  # a line of its own: the calls line fills a narrow panel already
+            calls.append("\nquality ", style="bold")
+            calls.append(f"MOS p50 {_mos(s.mos_p50)}", style=_mos_style(s.mos_p50))
+            calls.append("   worst ")
+            calls.append(_mos(s.mos_worst), style=_mos_style(s.mos_worst))
+            calls.append("   (E-model estimate)", style="dim")
 
         tables = Table.grid(padding=(0, 4))
         if self.console.width >= WIDE_COLUMNS:
@@ -294,6 +305,20 @@ def _turn_indices(s: LiveSnapshot) -> list[int]:
 
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
+
+
+def _mos(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+# G.107's user-satisfaction classes: R 80 (MOS 4.03) and up "satisfied", under R 60 (MOS 3.1) "many dissatisfied"
+MOS_GOOD, MOS_POOR = 4.03, 3.1
+
+
+def _mos_style(v: float | None) -> str:
+    if v is None:
+        return ""
+    return "green" if v >= MOS_GOOD else "yellow" if v >= MOS_POOR else "bold red"
 
 
 def _clock(seconds: float) -> str:

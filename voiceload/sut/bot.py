@@ -51,7 +51,17 @@ from voiceload.audio.wav import default_tape_dir, read_tape
 from voiceload.core.callflow import Ask, BotAction, BotFlow, Dial, Hangup, Play, PlayFile, Scheduler, ThinkTime
 from voiceload.core.scenario import DEFAULT_DTMF_DURATION_MS, DEFAULT_DTMF_GAP_MS, load_scenario
 from voiceload.sip.lite import RedirectFront, call_limit
-from voiceload.sip.ua import CLOCK_RATE, DTMF_INFO, PJMEDIA_DTMF_MS, CallEvent, HeardDigit, SipCall, SipError, SipStack
+from voiceload.sip.ua import (
+    CLOCK_RATE,
+    DTMF_INFO,
+    FRAME_MS,
+    PJMEDIA_DTMF_MS,
+    CallEvent,
+    HeardDigit,
+    SipCall,
+    SipError,
+    SipStack,
+)
 from voiceload.sut.botmodel import DEFAULT_ENDPOINT_MS, WorkerPool
 from voiceload.sut.gateway import BrainReply, RasaGateway, rasa_sender
 
@@ -351,8 +361,11 @@ class BotWorker:
         answered = call.times.confirmed or call.times.answered
         tape = call.tape
         if tape is not None and answered is not None:
-            # a DTMF turn's caller end is its last digit's end, from the received events
-            dialled = {turn: (tape.index_at(max(d.ended or d.at for d in digits)), "".join(d.digit for d in digits),
+            # a DTMF turn's caller end is its last digit's end, from the received events, placed on the
+            # tape by the wall clock: sample 0 was written on the first bridge tick after `tape.started`,
+            # on average half a tick later, so the figure is good to ±half a tick (10 ms)
+            dialled = {turn: (tape.index_at(max(d.ended or d.at for d in digits) - FRAME_MS / 2000),
+                              "".join(d.digit for d in digits),
                               digits[-1].method) for turn, digits in bc.turn_digits.items() if digits}
             job = (tape.path, (tape.started - answered) * 1000, list(bc.played), bc.flow.first_reply,
                    list(bc.flow.think_ms), list(bc.flow.queued_ms), call.sip_call_id, list(bc.reply_turns),

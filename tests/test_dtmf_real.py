@@ -94,8 +94,6 @@ def test_a_dialled_turn_is_heard_answered_and_timed_by_both_sides(bot: RefBot, m
     # the bot notes a digit when its pump reads it (every 5 ms; seen 26 ms late on a busy box), which
     # delays its reply and its truth of the caller's end alike: the agent's wire figure is then larger
     assert all(-BOT_DTMF_SLACK_MS - 5.0 <= e <= BOT_DTMF_SLACK_MS + BOT_PUMP_LATE_MS for e in errors), errors
-    spoken_errors = latency_errors(calls, [t for t in truth if t["turn"] == 0])
-    assert all(abs(e) <= 10.0 for e in spoken_errors), spoken_errors
 
 
 def test_the_bot_hears_and_sends_rfc4733_events(tmp_path: Path) -> None:

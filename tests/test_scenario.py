@@ -269,8 +269,8 @@ def test_turns_shape_and_count(folder: Path) -> None:
     many = base + "turns:\n" + "  - caller: ok.wav\n" * 101
     assert problems(folder, many) == ["F:3: turns: must have 1 to 100 turns, got 101"]
     assert problems(folder, base + "turns:\n  - ok.wav\n") == [
-        "F:4: turns[0]: must be a mapping with keys (caller, transcript, reply, intent, action), "
-        "got a string ('ok.wav')"
+        "F:4: turns[0]: must be a mapping with keys (caller, dtmf, duration_ms, gap_ms, transcript, reply, intent, "
+        "action), got a string ('ok.wav')"
     ]
 
 

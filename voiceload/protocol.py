@@ -129,6 +129,9 @@ class TurnResult:
     reason: str | None = None
     prompt_score: float | None = None  # similarity of the bot's reply to the expected prompt (0..1)
     held_ms: float | None = None  # the far end held the call this long while the reply was awaited (not in latency_ms)
+    # a DTMF turn's digits (the caller dialled instead of speaking): utterance_start_ms/utterance_end_ms
+    # are then its first digit's start and last digit's end, as the sender timed them
+    dtmf: str | None = None
 
 
 @dataclass

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from voiceload.agent.base import PUMP_PERIOD_S, AgentBase, AgentSettings
-from voiceload.audio.analysis import Played, analyse_caller_tape
+from voiceload.audio.analysis import Dialled, Played, analyse_caller_tape
 from voiceload.audio.wav import read_tape
 from voiceload.core.addresses import ANY, Addresses
-from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Hangup, Play
+from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Dial, Hangup, Play
 from voiceload.core.emodel import call_quality
 from voiceload.core.identity import (
     CallFields,
@@ -50,6 +50,7 @@ from voiceload.protocol import (
     SIP_ORIGIN_REMOTE,
     CallRecord,
     CallStarted,
+    DtmfEvent,
     TurnResult,
     session_id,
     sip_rejection,
@@ -58,8 +59,10 @@ from voiceload.sip.lite import local_address_for, split_targets
 from voiceload.sip.ua import (
     CALL_AUTH_HEADER,
     CLOCK_RATE,
+    DTMF_INFO,
     SLOT_RETRY_S,
     CallEvent,
+    HeardDigit,
     SipCall,
     SipError,
     SipStack,
@@ -72,6 +75,17 @@ REGISTER_TIMEOUT_S = 10.0  # a registrar that does not answer within this fails 
 MEDIA_WAIT_S = 2.0  # how long an answered call may wait for its media to come up
 
 
+@dataclass(frozen=True)
+class DialStep:
+    """A DTMF turn as the agent sent it: planned times, and where its INFO digits are in `SipCall.dtmf_sent`."""
+
+    digits: str
+    start: float  # monotonic s, the first digit's start as the sender reported it
+    end: float  # the last digit's end, as planned
+    method: str  # rfc4733 | info
+    first_sent: int = 0  # SIP INFO: index of its first digit in SipCall.dtmf_sent
+
+
 @dataclass
 class CallerCall:
     """Per-call state of the agent role, hung on `SipCall.app`."""
@@ -80,7 +94,7 @@ class CallerCall:
     flow: CallerFlow
     started_at: float  # unix time of the INVITE
     source: str = ""  # the local address its SIP and RTP use
-    played: list[Played] = field(default_factory=list)
+    played: list[Played | DialStep] = field(default_factory=list)  # per turn reached: a recording or digits
     reason: str | None = None  # why the agent ended the call early, if it did
     answered: bool = False
     holds_done: int = 0  # the call's holds (SipCall.holds) whose end the flow was told of
@@ -93,10 +107,11 @@ class TapeJob:
 
     path: Path | None
     offset_ms: float  # tape start relative to answer
-    played: list[Played]
+    played: list[Played | Dialled]
     reason: str | None  # why the call ended early, if it did
     listen_from: int = 0  # tape index from which received audio may be bot speech (the answer, by default)
     holds: tuple[tuple[int, int], ...] = ()  # tape index spans the far end held the call
+    dtmf_received: tuple[tuple[str, int], ...] = ()  # (digit, tape index of its start) the far end sent
 
 
 
@@ -284,10 +299,11 @@ class Agent(AgentBase):
             job = TapeJob(
                 path=tape.path if tape is not None else None,
                 offset_ms=(tape.started - answered) * 1000 if tape is not None and answered is not None else 0.0,
-                played=list(cc.played),
+                played=[_dialled(call, p) if isinstance(p, DialStep) else p for p in cc.played],
                 reason=cc.reason or cc.flow.failure,
                 listen_from=listen_from,
                 holds=holds,
+                dtmf_received=tuple((d.digit, tape.index_at(d.at)) for d in _heard(call)) if tape is not None else (),
             )
         elif call.tape is not None and not self.s.keep_tapes:  # early media, never answered
             call.tape.path.unlink(missing_ok=True)
@@ -389,12 +405,21 @@ class Agent(AgentBase):
             cc.flow.set_held(False, end * 1000)
             cc.holds_done = k + 1
 
-    def _act(self, call: SipCall, cc: CallerCall, action: Play | Hangup | None, now: float) -> None:
+    def _act(self, call: SipCall, cc: CallerCall, action: Play | Dial | Hangup | None, now: float) -> None:
         if isinstance(action, Play):
-            ref = self.audio.utterances[action.index]
-            started = call.play(self.scenario.turns[action.index].caller)
+            ref, path = self.audio.utterances[action.index], self.scenario.turns[action.index].caller
+            assert ref is not None and path is not None  # a DTMF turn is a Dial
+            started = call.play(path)
             assert call.tape is not None
             cc.played.append(Played(ref, round((started - call.tape.started) * CLOCK_RATE)))
+        elif isinstance(action, Dial):
+            dtmf = self.scenario.turns[action.index].dtmf
+            assert dtmf is not None
+            method = self.s.sip.media.dtmf
+            first = len(call.dtmf_sent)
+            start, end = call.send_dtmf(dtmf.digits, dtmf.duration_ms, dtmf.gap_ms, method=method)
+            cc.played.append(DialStep(dtmf.digits, start, end, method, first))
+            cc.flow.spoke_until(end * 1000)
         elif isinstance(action, Hangup):
             if action.reason:
                 cc.reason = action.reason
@@ -449,6 +474,8 @@ class Agent(AgentBase):
         if t.disconnected is not None:
             rec.duration_ms = round((t.disconnected - t.answered) * 1000, 1)
         rec.hangup_by = "caller" if call.local_hangup else "bot"
+        rec.dtmf_received = [DtmfEvent(d.digit, round((d.at - t.answered) * 1000, 1), round(d.duration_ms, 1), d.method)
+                             for d in _heard(call)]
         return rec
 
     def _measure(self, rec: CallRecord, job: TapeJob | None) -> CallRecord:
@@ -482,6 +509,8 @@ class Agent(AgentBase):
             max_waits_ms=self.audio.reply_waits_ms[:n],
             listen_from=job.listen_from,
             holds=job.holds,
+            reply_dtmf=[t.reply.dtmf if t.reply else None for t in sc.turns[:n]],
+            dtmf_received=job.dtmf_received,
         )
         rec.greeting = result.greeting
         rec.clock_slip_ms = result.clock_slip_ms
@@ -499,6 +528,25 @@ class Agent(AgentBase):
         return rec
 
 
+
+
+def _heard(call: SipCall) -> list[HeardDigit]:
+    """The digits the far end sent, in order: SIP INFO and the engine's RFC 4733 events (SipCall.close_media)."""
+    return sorted(call.dtmf_heard, key=lambda d: d.at)
+
+
+def _dialled(call: SipCall, step: DialStep) -> Dialled:
+    """A DTMF turn's span on the tape: the engine's times (RFC 4733), or the INFOs' real send times plus
+    the last digit's duration. Digits never sent (the call ended first) keep their planned end."""
+    assert call.tape is not None
+    start, end = step.start, step.end
+    if step.method == DTMF_INFO:
+        sent = call.dtmf_sent[step.first_sent : step.first_sent + len(step.digits)]
+        if sent:
+            start = sent[0].at
+        if len(sent) == len(step.digits):
+            end = sent[-1].at + sent[-1].duration_ms / 1000
+    return Dialled(step.digits, call.tape.index_at(start), call.tape.index_at(end))
 
 
 def _holds_after_answer(call: SipCall, *, open_end: bool = False) -> list[tuple[float, float]]:

@@ -13,7 +13,7 @@ Pure: arrays in, dataclasses out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +58,48 @@ class Played:
 
     ref: Reference
     expected_index: int
+
+
+@dataclass(frozen=True)
+class Dialled:
+    """A DTMF turn: digits sent as RFC 4733 events or SIP INFO, which put none of our audio on the tape.
+
+    Its span is the sender's own timing (the engine's first digit start and last digit end, or
+    the INFO send times plus the last digit's duration), as tape indices: exact, nothing to locate.
+    """
+
+    digits: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Where one turn's caller part sits on the tape: a located recording's speech, or dialled digits."""
+
+    start: int  # the recording's sample 0, or the first digit's start
+    speech_start: int
+    speech_end: int
+    dtmf: str | None = None
+
+
+def _spans(tape: Samples, utterances: Sequence[Played | Dialled]) -> tuple[list[_Span | None], list[Located | None]]:
+    """Per turn its span (None: the recording is not on the tape), and the located recordings alone."""
+    played = [u for u in utterances if isinstance(u, Played)]
+    located = locate_played(tape, played)
+    found = iter(located)
+    spans: list[_Span | None] = []
+    for u in utterances:
+        if isinstance(u, Dialled):
+            spans.append(_Span(u.start, u.start, u.end, u.digits))
+        else:
+            loc = next(found)
+            spans.append(None if loc is None else _Span(loc.start, loc.speech_start, loc.speech_end))
+    return spans, located
+
+
+def _digits_between(received: Sequence[tuple[str, int]], lo: int, hi: int) -> str:
+    return "".join(d for d, at in received if lo <= at < hi)
 
 
 @dataclass(frozen=True)
@@ -130,11 +172,13 @@ def analyse_caller_tape(
     rx_delay_ms: float,
     greeting: Reference | None,
     greeting_max_wait_ms: int,
-    utterances: list[Played],
+    utterances: Sequence[Played | Dialled],
     replies: list[Reference | None],
     max_waits_ms: list[int],
     listen_from: int = 0,
     holds: Sequence[tuple[int, int]] = (),
+    reply_dtmf: Sequence[str | None] = (),
+    dtmf_received: Sequence[tuple[str, int]] = (),
 ) -> CallerTapeResult:
     """Per-turn timing on the caller's tape; offsets in ms from answer, received speech wire-referenced.
 
@@ -145,8 +189,13 @@ def analyse_caller_tape(
     media) and inside `holds` (tape index spans the far end held the call) is no bot speech: a
     ringback, an announcement before the 200 OK, music on hold. A turn whose wait for its reply
     spans a hold has that hold's time taken out of its latency (and reported as `held_ms`).
+
+    A DTMF turn (`Dialled`) has no audio of ours on the tape: its span is the sender's, and the
+    reply is timed from its last digit's end like from the end of speech. `reply_dtmf[i]` are the
+    digits the bot must send after its reply to turn i; `dtmf_received` (digit, tape index) are
+    the digits it sent, which must arrive before the caller's next turn.
     """
-    located = locate_played(tape, utterances)
+    spans, located = _spans(tape, utterances)
     rx = remove_played(tape, located)
     rx[: max(0, min(listen_from, len(rx)))] = 0
     for a, b in holds:
@@ -165,7 +214,7 @@ def analyse_caller_tape(
 
     greet: GreetingResult | None = None
     if greeting is not None:
-        first_utt = next((u.start for u in located if u is not None), len(tape))
+        first_utt = next((u.start for u in spans if u is not None), len(tape))
         onset, end = _reply_after(segments, 0, first_utt)
         if onset is None or end is None:
             greet = GreetingResult(reason="no bot speech before the first turn")
@@ -183,17 +232,18 @@ def analyse_caller_tape(
             )
 
     turns: list[TurnResult] = []
-    for i, loc in enumerate(located):
+    for i, loc in enumerate(spans):
         if loc is None:
             turns.append(TurnResult(index=i, reason="caller audio not found on the call tape"))
             continue
-        nxt = next((u.start for u in located[i + 1 :] if u is not None), len(tape))
+        nxt = next((u.start for u in spans[i + 1 :] if u is not None), len(tape))
         # received speech that started before our utterance ended is not this turn's reply
         onset, end = _reply_after(segments, loc.speech_end + rx_delay, nxt)
         turn = TurnResult(
             index=i,
             utterance_start_ms=to_ms(loc.speech_start, received=False),
             utterance_end_ms=to_ms(loc.speech_end, received=False),
+            dtmf=loc.dtmf,
         )
         if onset is None or end is None:
             turn.reason = f"no bot speech after turn {i}"
@@ -209,9 +259,14 @@ def analyse_caller_tape(
             turn.reason = f"bot took {turn.latency_ms:.0f} ms (max {max_waits_ms[i]})"
         elif turn.prompt_score is not None and turn.prompt_score < PROMPT_MATCH_THRESHOLD:
             turn.reason = f"reply does not match the expected prompt (score {turn.prompt_score:.2f})"
+        elif i < len(reply_dtmf) and reply_dtmf[i] is not None:
+            got = _digits_between(dtmf_received, onset.start, nxt)
+            if got != reply_dtmf[i]:
+                turn.reason = f"bot DTMF after the reply: expected {reply_dtmf[i]!r}, received {got!r}"
         turn.ok = turn.reason is None
         turns.append(turn)
-    return CallerTapeResult(greeting=greet, turns=turns, clock_slip_ms=clock_slip_ms(located, utterances))
+    played = [u for u in utterances if isinstance(u, Played)]
+    return CallerTapeResult(greeting=greet, turns=turns, clock_slip_ms=clock_slip_ms(located, played))
 
 
 @dataclass(frozen=True)
@@ -231,12 +286,17 @@ def analyse_bot_tape(
     rx_delay_ms: float,
     prompts: list[Played],
     first_reply: int,
+    dialled: Mapping[int, int] | None = None,
 ) -> list[TruthTurn]:
     """Ground truth per turn on the bot's tape: caller speech end (received) -> our reply onset (sent).
 
     `prompts` are every prompt the bot played in order; prompts from `first_reply` on are turn
-    replies (the ones before are the greeting).
+    replies (the ones before are the greeting). `dialled` maps a DTMF turn to the tape index where
+    its last digit ended, from the received events: that is its caller end, since a digit is no
+    speech on the tape. The index comes from the event's arrival time (`Tape.index_at`), so it
+    carries the tape start's uncertainty (a bridge tick) that a located prompt does not.
     """
+    dialled = dialled or {}
     located = locate_played(tape, prompts)
     rx = remove_played(tape, located)
     segments = speech_segments(rx, hangover_ms=REPLY_HANGOVER_MS)
@@ -248,8 +308,10 @@ def analyse_bot_tape(
             continue
         if k >= first_reply:
             heard = [s for s in segments if s.start >= prev_start and s.end <= loc.speech_start + rx_delay]
-            if heard:
+            caller_end: int | None = dialled.get(k - first_reply)
+            if caller_end is None and heard:
                 caller_end = heard[-1].end - rx_delay
+            if caller_end is not None:
                 out.append(
                     TruthTurn(
                         index=k - first_reply,
@@ -265,6 +327,7 @@ def analyse_bot_tape(
 __all__ = [
     "SAMPLE_RATE",
     "CallerTapeResult",
+    "Dialled",
     "Played",
     "Reference",
     "TruthTurn",

@@ -36,11 +36,21 @@ class Play:
 
 
 @dataclass(frozen=True)
+class Dial:
+    """Caller: dial turn `index`'s DTMF digits now (instead of playing a recording).
+
+    Bot: send prompt `index`'s `dtmf:` digits now, right after the prompt has played.
+    """
+
+    index: int
+
+
+@dataclass(frozen=True)
 class Hangup:
     reason: str | None  # None: the scenario's normal end
 
 
-Action = Play | Hangup
+Action = Play | Dial | Hangup
 
 
 @dataclass(frozen=True)
@@ -105,13 +115,14 @@ class CallerState(Enum):
 class CallerFlow:
     """The caller's side of the happy path: greeting -> (utterance -> reply)* -> hang-up."""
 
-    utterance_ms: list[float]  # duration of each turn's recording
+    utterance_ms: list[float]  # duration of each turn's recording (a DTMF turn: its digits and gaps)
     max_waits_ms: list[int]  # per turn: how long the bot may take to reply
     has_greeting: bool
     greeting_max_wait_ms: int
     silence_gap_ms: int
     hangup_by: str  # "caller" | "bot"
     hangup_after_ms: int
+    dtmf: list[bool] = field(default_factory=list)  # per turn: it dials digits (`Dial`) instead of speaking
     state: CallerState = CallerState.WAIT_BOT
     turn: int = 0  # next utterance to play
     failure: str | None = None
@@ -138,7 +149,17 @@ class CallerFlow:
         self.state = CallerState.SPEAKING
         self._speak_end = now + self.utterance_ms[self.turn]
         self.turn += 1
-        return Play(self.turn - 1)
+        index = self.turn - 1
+        return Dial(index) if index < len(self.dtmf) and self.dtmf[index] else Play(index)
+
+    def spoke_until(self, end: float) -> None:
+        """Our current utterance or digits end at `end` (ms), as the sender reports it, not as planned.
+
+        A DTMF step's digits start on the engine's next tick (or the next pump turn, for SIP INFO):
+        the wait for the reply starts from when the last digit really ends.
+        """
+        if self.state is CallerState.SPEAKING:
+            self._speak_end = end
 
     def _fail(self, reason: str) -> Action:
         self.failure = reason
@@ -291,6 +312,12 @@ class BotFlow:
     the end of an utterance the flow answers `Ask` and waits (no think time: the brain's own time
     is the delay) until `on_reply` hands it a recording to play (`PlayFile`) or `on_no_reply` says
     there is none, when it listens again and the caller's wait for a reply runs out.
+
+    A DTMF turn (`dtmf_digits[i]` > 0) is heard through `on_dtmf`, one call per digit with the
+    time the digit ended: once all the turn's digits are in, its last digit's end is the end of
+    the caller's turn (no endpointing wait: the bot knows how many digits to expect); fewer
+    digits end the turn like speech, `endpoint_ms` after the last one. A prompt with digits to
+    send (`prompt_dtmf_ms[k]` > 0, their length) is followed by `Dial(k)` when it has played.
     """
 
     prompt_ms: list[float]
@@ -304,6 +331,8 @@ class BotFlow:
     greeting_delay_ms: float = 200.0
     scheduler: Scheduler | None = None  # None: a worker is always free (infinite capacity)
     brain: bool = False  # replies come from a brain (Ask → on_reply), not from the scenario's prompts
+    dtmf_digits: list[int] = field(default_factory=list)  # per turn: digits the caller dials (0: it speaks)
+    prompt_dtmf_ms: list[float] = field(default_factory=list)  # per prompt: length of the digits sent after it
     state: BotState = BotState.THINKING
     replies_done: int = 0
     think_ms: list[float] = field(default_factory=list)  # the think time drawn for each reply
@@ -314,6 +343,24 @@ class BotFlow:
     _next_prompt: int = 0
     _speak_end: float = 0.0
     _reply: tuple[Path, float] | None = None  # the brain's reply to play next: (recording, its length in ms)
+    _digits_heard: int = 0  # DTMF digits of the current turn heard so far
+    _dialled: bool = False  # the current prompt's own digits went out
+
+    def on_dtmf(self, end_ms: float) -> int | None:
+        """The caller sent a DTMF digit that ended (or will end) at `end_ms`: evidence of the caller's turn.
+
+        Returns the turn it counts for, or None when the bot was not listening (it is ignored then).
+        """
+        if end_ms < self._listener.reset_at or self.state is not BotState.LISTENING:
+            return None
+        self._listener.heard(end_ms)
+        self._digits_heard += 1
+        return self.replies_done
+
+    def _dtmf_turn_done(self) -> bool:
+        turn = self.replies_done
+        expected = self.dtmf_digits[turn] if turn < len(self.dtmf_digits) else 0
+        return expected > 0 and self._digits_heard >= expected
 
     @property
     def first_reply(self) -> int:
@@ -345,6 +392,7 @@ class BotFlow:
         if self.state is BotState.WAITING:
             self.state = BotState.LISTENING
             self._listener.reset(now)
+            self._digits_heard = 0
 
     def step(self, now: float, level: int) -> BotAction | None:
         lis = self._listener
@@ -355,10 +403,17 @@ class BotFlow:
                 path, duration = self._reply
                 self._reply = None
                 self._speak_end = now + duration
+                self._dialled = True  # the brain's replies are speech only
                 return PlayFile(path, self._next_prompt - self.first_reply)
             self._speak_end = now + self.prompt_ms[self._next_prompt]
+            self._dialled = False
             return Play(self._next_prompt)
         if self.state is BotState.SPEAKING and now >= self._speak_end:
+            k = self._next_prompt
+            if not self._dialled and k < len(self.prompt_dtmf_ms) and self.prompt_dtmf_ms[k] > 0:
+                self._dialled = True
+                self._speak_end = now + self.prompt_dtmf_ms[k]
+                return Dial(k)
             if self._next_prompt >= self.first_reply:
                 self.replies_done += 1
             if self.replies_done >= self.n_turns:
@@ -370,9 +425,11 @@ class BotFlow:
                 return None
             self.state = BotState.LISTENING
             lis.reset(now)
+            self._digits_heard = 0
             return None
         if self.state is BotState.LISTENING and lis.speech_since is not None:
-            if lis.silent_for(now) >= self.endpoint_ms and lis.last_speech_ms is not None:
+            ended = self._dtmf_turn_done() or lis.silent_for(now) >= self.endpoint_ms
+            if ended and lis.last_speech_ms is not None:
                 self._next_prompt = self.replies_done + self.first_reply
                 if self.brain:
                     self.state = BotState.WAITING

@@ -30,18 +30,39 @@ class Prompt:
     path: Path  # absolute
     max_wait_ms: int  # the bot must start speaking within this time (after answer / after the caller's turn)
     transcript: str | None = None  # what the bot says: the expected reply text on text channels
+    dtmf: str | None = None  # digits the bot sends right after this prompt (`dtmf:`), which the caller must receive
+
+
+@dataclass(frozen=True)
+class Dtmf:
+    """A caller step that dials digits instead of speaking: RFC 4733 events or SIP INFO (`media.dtmf`).
+
+    Digit k starts `k * (duration_ms + gap_ms)` after the first and lasts `duration_ms`, by either
+    method (an INFO carries the digit's `Duration=`), so the step ends `length_ms` after it starts
+    and the bot's reply is timed from there, as from the end of an utterance.
+    """
+
+    digits: str  # 0-9, *, #, A-D (upper case)
+    duration_ms: int = 100
+    gap_ms: int = 60
+
+    @property
+    def length_ms(self) -> int:
+        n = len(self.digits)
+        return n * self.duration_ms + (n - 1) * self.gap_ms
 
 
 @dataclass(frozen=True)
 class Turn:
-    """One caller utterance and the bot reply expected after it."""
+    """One caller utterance (or dialled digits) and the bot reply expected after it."""
 
     index: int  # 0-based position in `turns`
-    caller: Path  # absolute path of the caller recording (8 kHz mono WAV)
+    caller: Path | None  # absolute path of the caller recording (8 kHz mono WAV); None: a DTMF turn
     transcript: str | None  # what the caller says (for text channels and speech recognition)
     reply: Prompt | None  # the bot prompt expected after this utterance; None: any speech will do
     intent: str | None = None  # the Rasa intent this utterance must be classified as (checked in the tracker)
     action: str | None = None  # a bot action that must run after this utterance (checked in the tracker)
+    dtmf: Dtmf | None = None  # the caller dials these digits instead of playing a recording
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,11 @@ class Scenario:
     # the greeting and every offset count from the answer) or `listen` (it may be the greeting)
     early_media: Literal["ignore", "listen"] = "ignore"
 
+    @property
+    def dtmf_turns(self) -> tuple[int, ...]:
+        """The turns whose caller dials digits instead of speaking."""
+        return tuple(t.index for t in self.turns if t.dtmf is not None)
+
 
 # --- loading and validation --------------------------------------------------------------------
 #
@@ -80,6 +106,10 @@ DEFAULT_HANGUP_AFTER_MS = 300
 MAX_TURNS = 100
 MIN_WAV_S = 0.1
 MAX_WAV_S = 120.0
+DTMF_DIGITS = "0123456789*#ABCD"
+MAX_DTMF_DIGITS = 32
+DEFAULT_DTMF_DURATION_MS = 100  # a key press as phones send it (ITU-T Q.24 asks for 40 ms at least)
+DEFAULT_DTMF_GAP_MS = 60
 
 # (lowest, highest) accepted value of each integer field, inclusive
 RANGES: dict[str, tuple[int, int]] = {
@@ -88,6 +118,8 @@ RANGES: dict[str, tuple[int, int]] = {
     "max_call_ms": (1000, 3_600_000),
     "max_wait_ms": (100, 60_000),
     "after_ms": (0, 60_000),
+    "duration_ms": (40, 2000),
+    "gap_ms": (40, 2000),
 }
 
 TOP_KEYS = (
@@ -95,8 +127,8 @@ TOP_KEYS = (
     "greeting", "turns", "hangup", "slo", "load", "sip", "early_media", "media",
 )
 EARLY_MEDIA = ("ignore", "listen")
-PROMPT_KEYS = ("prompt", "max_wait_ms", "transcript")
-TURN_KEYS = ("caller", "transcript", "reply", "intent", "action")
+PROMPT_KEYS = ("prompt", "max_wait_ms", "transcript", "dtmf")
+TURN_KEYS = ("caller", "dtmf", "duration_ms", "gap_ms", "transcript", "reply", "intent", "action")
 HANGUP_KEYS = ("by", "after_ms")
 HANGUP_BY = ("caller", "bot")
 LOAD_KEYS = ("shape", "max_rate")
@@ -241,9 +273,13 @@ class _Validator:
         wav = self.wav(prompt_node, f"{fld}.prompt") if prompt_node is not None else None
         max_wait_ms = self.integer(keys, fld, "max_wait_ms", DEFAULT_MAX_WAIT_MS)
         transcript, transcript_ok = self.transcript(keys, prompt_node, f"{fld}.transcript")
-        if wav is None or max_wait_ms is None or not transcript_ok:
+        dtmf, dtmf_ok = None, True
+        if "dtmf" in keys and _tag(keys["dtmf"]) != "null":
+            dtmf = self.digits(keys["dtmf"], f"{fld}.dtmf")
+            dtmf_ok = dtmf is not None
+        if wav is None or max_wait_ms is None or not transcript_ok or not dtmf_ok:
             return None
-        return Prompt(path=wav, max_wait_ms=max_wait_ms, transcript=transcript)
+        return Prompt(path=wav, max_wait_ms=max_wait_ms, transcript=transcript, dtmf=dtmf)
 
     def turns(self, root: yaml.Node, top: dict[str, yaml.Node]) -> tuple[Turn, ...] | None:
         node = self.required(root, top, "", "turns")
@@ -267,6 +303,11 @@ class _Validator:
         keys = self.mapping(node, fld, TURN_KEYS)
         if keys is None:
             return None
+        if "dtmf" in keys:
+            return self.dtmf_turn(node, keys, index)
+        for key in ("duration_ms", "gap_ms"):
+            if key in keys:
+                self.add(keys[key], f"{fld}.{key}", "is the length of a DTMF turn's digits: only with `dtmf:`")
         caller_node = self.required(node, keys, fld, "caller")
         caller = self.wav(caller_node, f"{fld}.caller") if caller_node is not None else None
         transcript, transcript_ok = self.transcript(keys, caller_node, f"{fld}.transcript")
@@ -280,6 +321,50 @@ class _Validator:
         if caller is None or not transcript_ok or not reply_ok or not intent_ok or not action_ok:
             return None
         return Turn(index=index, caller=caller, transcript=transcript, reply=reply, intent=intent, action=action)
+
+    def dtmf_turn(self, node: yaml.Node, keys: dict[str, yaml.Node], index: int) -> Turn | None:
+        """A turn whose caller dials `dtmf:` digits (each `duration_ms` long, `gap_ms` apart) instead of speaking."""
+        fld = f"turns[{index}]"
+        ok = True
+        if "caller" in keys:
+            self.add(keys["caller"], f"{fld}.caller", "a turn either plays a `caller:` recording or dials "
+                     "`dtmf:` digits, not both")
+            ok = False
+        if "transcript" in keys and _tag(keys["transcript"]) != "null":
+            self.add(keys["transcript"], f"{fld}.transcript", "a DTMF turn says nothing: leave `transcript:` out")
+            ok = False
+        digits = self.digits(keys["dtmf"], f"{fld}.dtmf")
+        duration_ms = self.integer(keys, fld, "duration_ms", DEFAULT_DTMF_DURATION_MS)
+        gap_ms = self.integer(keys, fld, "gap_ms", DEFAULT_DTMF_GAP_MS)
+        reply: Prompt | None = None
+        if "reply" in keys and _tag(keys["reply"]) != "null":
+            reply = self.prompt(keys["reply"], f"{fld}.reply")
+            ok = ok and reply is not None
+        intent, intent_ok = self.name(keys, fld, "intent")
+        action, action_ok = self.name(keys, fld, "action")
+        if not (ok and intent_ok and action_ok) or digits is None or duration_ms is None or gap_ms is None:
+            return None
+        return Turn(index=index, caller=None, transcript=None, reply=reply, intent=intent, action=action,
+                    dtmf=Dtmf(digits, duration_ms, gap_ms))
+
+    def digits(self, node: yaml.Node, fld: str) -> str | None:
+        """DTMF digits as a quoted string: 0-9, *, #, A-D (any case), at most MAX_DTMF_DIGITS."""
+        if _tag(node) == "null":
+            self.add(node, fld, "must be DTMF digits in quotes, e.g. \"1234#\" (unquoted, `#` starts a YAML comment)")
+            return None
+        value = self.string(node, fld, allow_empty=False)
+        if value is None:
+            return None
+        digits = value.strip().upper()
+        bad = sorted({c for c in digits if c not in DTMF_DIGITS})
+        if bad:
+            self.add(node, fld, f"must be DTMF digits (0-9, *, #, A-D), got {value!r}: "
+                     f"{', '.join(repr(c) for c in bad)} {'is' if len(bad) == 1 else 'are'} not")
+            return None
+        if len(digits) > MAX_DTMF_DIGITS:
+            self.add(node, fld, f"must be at most {MAX_DTMF_DIGITS} digits, got {len(digits)}")
+            return None
+        return digits
 
     def transcript(self, keys: dict[str, yaml.Node], wav_node: yaml.Node | None, fld: str) -> tuple[str | None, bool]:
         """A `transcript:` written in the scenario, else the recording's .txt sidecar; (text, valid)."""
@@ -549,7 +634,12 @@ def _suggest(word: str, choices: tuple[str, ...], *, list_all: bool = False) -> 
 
 
 def rest_problems(scenario: Scenario) -> list[str]:
-    """Why the scenario cannot run as text: every turn needs a caller transcript to send."""
+    """Why the scenario cannot run as text: every turn needs a caller transcript to send, and no DTMF."""
+    dialled = scenario.dtmf_turns
+    if dialled:
+        which = f"turn {dialled[0]} dials" if len(dialled) == 1 else f"turns {', '.join(map(str, dialled))} dial"
+        return [f"{scenario.path}: {which} DTMF, which --channel rest (text to Rasa's REST webhook) cannot send; "
+                "run it over SIP"]
     missing = [str(t.index) for t in scenario.turns if t.transcript is None]
     if not missing:
         return []

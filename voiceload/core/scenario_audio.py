@@ -20,18 +20,25 @@ class ScenarioAudio:
     """The scenario's recordings loaded once per agent: samples, speech spans, durations."""
 
     scenario: Scenario
-    utterances: list[Reference] = field(default_factory=list)
+    utterances: list[Reference | None] = field(default_factory=list)  # None: a DTMF turn (no recording)
     replies: list[Reference | None] = field(default_factory=list)
     greeting: Reference | None = None
 
     @classmethod
     def load(cls, scenario: Scenario) -> ScenarioAudio:
         sa = cls(scenario)
-        sa.utterances = [Reference.of(wav.load_wav(t.caller)) for t in scenario.turns]
+        sa.utterances = [Reference.of(wav.load_wav(t.caller)) if t.caller is not None else None
+                         for t in scenario.turns]
         sa.replies = [Reference.of(wav.load_wav(t.reply.path)) if t.reply else None for t in scenario.turns]
         if scenario.greeting is not None:
             sa.greeting = Reference.of(wav.load_wav(scenario.greeting.path))
         return sa
+
+    @property
+    def utterance_ms(self) -> list[float]:
+        """Per turn, how long the caller's part lasts: its recording, or its DTMF digits and gaps."""
+        return [samples_to_ms(len(u.samples)) if u is not None else float(t.dtmf.length_ms if t.dtmf else 0)
+                for u, t in zip(self.utterances, self.scenario.turns, strict=True)]
 
     @property
     def reply_waits_ms(self) -> list[int]:
@@ -41,7 +48,8 @@ class ScenarioAudio:
     def new_flow(self) -> CallerFlow:
         sc = self.scenario
         return CallerFlow(
-            utterance_ms=[samples_to_ms(len(u.samples)) for u in self.utterances],
+            utterance_ms=self.utterance_ms,
+            dtmf=[t.dtmf is not None for t in sc.turns],
             max_waits_ms=self.reply_waits_ms,
             has_greeting=sc.greeting is not None,
             greeting_max_wait_ms=sc.greeting.max_wait_ms if sc.greeting else 0,

@@ -146,6 +146,7 @@ class _TurnStats:
     ok: int = 0
     not_ok: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    dtmf: int = 0
 
 
 def summarize(
@@ -206,6 +207,7 @@ def summarize(
             if t.latency_ms is not None:
                 ts.latency.record(t.latency_ms)
                 all_turns.record(t.latency_ms)
+            ts.dtmf += t.dtmf is not None
             if t.ok:
                 ts.ok += 1
             else:
@@ -231,7 +233,8 @@ def summarize(
         completion_rate=round(completed / placed, 6) if placed else 0.0,
         turn_latency_ms=LatencyStats.of(all_turns),
         turns=[
-            TurnSummary(index, LatencyStats.of(ts.latency), ts.ok, ts.not_ok, dict(ts.reasons.most_common()))
+            TurnSummary(index, LatencyStats.of(ts.latency), ts.ok, ts.not_ok, dict(ts.reasons.most_common()),
+                        dtmf=ts.dtmf)
             for index, ts in sorted(turns.items())
         ],
         greeting_onset_ms=LatencyStats.of(greeting),
@@ -434,6 +437,7 @@ class TurnSummary:
     ok: int = 0
     not_ok: int = 0
     reasons: dict[str, int] = field(default_factory=dict)  # reason_key -> calls, most common first
+    dtmf: int = 0  # calls in which this turn dialled DTMF digits instead of speaking
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any]) -> TurnSummary:

@@ -61,8 +61,8 @@ def typical_call_s(scenario: Scenario, sa: ScenarioAudio) -> float:
     total = 0.0
     if sa.greeting is not None:
         total += samples_to_ms(len(sa.greeting.samples)) + EXPECTED_REPLY_MS / 2
-    for utt, reply in zip(sa.utterances, sa.replies, strict=True):
-        total += scenario.silence_gap_ms + samples_to_ms(len(utt.samples)) + EXPECTED_REPLY_MS
+    for utt_ms, reply in zip(sa.utterance_ms, sa.replies, strict=True):
+        total += scenario.silence_gap_ms + utt_ms + EXPECTED_REPLY_MS
         total += samples_to_ms(len(reply.samples)) if reply is not None else 1000.0
     return (total + scenario.hangup_after_ms) / 1000
 

@@ -107,8 +107,8 @@ def estimate_call_s(scenario: Scenario, sa: ScenarioAudio) -> float:
     total = float(scenario.answer_timeout_ms)
     if scenario.greeting is not None and sa.greeting is not None:
         total += scenario.greeting.max_wait_ms + len(sa.greeting.samples) / 8
-    for wait, utt, reply in zip(sa.reply_waits_ms, sa.utterances, sa.replies, strict=True):
-        total += len(utt.samples) / 8 + scenario.silence_gap_ms
+    for wait, utt_ms, reply in zip(sa.reply_waits_ms, sa.utterance_ms, sa.replies, strict=True):
+        total += utt_ms + scenario.silence_gap_ms
         total += wait + (len(reply.samples) / 8 if reply else 3000)
     total += scenario.hangup_after_ms + 5000
     return min(total, scenario.max_call_ms + scenario.answer_timeout_ms) / 1000

@@ -145,6 +145,32 @@ class FinalResponse:
     retry_after_s: int | None = None  # the final response's Retry-After (e.g. a 503's), when it had one
 
 
+# pjmedia_stream_dtmf_event_flags (pjmedia/stream.h), which the SWIG module does not export
+DTMF_IS_UPDATE, DTMF_IS_END = 1, 2
+PJMEDIA_DTMF_MS = 200  # pjmedia's RFC 4733 digit length (PJMEDIA_DTMF_DURATION, 1600 samples at 8 kHz)
+DTMF_INFO, DTMF_RFC4733 = "info", "rfc4733"  # core.mediaprofile.DTMF_METHODS
+
+
+@dataclass
+class HeardDigit:
+    """A DTMF digit the far end sent, as pjsua reported it (SIP INFO; RFC 4733 on pjmedia's own stream)."""
+
+    digit: str
+    at: float  # monotonic s: the INFO's arrival, or the digit's first RTP event packet
+    duration_ms: float  # as the sender stated it (INFO's Duration=, the event's final duration)
+    method: str  # DTMF_INFO | DTMF_RFC4733
+    ended: float | None = None  # monotonic s the digit ended; None: its end is not heard yet (RFC 4733)
+
+
+@dataclass(frozen=True)
+class SentDigit:
+    """A DTMF digit this side sent as SIP INFO, with the time its INFO left."""
+
+    digit: str
+    at: float  # monotonic s
+    duration_ms: int
+
+
 class SipCall(pj.Call):
     """A call whose callbacks only record facts and queue an event for the pump loop."""
 
@@ -179,6 +205,11 @@ class SipCall(pj.Call):
         self.offer_sdp = ""  # our SDP offer as sent
         self.media_error: str | None = None  # the negotiated media is beyond the engine: the call ends with this
         self.invite = ""  # an incoming call's INVITE as received (for its headers)
+        # digits the far end sent that pjsua saw (onDtmfEvent: SIP INFO, and RFC 4733 when pjmedia
+        # carries the call's audio); appended on pjmedia's media thread for RFC 4733
+        self.dtmf_heard: list[HeardDigit] = []
+        self.dtmf_sent: list[SentDigit] = []  # our SIP INFO digits, as they went out
+        self._info_due: deque[tuple[float, str, int]] = deque()  # (monotonic s, digit, duration ms) to send
         self.app: Any = None  # the role's per-call state
         # close() and release() act once per call: several state events of one call can wait in
         # `events` and all see DISCONNECTED (a call rejected before its CALLING event was handled)
@@ -361,6 +392,23 @@ class SipCall(pj.Call):
         if slot >= 0:
             _lib().conf_remove_port(slot)
 
+    def onDtmfEvent(self, prm: pj.OnDtmfEventParam) -> None:
+        """A digit from the far end: SIP INFO (one event, on the pump thread) or RFC 4733 (pjmedia's
+        stream: a start, updates and an end, on its media thread). Records only."""
+        now = time.monotonic()
+        digit = str(prm.digit).upper()
+        duration = float(prm.duration) if 0 <= int(prm.duration) < 0xFFFF else 0.0  # unknown: -1 or 0xFFFF
+        if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO:
+            self.dtmf_heard.append(HeardDigit(digit, now, duration, DTMF_INFO, ended=now + duration / 1000))
+            return
+        last = self.dtmf_heard[-1] if self.dtmf_heard else None
+        if not prm.flags & DTMF_IS_UPDATE or last is None or last.ended is not None or last.digit != digit:
+            last = HeardDigit(digit, now, duration, DTMF_RFC4733)
+            self.dtmf_heard.append(last)
+        last.duration_ms = duration
+        if prm.flags & DTMF_IS_END:
+            last.ended = now
+
     def onCallRedirected(self, prm: pj.OnCallRedirectedParam) -> int:
         # follow 3xx: the reference bot spreads calls over worker processes this way
         return int(pj.PJSIP_REDIRECT_ACCEPT)
@@ -407,6 +455,56 @@ class SipCall(pj.Call):
         """When the remote was last loud (monotonic ms), from the media engine; None before that or without one."""
         t = self.channel.last_loud() if self.channel is not None and self.channel.started is not None else None
         return None if t is None else t * 1000
+
+    def send_dtmf(self, digits: str, duration_ms: int, gap_ms: int, *, method: str) -> tuple[float, float]:
+        """Dial `digits` now; (start of the first digit, end of the last), monotonic s, as planned.
+
+        RFC 4733: through the media engine's channel (`RtpChannel.send_dtmf`), which times every
+        event packet itself; without an engine (the reference bot), pjmedia's stream sends them, each
+        digit PJMEDIA_DTMF_MS long whatever `duration_ms` says. SIP INFO: one INFO per digit
+        (`application/dtmf-relay`, `Duration=duration_ms`), the first now and each next one
+        `duration_ms + gap_ms` later from the pump (`SipStack.pump`); `dtmf_sent` has the real times.
+        """
+        now = time.monotonic()
+        n = len(digits)
+        if method == DTMF_INFO:
+            step = (duration_ms + gap_ms) / 1000
+            self._info_due.extend((now + k * step, d, duration_ms) for k, d in enumerate(digits))
+            self.stack.dialling.add(self)
+            self.send_due_digits(now)
+            return now, now + (n - 1) * step + duration_ms / 1000
+        if self.channel is not None:
+            try:  # no telephone-event negotiated: that call's DTMF step fails, with the reason
+                return self.channel.send_dtmf(digits, duration_ms, gap_ms)
+            except ValueError as exc:
+                raise SipError(f"RFC 4733 DTMF: {exc} (--dtmf info sends SIP INFO instead)") from None
+        self._dial_pjmedia(digits)
+        return now, now + n * PJMEDIA_DTMF_MS / 1000
+
+    @_sip_errors
+    def _dial_pjmedia(self, digits: str) -> None:
+        self.dialDtmf(digits)
+
+    def send_due_digits(self, now: float) -> None:
+        """Send the SIP INFO digits whose time has come (pump loop). A refused INFO ends the digits."""
+        due = self._info_due
+        while due and due[0][0] <= now and not self.ended:
+            _, digit, duration_ms = due.popleft()
+            prm = pj.CallSendDtmfParam()
+            prm.method = pj.PJSUA_DTMF_METHOD_SIP_INFO
+            prm.digits = digit
+            prm.duration = duration_ms
+            sent = time.monotonic()
+            try:
+                self.sendDtmf(prm)
+            except pj.Error as exc:
+                log.warning("call %s: SIP INFO for DTMF %s failed: %s", self.sip_call_id, digit, exc.info().strip())
+                due.clear()
+                break
+            self.dtmf_sent.append(SentDigit(digit, sent, duration_ms))
+        if not due or self.ended:
+            due.clear()
+            self.stack.dialling.discard(self)
 
     def header(self, name: str) -> str | None:
         """The value of header `name` on an incoming call's INVITE (first occurrence), None if absent."""
@@ -455,6 +553,10 @@ class SipCall(pj.Call):
             stats = self.channel.close()
             if self.channel.started is not None:
                 self.rtp = stats
+            # the RFC 4733 digits the engine received (RtpChannel.dtmf_received, filled by close)
+            self.dtmf_heard.extend(HeardDigit(d.digit, d.at, d.duration_ms, DTMF_RFC4733,
+                                              ended=d.at + d.duration_ms / 1000)
+                                   for d in self.channel.dtmf_received)
             self.channel = None
         self.players.clear()
         if self.tape is not None:
@@ -565,6 +667,7 @@ class SipStack:
         self.calls: set[SipCall] = set()
         self._parked: list[SipCall] = []
         self._closing: list[tuple[float, SipCall, Callable[[SipCall], None]]] = []
+        self.dialling: set[SipCall] = set()  # calls with SIP INFO digits still to send (SipCall.send_dtmf)
         # finished SipCall objects, reused for the next calls, per transport: a pjsua2 Call keeps its account
         self._pools: dict[AccountKey, list[SipCall]] = {}
         self.tape_dir: Path | None = None  # when set, every call is taped from its first media frame
@@ -743,6 +846,10 @@ class SipStack:
     def pump(self, timeout_ms: int = 0) -> None:
         assert self.ep is not None
         self.ep.libHandleEvents(timeout_ms)
+        if self.dialling:
+            now = time.monotonic()
+            for call in list(self.dialling):
+                call.send_due_digits(now)
 
     @_sip_errors
     def make_call(self, uri: str, headers: dict[str, str] | None = None, host: str | None = None) -> SipCall:
@@ -840,6 +947,7 @@ class SipStack:
             return
         call.released = True
         self.calls.discard(call)
+        self.dialling.discard(call)
         self._parked.append(call)
 
     def collect(self) -> None:

@@ -73,7 +73,12 @@ def phrases_of(texts: Iterable[str]) -> list[str]:
 
 def scenario_phrases(scenario: Scenario) -> list[str]:
     """The caller transcripts of a scenario as grammar phrases; every turn needs one."""
-    missing = [f"turn {t.index} ({t.caller.name})" for t in scenario.turns if not t.transcript]
+    dialled = scenario.dtmf_turns
+    if dialled:
+        raise UserError(f"{scenario.path}: turn {dialled[0]} dials DTMF; the rasa brain recognises speech only "
+                        "(run the scripted bot for DTMF scenarios)")
+    missing = [f"turn {t.index} ({t.caller.name if t.caller else 'dtmf'})" for t in scenario.turns
+               if not t.transcript]
     if missing:
         raise UserError(
             f"{scenario.path}: the rasa brain recognises speech with a grammar built from the caller "

@@ -48,10 +48,20 @@ from voiceload.audio.analysis import Played, Reference, analyse_bot_tape
 from voiceload.audio.calibration import BOT_RX_DELAY_MS
 from voiceload.audio.vad import samples_to_ms
 from voiceload.audio.wav import default_tape_dir, read_tape
-from voiceload.core.callflow import Ask, BotAction, BotFlow, Hangup, Play, PlayFile, Scheduler, ThinkTime
-from voiceload.core.scenario import load_scenario
+from voiceload.core.callflow import Ask, BotAction, BotFlow, Dial, Hangup, Play, PlayFile, Scheduler, ThinkTime
+from voiceload.core.scenario import DEFAULT_DTMF_DURATION_MS, DEFAULT_DTMF_GAP_MS, load_scenario
 from voiceload.sip.lite import RedirectFront, call_limit
-from voiceload.sip.ua import CLOCK_RATE, CallEvent, SipCall, SipError, SipStack
+from voiceload.sip.ua import (
+    CLOCK_RATE,
+    DTMF_INFO,
+    FRAME_MS,
+    PJMEDIA_DTMF_MS,
+    CallEvent,
+    HeardDigit,
+    SipCall,
+    SipError,
+    SipStack,
+)
 from voiceload.sut.botmodel import DEFAULT_ENDPOINT_MS, WorkerPool
 from voiceload.sut.gateway import BrainReply, RasaGateway, rasa_sender
 
@@ -105,6 +115,16 @@ class BotCall:
     brain: dict[int, BrainReply] = field(default_factory=dict)  # per turn: what the brain did
     reply_turns: list[int] = field(default_factory=list)  # per played reply, the turn it answers
     ready: BrainReply | None = None  # a finished brain reply, handed to the flow on the next pump turn
+    digits_fed: int = 0  # the call's received DTMF digits (SipCall.dtmf_heard) handed to the flow so far
+    turn_digits: dict[int, list[HeardDigit]] = field(default_factory=dict)  # per turn: the digits it heard
+
+
+def sent_dtmf_ms(digits: str, method: str) -> float:
+    """How long the bot's own digits last: the scenario defaults by SIP INFO, pjmedia's 200 ms per digit by RFC 4733."""
+    n = len(digits)
+    if method == DTMF_INFO:
+        return float(n * DEFAULT_DTMF_DURATION_MS + (n - 1) * DEFAULT_DTMF_GAP_MS)
+    return float(n * PJMEDIA_DTMF_MS)
 
 
 class BotWorker:
@@ -115,15 +135,19 @@ class BotWorker:
         self.scenario = load_scenario(settings.scenario_path)
         self.tape_dir = settings.tape_dir / f"bot-{os.getpid()}"
         self.prompt_paths: list[Path] = []
+        self.prompt_dtmf: list[str | None] = []  # per prompt: the digits sent after it (`dtmf:`)
         sc = self.scenario
         if sc.greeting is not None:
             self.prompt_paths.append(sc.greeting.path)
+            self.prompt_dtmf.append(sc.greeting.dtmf)
         for turn in sc.turns:
             if turn.reply is not None:
                 self.prompt_paths.append(turn.reply.path)
             else:
                 path = self.tape_dir / "beep.wav"
                 self.prompt_paths.append(path)
+            self.prompt_dtmf.append(turn.reply.dtmf if turn.reply is not None else None)
+        self.dtmf_method = sc.sip.media.dtmf  # how the bot sends its own digits: the scenario's `media.dtmf`
         self.stack = SipStack(host=settings.host, port=settings.port, max_calls=settings.max_calls, user="bot")
         self.rng = random.Random(settings.seed)
         self.announce = announce
@@ -216,6 +240,7 @@ class BotWorker:
                     bc.answered = True
                     bc.flow.on_answer(now * 1000)
                 continue
+            self._feed_digits(call, bc)
             if bc.ready is not None:
                 reply, bc.ready = bc.ready, None
                 if reply.speech is not None:
@@ -235,6 +260,18 @@ class BotWorker:
             self._load = load
             self._say(f"LOAD {load}")
 
+    @staticmethod
+    def _feed_digits(call: SipCall, bc: BotCall) -> None:
+        """Hand the flow each received digit once its end is known (RFC 4733's end event, an INFO at once)."""
+        heard = call.dtmf_heard
+        while bc.digits_fed < len(heard) and heard[bc.digits_fed].ended is not None:
+            digit = heard[bc.digits_fed]
+            bc.digits_fed += 1
+            assert digit.ended is not None
+            turn = bc.flow.on_dtmf(digit.ended * 1000)
+            if turn is not None:
+                bc.turn_digits.setdefault(turn, []).append(digit)
+
     def _new_flow(self) -> BotFlow:
         sc = self.scenario
         return BotFlow(
@@ -248,6 +285,8 @@ class BotWorker:
             rng=self.rng,
             scheduler=self.scheduler,
             brain=self.gateway is not None,
+            dtmf_digits=[len(t.dtmf.digits) if t.dtmf is not None else 0 for t in sc.turns],
+            prompt_dtmf_ms=[sent_dtmf_ms(d, self.dtmf_method) if d else 0.0 for d in self.prompt_dtmf],
         )
 
     def _dispatch(self, now: float) -> None:
@@ -281,6 +320,10 @@ class BotWorker:
             started = call.play(action.path)
             bc.played.append(Played(reply.ref, call.tape.index_at(started)))
             bc.reply_turns.append(action.turn)
+        elif isinstance(action, Dial):
+            digits = self.prompt_dtmf[action.index]
+            if digits:
+                call.send_dtmf(digits, DEFAULT_DTMF_DURATION_MS, DEFAULT_DTMF_GAP_MS, method=self.dtmf_method)
         elif isinstance(action, Ask):
             self._ask(call, bc, action)
         elif isinstance(action, Hangup):
@@ -318,9 +361,15 @@ class BotWorker:
         answered = call.times.confirmed or call.times.answered
         tape = call.tape
         if tape is not None and answered is not None:
+            # a DTMF turn's caller end is its last digit's end, from the received events, placed on the
+            # tape by the wall clock: sample 0 was written on the first bridge tick after `tape.started`,
+            # on average half a tick later, so the figure is good to ±half a tick (10 ms)
+            dialled = {turn: (tape.index_at(max(d.ended or d.at for d in digits) - FRAME_MS / 2000),
+                              "".join(d.digit for d in digits),
+                              digits[-1].method) for turn, digits in bc.turn_digits.items() if digits}
             job = (tape.path, (tape.started - answered) * 1000, list(bc.played), bc.flow.first_reply,
                    list(bc.flow.think_ms), list(bc.flow.queued_ms), call.sip_call_id, list(bc.reply_turns),
-                   {turn: r.truth() for turn, r in bc.brain.items()})
+                   {turn: r.truth() for turn, r in bc.brain.items()}, dialled)
             self._analysing += 1
             fut = asyncio.get_running_loop().run_in_executor(self._pool, self._truth, *job)
             fut.add_done_callback(self._write_truth)
@@ -330,17 +379,20 @@ class BotWorker:
 
     def _truth(self, path: Path, offset_ms: float, played: list[Played], first_reply: int,
                think_ms: list[float], queued_ms: list[float], call_id: str, reply_turns: list[int],
-               brain: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+               brain: dict[int, dict[str, Any]],
+               dialled: dict[int, tuple[int, str, str]]) -> list[dict[str, Any]]:
         """Worker thread: this call's ground truth per turn, as truth-file lines.
 
         With a brain, each line also carries what the brain did for its turn; a turn the brain
-        left without a reply gets a line of its own, with no timing.
+        left without a reply gets a line of its own, with no timing. A turn the caller dialled
+        carries its digits and method (`dtmf`, `dtmf_method`), its caller end the last digit's end.
         """
         samples = read_tape(path)
         if not self.s.keep_tapes:
             path.unlink(missing_ok=True)
         truth = analyse_bot_tape(samples, tape_offset_ms=offset_ms, rx_delay_ms=self.s.rx_delay_ms,
-                                 prompts=played, first_reply=first_reply)
+                                 prompts=played, first_reply=first_reply,
+                                 dialled={turn: end for turn, (end, _, _) in dialled.items()})
         lines: list[dict[str, Any]] = []
         for t in truth:
             turn = reply_turns[t.index] if t.index < len(reply_turns) else t.index
@@ -349,6 +401,8 @@ class BotWorker:
                           "think_ms": think_ms[turn] if turn < len(think_ms) else None,
                           "queued_ms": queued_ms[turn] if turn < len(queued_ms) else None,
                           **brain.get(turn, {})})
+            if turn in dialled:
+                lines[-1].update(dtmf=dialled[turn][1], dtmf_method=dialled[turn][2])
         timed = {line["turn"] for line in lines}
         for turn in sorted(set(brain) - timed):
             lines.append({"call_id": call_id, "turn": turn, "caller_end_ms": None, "response_start_ms": None,

@@ -9,8 +9,13 @@
  *   - drains the call's socket with recvmmsg() every 4th tick (four packets a read: each system
  *     call costs more than a packet's copy), taking each packet's kernel arrival time
  *     (SO_TIMESTAMPNS), so neither a late tick nor the wait for the next read makes a packet look late;
- *   - sends one PCMU frame: the current utterance, or silence (no DTX: a continuous stream);
- *   - keeps the call's tape: a mono 8 kHz 16-bit WAV on the wire's own timeline. Sent audio
+ *   - sends one frame of the negotiated codec (PCMU, PCMA, G.722, Opus: codec.c), pre-encoded: the
+ *     current utterance, or silence (no DTX: a continuous stream), or an RFC 4733 DTMF event;
+ *     SRTP-protected when the call is (libsrtp2);
+ *   - every second, reads the call's RTCP socket, and every 5 s sends a sender report: the far
+ *     end's reports give the round trip and its view of our stream;
+ *   - keeps the call's tape: an 8 kHz 16-bit WAV on the wire's own timeline, mono (both sides
+ *     mixed) or stereo (caller left, far end right). Received audio is decoded first. Sent audio
  *     sits at its tick's scheduled time (a late tick catches up, below). Received audio sits on
  *     the sender's timeline (its RTP timestamps)
  *     at the smallest transit seen over the last ~2 s, i.e. where the packet would have arrived

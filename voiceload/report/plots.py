@@ -291,8 +291,8 @@ def plot_tape(tracks: TapeTracks, rec: CallRecord, title: str) -> Figure:
         if turn.utterance_end_ms is not None and turn.bot_onset_ms is not None:  # the turn's latency
             ax.axvspan(turn.utterance_end_ms / 1000, turn.bot_onset_ms / 1000, color=RED, alpha=0.12, linewidth=0)
         if turn.utterance_start_ms is not None:
-            ax.text(turn.utterance_start_ms / 1000, 1.02, f"turn {turn.index}", fontsize=8, color=BLUE,
-                    transform=ax.get_xaxis_transform(), va="bottom")
+            ax.text(turn.utterance_start_ms / 1000, 0.97, f" turn {turn.index}", fontsize=8, color=BLUE,
+                    transform=ax.get_xaxis_transform(), va="top")
     for ms, color, style in marks:
         if ms is not None:
             ax.axvline(ms / 1000, color=color, linestyle=style, linewidth=1)

@@ -34,6 +34,8 @@ FRAME = 160  # samples (and PCMU bytes) per 20 ms packet
 TOLERANCE_S = 0.001
 ENGINE_ISSUE = "engine: issue 15"
 
+pytestmark = pytest.mark.real  # real sockets and the engine's clock thread: timing on a shared box
+
 # A 1 kHz cosine: its first sample is its peak, so a burst's onset on the tape is exact to the sample,
 # and 160 samples hold whole periods, so every frame of a burst is the same.
 _TONE_SAMPLES = np.round(10000 * np.cos(2 * np.pi * 1000 * np.arange(FRAME) / RATE)).astype(np.int16)

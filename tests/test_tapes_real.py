@@ -32,10 +32,19 @@ def test_a_kept_tape_run_reports_the_slowest_calls_tapes(tmp_path: Path) -> None
         tape = out / call["tape"]
         assert tape.is_file()
         info = wav.probe_wav(tape)
-        assert info.sample_rate == 8000 and info.channels in (1, 2)
+        assert info.sample_rate == 8000 and info.channels == 2  # kept: the caller left, the bot right
         assert info.duration_s * 1000 >= call["duration_ms"] - 100  # from media start to the hang-up
         assert call["tape_start_ms"] is not None and call["tape_start_ms"] < 100  # taped from about the answer
-        assert np.abs(wav.read_tape(tape).astype(np.int32)).max() > 1000
+        tracks = wav.read_tape_tracks(tape)
+        assert tracks.caller is not None and tracks.far is not None
+        answer = round(-call["tape_start_ms"] * 8)  # the greeting is the bot's alone; the caller is silent
+        greeting = slice(answer + round(call["greeting"]["bot_onset_ms"] * 8),
+                         answer + round(call["greeting"]["bot_end_ms"] * 8))
+        assert np.abs(tracks.far[greeting].astype(np.int32)).max() > 1000
+        assert np.abs(tracks.caller[greeting].astype(np.int32)).max() == 0
+        first = call["turns"][0]
+        spoken = slice(answer + round(first["utterance_start_ms"] * 8), answer + round(first["utterance_end_ms"] * 8))
+        assert np.abs(tracks.caller[spoken].astype(np.int32)).max() > 1000
     page = (out / "report.html").read_text()
     links = set(re.findall(r"href='(tapes/[^']+\.wav)'", page))
     assert links == {c["tape"] for c in calls}  # 4 calls: all among the slowest 10

@@ -176,6 +176,7 @@ class Agent(AgentBase):
         self._read_identities()
         self.tape_dir.mkdir(parents=True, exist_ok=True)
         self.stack.tape_dir = self.tape_dir
+        self.stack.stereo_tapes = self.s.keep_tapes  # tapes for people: the caller left, the bot right
         self.stack.start()
         if self.s.sip.register:
             await self._registered()

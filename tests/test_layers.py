@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "sip": {"errors", "protocol", "core", "media"},
     "rasa": {"errors"},
     "results": {"errors", "protocol", "core"},
-    "report": {"errors", "protocol", "core", "results"},
+    "report": {"errors", "protocol", "audio", "core", "results"},
     "agent": {"errors", "protocol", "audio", "core", "sip", "media", "results", "rasa"},
     "run": {"errors", "protocol", "audio", "core", "results", "report", "rasa", "sip.lite"},
     "sut": {"errors", "protocol", "audio", "core", "sip", "rasa"},

@@ -246,6 +246,10 @@ class CallRecord(Message):
     media_moves: int | None = None  # times the far end moved its RTP address after media started
     quality: CallQuality | None = None  # the E-model's estimate of the call's listening quality (core/emodel.py)
     dtmf_received: list[DtmfEvent] = field(default_factory=list)  # digits the far end sent (RFC 4733 or INFO)
+    # the call's tape when kept (--keep-tapes): its path relative to the run dir (OUT), e.g.
+    # "tapes/<run>-<agent>/3.wav", and where its sample 0 lies in ms from the answer (turn times are from the answer)
+    tape: str | None = None
+    tape_start_ms: float | None = None
 
     @classmethod
     def _from_dict(cls, body: dict[str, Any]) -> CallRecord:

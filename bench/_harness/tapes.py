@@ -10,7 +10,7 @@ import numpy.typing as npt
 import soundfile as sf
 
 from voiceload.audio.vad import SPEECH_THRESHOLD, locate
-from voiceload.audio.wav import SAMPLE_RATE
+from voiceload.audio.wav import SAMPLE_RATE, mix_to_mono
 
 Samples = npt.NDArray[np.int16]
 
@@ -109,11 +109,11 @@ def analyse_tapes(tape_root: Path, source: Samples, limit: int) -> dict[str, Any
     unaligned = short = start_missing = retimed = 0
     for path in tapes:
         try:  # only the span the source can lie in: tapes are whole calls
-            data, _ = sf.read(str(path), dtype="int16", frames=len(source) + 8 * RATE)
+            data, _ = sf.read(str(path), dtype="int16", frames=len(source) + 8 * RATE, always_2d=True)
         except (OSError, RuntimeError):
             unaligned += 1
             continue
-        tape = np.asarray(data, dtype=np.int16).reshape(-1)
+        tape = mix_to_mono(data)  # a stereo (kept) tape measures as its mono mix
         at, score = align(tape, source)
         if at < 0 or score < 0.5:
             unaligned += 1

@@ -176,6 +176,7 @@ class Agent(AgentBase):
         self._read_identities()
         self.tape_dir.mkdir(parents=True, exist_ok=True)
         self.stack.tape_dir = self.tape_dir
+        self.stack.stereo_tapes = self.s.keep_tapes  # tapes for people: the caller left, the bot right
         self.stack.start()
         if self.s.sip.register:
             await self._registered()
@@ -486,6 +487,15 @@ class Agent(AgentBase):
         finally:
             self._offline_cpu_s += time.thread_time() - started
 
+    def _kept_tape_name(self, path: Path) -> str:
+        """A kept tape's path as the record names it: relative to the tape dir's parent, which is the
+        run dir when `voiceload run --keep-tapes` chose the tape dir (OUT/tapes)."""
+        base = self.s.tape_dir
+        try:
+            return str(Path(base.name) / path.relative_to(base))
+        except ValueError:
+            return str(path)
+
     def _analyse(self, rec: CallRecord, job: TapeJob | None) -> CallRecord:
         """Read and analyse the tape, fill the turns and the verdict. Pure but for the file."""
         if job is None:
@@ -495,7 +505,9 @@ class Agent(AgentBase):
             rec.reason = job.reason or "no media: the call never carried audio"
             return rec
         tape = read_tape(job.path)
-        if not self.s.keep_tapes:
+        if self.s.keep_tapes:
+            rec.tape, rec.tape_start_ms = self._kept_tape_name(job.path), round(job.offset_ms, 1)
+        else:
             job.path.unlink(missing_ok=True)
         n = len(job.played)
         result = analyse_caller_tape(

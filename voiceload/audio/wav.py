@@ -165,19 +165,60 @@ def default_tape_dir() -> Path:
 WAV_HEADER_BYTES = 44  # a tape's header as pjmedia's recorder writes it (no extra chunks)
 
 
-def read_tape(path: Path) -> np.ndarray:
-    """A closed tape's samples (empty when no frame was ever written or the file is gone)."""
+def mix_to_mono(data: npt.NDArray[np.integer]) -> Samples:
+    """A tape's samples as the one track every measurement reads.
+
+    A stereo tape (kept with --keep-tapes: the caller left, the far end right) is mixed L+R with
+    int16 saturation, which is exactly the mono tape the engine writes otherwise (it sums its two
+    tracks the same way), so a kept tape measures the same as a measured-and-deleted one.
+    """
+    x = np.asarray(data)
+    if x.ndim == 2 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim == 1:
+        return np.ascontiguousarray(x, dtype=np.int16)
+    if x.ndim == 2 and x.shape[1] == 2:
+        return np.clip(x[:, 0].astype(np.int32) + x[:, 1], -32768, 32767).astype(np.int16)
+    raise ValueError(f"a tape is mono or stereo, not of shape {x.shape}")
+
+
+@dataclass(frozen=True)
+class TapeTracks:
+    """A tape for people to look at: both directions apart when the tape is stereo."""
+
+    caller: Samples | None  # what the caller sent (left); None: a mono tape, both in `mixed`
+    far: Samples | None  # what the far end sent (right)
+    mixed: Samples  # what the measurement reads (mix_to_mono)
+
+
+def _read_tape_frames(path: Path) -> np.ndarray:
+    """A closed tape's frames, (n, channels) int16; no rows when empty or gone."""
     try:
         if path.stat().st_size <= WAV_HEADER_BYTES:
-            return np.zeros(0, dtype=np.int16)
-        data, _rate = sf.read(str(path), dtype="int16")
+            return np.zeros((0, 1), dtype=np.int16)
+        data, _rate = sf.read(str(path), dtype="int16", always_2d=True)
     except (OSError, RuntimeError):
-        return np.zeros(0, dtype=np.int16)
-    return np.asarray(data, dtype=np.int16).reshape(-1)
+        return np.zeros((0, 1), dtype=np.int16)
+    return np.asarray(data, dtype=np.int16)
+
+
+def read_tape(path: Path) -> np.ndarray:
+    """A closed tape's samples, mono or stereo mixed to one track (empty when no frame was ever
+    written or the file is gone)."""
+    return mix_to_mono(_read_tape_frames(path))
+
+
+def read_tape_tracks(path: Path) -> TapeTracks:
+    """A closed tape with its directions apart when it has two channels."""
+    frames = _read_tape_frames(path)
+    if frames.shape[1] == 2:
+        return TapeTracks(np.ascontiguousarray(frames[:, 0]), np.ascontiguousarray(frames[:, 1]), mix_to_mono(frames))
+    return TapeTracks(None, None, mix_to_mono(frames))
 
 
 def read_tape_span(path: Path, start: int, stop: int) -> np.ndarray:
-    """Samples [start, stop) of a tape that may still be recording, as far as they are on disk.
+    """Samples [start, stop) of a mono tape that may still be recording, as far as they are on disk
+    (the reference bot's recorder, which is always mono).
 
     While recording, pjmedia's WAV header still says the file is empty and its writer buffers a
     few hundred ms, so the header is skipped, not parsed, and the span may come back short.

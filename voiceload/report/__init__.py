@@ -4,7 +4,8 @@
 scripts, no CDN, no web fonts), so it opens offline and can be mailed or archived as one file.
 One module per file: table (turns.csv), junit, html (+ report.css), plots; text is the terminal's
 end-of-run summary. See docs/reports.md.
-Imports `voiceload.core`, `voiceload.protocol` and `voiceload.results`; matplotlib, no network.
+Imports `voiceload.core`, `voiceload.protocol`, `voiceload.results` and `voiceload.audio.wav` (kept
+tapes); matplotlib, no network.
 """
 
 from __future__ import annotations

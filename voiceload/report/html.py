@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
+from voiceload.audio.wav import read_tape_tracks
 from voiceload.core.summary import (
     LatencyStats,
     MediaSummary,
@@ -32,15 +33,18 @@ from voiceload.report.plots import (
     plot_latency_vs_concurrency,
     plot_mos,
     plot_outcomes,
+    plot_tape,
     png_b64,
 )
 from voiceload.report.rundir import (
     JUNIT_XML,
+    TAPES_DIR,
     TURNS_CSV,
     GreetingCounts,
     RunData,
     SloResult,
     greeting_counts,
+    kept_tape,
 )
 from voiceload.results.collector import CALLS_FILE, SUMMARY_FILE
 
@@ -81,7 +85,11 @@ def render_html(run: RunData, slos: Sequence[SloResult] = ()) -> str:
     why = _failure_reasons(run.records)
     if why:
         parts.append(_failure_table(why))
-    parts += [f"<h2>Slowest {SLOWEST_CALLS} calls</h2>", _slowest_table(run.records), _footer(run)]
+    slowest = slowest_calls(run.records)
+    parts += [f"<h2>Slowest {SLOWEST_CALLS} calls</h2>", _slowest_table(run, slowest)]
+    if (run.run_dir / TAPES_DIR).is_dir():
+        parts.append(_slowest_tapes(run, slowest))
+    parts.append(_footer(run))
     return _page(f"voiceload report · {s.run_id}", parts)
 
 
@@ -306,17 +314,29 @@ def slowest_calls(records: Iterable[CallRecord], n: int = SLOWEST_CALLS) -> list
     return [(rec, w[0], w[1]) for rec, w in heapq.nlargest(n, worst, key=lambda x: x[1][0])]
 
 
-def _slowest_table(records: list[CallRecord]) -> str:
-    rows = slowest_calls(records)
+def _tape_href(run: RunData, rec: CallRecord) -> str | None:
+    """The kept tape's link, relative to report.html (which sits in the run dir), if it is there."""
+    path = kept_tape(run.run_dir, rec)
+    return None if path is None else path.relative_to(run.run_dir.resolve()).as_posix()
+
+
+def _slowest_table(run: RunData, rows: list[tuple[CallRecord, float, int]]) -> str:
     if not rows:
         return "<p class='sub'>No turn latency was measured.</p>"
+    tapes = (run.run_dir / TAPES_DIR).is_dir()
     out = ["<table><tr><th class='text'>call id</th><th class='text'>agent</th><th>worst turn latency (ms)</th>"
-           "<th>turn</th><th class='text'>outcome</th><th class='text'>reason</th></tr>"]
+           "<th>turn</th><th class='text'>outcome</th><th class='text'>reason</th>"
+           + ("<th class='text'>tape</th>" if tapes else "") + "</tr>"]
     for rec, ms, idx in rows:
         cls = "good" if rec.outcome == OUTCOME_COMPLETED else "bad"
+        tape = ""
+        if tapes:
+            href = _tape_href(run, rec)
+            link = f"<a href='{_e(href)}'>WAV</a>" if href else "–"
+            tape = f"<td class='text'>{link}</td>"
         out.append(f"<tr><td class='text'><code>{_e(rec.call_id)}</code></td><td class='text'>{_e(rec.agent_id)}</td>"
                    f"<td>{fmt_ms(ms)}</td><td>{idx}</td><td class='text {cls}'>{_e(rec.outcome)}</td>"
-                   f"<td class='text'>{_e(rec.reason or '')}</td></tr>")
+                   f"<td class='text'>{_e(rec.reason or '')}</td>{tape}</tr>")
     out.append("</table>")
     return "".join(out)
 
@@ -357,6 +377,28 @@ def _quality_section(m: MediaSummary, records: Sequence[CallRecord]) -> str:
                        f"<td>{w.loss_pct:g}</td><td>{w.delay_ms:g}</td></tr>")
         out.append("</table>")
     return "".join(out)
+
+
+def _slowest_tapes(run: RunData, rows: list[tuple[CallRecord, float, int]]) -> str:
+    """The kept tapes of the slowest calls: a link to each WAV and its waveform with the turns marked."""
+    out = [f"<h2>Tapes of the slowest calls</h2><p class='sub'>kept under <code>{_e(TAPES_DIR)}/</code>"
+           " (<code>--keep-tapes</code>); blue: the caller's speech, orange: the bot's (one grey trace when"
+           " the tape is mono); solid lines mark where speech starts, dashed where it ends; shaded: each"
+           " turn's latency.</p>"]
+    shown = 0
+    for rec, ms, idx in rows:
+        href = _tape_href(run, rec)
+        path = kept_tape(run.run_dir, rec)
+        if href is None or path is None:
+            continue
+        fig = plot_tape(read_tape_tracks(path), rec, f"{rec.call_id} · turn {idx}: {fmt_ms(ms)} ms")
+        out.append(f"<figure class='tape'><img alt='waveform of {_e(href)}' src='data:image/png;base64,"
+                   f"{png_b64(fig)}'><figcaption><a href='{_e(href)}'>{_e(href)}</a> · worst turn {idx}, "
+                   f"{fmt_ms(ms)} ms · {_e(rec.outcome)}</figcaption></figure>")
+        shown += 1
+    if not shown:
+        out.append("<p class='sub'>None of these calls' tapes is in the run dir.</p>")
+    return "\n".join(out)
 
 
 def _version() -> str:

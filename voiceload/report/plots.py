@@ -8,9 +8,12 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from voiceload.audio.wav import SAMPLE_RATE, TapeTracks
 from voiceload.core.summary import MediaSummary, Summary
 from voiceload.core.timeseries import RunSeries
-from voiceload.protocol import OUTCOMES
+from voiceload.protocol import OUTCOMES, CallRecord
 from voiceload.report.formats import fmt_ms
 from voiceload.report.rundir import SloResult
 
@@ -248,3 +251,51 @@ def _threshold(expr: str) -> float | None:
     m = re.search(r"[<>]=?\s*([0-9.]+)\s*$", expr)
     return float(m.group(1)) if m else None
 
+
+TAPE_BIN_MS = 10  # one envelope point per 10 ms: a minute of call stays a few thousand points
+
+
+def _envelope(x: np.ndarray, start_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The start (s) and peak magnitude (full scale 1.0) of each TAPE_BIN_MS of samples."""
+    n = SAMPLE_RATE * TAPE_BIN_MS // 1000
+    bins = len(x) // n
+    if bins == 0:
+        return np.zeros(0), np.zeros(0)
+    peak = np.abs(x[: bins * n].astype(np.int32)).reshape(bins, n).max(axis=1) / 32768.0
+    return start_s + np.arange(bins) * n / SAMPLE_RATE, peak
+
+
+def plot_tape(tracks: TapeTracks, rec: CallRecord, title: str) -> Figure:
+    """A call's tape as a waveform envelope on the answer's time axis, the caller and the far end in
+    two colours when the tape is stereo, with each turn's boundaries: caller speech (blue) and the
+    bot's reply (orange), solid at the start and dashed at the end; the latency between them shaded."""
+    fig, (ax,) = _new_figure(height=2.0)
+    ax.set_title(title, loc="left", fontweight="bold", fontsize=10)
+    ax.set_xlabel("seconds since the answer")
+    ax.set_ylabel("peak")
+    start_s = (rec.tape_start_ms or 0.0) / 1000
+    shown = [("caller", tracks.caller, BLUE), ("bot", tracks.far, ORANGE)] if tracks.caller is not None else [
+        ("both directions", tracks.mixed, GRAY)]
+    for label, x, color in shown:
+        assert x is not None
+        t, peak = _envelope(x, start_s)
+        ax.fill_between(t, -peak, peak, color=color, alpha=0.55, linewidth=0, label=label)
+    if not len(tracks.mixed):
+        _no_data(ax, "audio on the tape")
+    marks: list[tuple[float | None, str, str]] = []
+    if rec.greeting is not None:
+        marks += [(rec.greeting.bot_onset_ms, ORANGE, "-"), (rec.greeting.bot_end_ms, ORANGE, "--")]
+    for turn in rec.turns:
+        marks += [(turn.utterance_start_ms, BLUE, "-"), (turn.utterance_end_ms, BLUE, "--"),
+                  (turn.bot_onset_ms, ORANGE, "-"), (turn.bot_end_ms, ORANGE, "--")]
+        if turn.utterance_end_ms is not None and turn.bot_onset_ms is not None:  # the turn's latency
+            ax.axvspan(turn.utterance_end_ms / 1000, turn.bot_onset_ms / 1000, color=RED, alpha=0.12, linewidth=0)
+        if turn.utterance_start_ms is not None:
+            ax.text(turn.utterance_start_ms / 1000, 0.97, f" turn {turn.index}", fontsize=8, color=BLUE,
+                    transform=ax.get_xaxis_transform(), va="top")
+    for ms, color, style in marks:
+        if ms is not None:
+            ax.axvline(ms / 1000, color=color, linestyle=style, linewidth=1)
+    ax.set_ylim(-1.05, 1.05)
+    ax.legend(loc="lower right", frameon=False, ncols=2, fontsize=8)
+    return fig

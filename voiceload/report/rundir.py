@@ -19,6 +19,7 @@ from voiceload.results.collector import CALLS_FILE, SUMMARY_FILE, load_calls
 log = logging.getLogger(__name__)
 
 REPORT_HTML = "report.html"
+TAPES_DIR = "tapes"  # OUT/tapes: the calls' tapes, kept with `voiceload run --keep-tapes`
 TURNS_CSV = "turns.csv"
 JUNIT_XML = "junit.xml"
 
@@ -93,6 +94,19 @@ def _recompute(records: list[CallRecord], series: RunSeries, run_dir: Path) -> S
         records, run_id=records[0].run_id if records else run_dir.name, scenario_name="", target="",
         concurrency=0, calls_planned=len(records), started_at=started, ended_at=ended, health=GeneratorHealth(),
     )
+
+
+def kept_tape(run_dir: Path, rec: CallRecord) -> Path | None:
+    """The call's kept tape inside the run dir's tapes/, if the record names one and it is there.
+
+    A record is data from an agent: a name that leaves tapes/ (absolute, `..`) is not followed.
+    """
+    if rec.tape is None or not (run_dir / TAPES_DIR).is_dir():
+        return None
+    path = (run_dir / rec.tape).resolve()
+    if not path.is_relative_to((run_dir / TAPES_DIR).resolve()) or not path.is_file():
+        return None
+    return path
 
 
 @dataclass(frozen=True)

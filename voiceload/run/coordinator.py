@@ -35,6 +35,7 @@ from voiceload.errors import UserError
 from voiceload.protocol import CHANNEL_REST, CHANNEL_SIP, CHANNELS, Assign, Heartbeat
 from voiceload.rasa import REST_CALL_LIMIT, parse_rasa_url, probe_rasa
 from voiceload.report import write_reports
+from voiceload.report.rundir import TAPES_DIR
 from voiceload.results import bus
 from voiceload.results.broker import EmbeddedBroker
 from voiceload.results.collector import SUMMARY_FILE, Collector, write_summary
@@ -532,7 +533,7 @@ def _spawn_agent(
     if settings.rasa_token:  # not in argv, where any local user could read it
         env["VOICELOAD_RASA_TOKEN"] = settings.rasa_token
     if settings.keep_tapes:
-        cmd += ["--keep-tapes", "--tape-dir", str(settings.out_dir / "tapes")]
+        cmd += ["--keep-tapes", "--tape-dir", str(settings.out_dir / TAPES_DIR)]
     # agents' own messages go to the run dir: the terminal belongs to the live view
     logs = settings.out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,8 @@
 #define RTP_HDR 12
 #define PT_CN 13                  /* comfort noise (RFC 3389) */
 #define WAV_HDR 44
-#define RESYNC (RATE)             /* a packet taped this many samples (1 s) before its arrival: a new timeline */
+#define RESYNC (RATE / 4)         /* a packet taped this many samples (250 ms) before its arrival: a new timeline */
+#define RESYNC_MARKED (RATE / 25) /* the same for a talkspurt's first packet (marker bit): 40 ms */
 #define DECODE_MAX 2048           /* tape samples one packet may decode to (Opus: up to 120 ms = 960) */
 #define RTCP_READ_EVERY 50        /* ticks between reads of a channel's RTCP socket (1 s; arrival is the kernel's) */
 #define RTCP_FIRST 50             /* ticks from the start to our first report (1 s, staggered by channel) */
@@ -456,10 +457,13 @@ static void rx_packet(rtpe_chan *c, uint8_t *p, int len, int64_t arrival_mono, i
     int32_t step = (int32_t)(ts - c->last_ts) / c->ratio;  /* in tape samples */
     c->ts_ext = c->have_transit ? c->ts_ext + step : (int64_t)(ts / (uint32_t)c->ratio);
     int64_t transit = at - c->ts_ext;
-    if (c->have_transit && transit - anchor_of(c) > RESYNC) {
+    int marked = p[1] & 0x80;
+    if (c->have_transit && transit - anchor_of(c) > (marked ? RESYNC_MARKED : RESYNC)) {
         /* the sender's timeline stepped back (a timestamp base reset without a new SSRC, or a
          * timestamp that stood still through a pause): the old anchor would tape this and the
-         * following packets that far before their arrival, most of them onto tape already written */
+         * following packets that far before their arrival, over audio already taped. No network
+         * delays a packet 250 ms behind its neighbours; a talkspurt's first packet may start a new
+         * timeline sooner, since a sender that froze its timestamps in the pause marks it. */
         reanchor(c);
         c->ts_ext = (int64_t)(ts / (uint32_t)c->ratio);
         transit = at - c->ts_ext;

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-# Bridge level meter (0..100, logarithmic like G.711): digital silence reads 0, speech 10..35.
+# Level meters (pjmedia's bridge, the RTP engine): the µ-law code of a 20 ms frame's mean |sample|,
+# 0..127; digital silence reads 0, speech 10..35. 5 is a mean of 36 (-59.2 dBFS): the default of
+# the scenario's `speech.loud_dbfs` (audio/vad.py SpeechSettings.loud_level converts).
 LEVEL_SPEECH = 5
 # Real-time detection lags the wire by the jitter buffer and a poll; give the bot this much
 # slack over max_wait before giving up in real time (the tape analysis has the final word).
@@ -66,7 +68,8 @@ BotAction = Action | Ask | PlayFile
 class _Listener:
     """Tracks when the remote last spoke, from level polls."""
 
-    def __init__(self) -> None:
+    def __init__(self, loud_level: int = LEVEL_SPEECH) -> None:
+        self.loud_level = loud_level
         self.last_speech_ms: float | None = None
         self.speech_since: float | None = None  # first speech after `reset_at`
         self.reset_at = 0.0
@@ -76,7 +79,7 @@ class _Listener:
         self.speech_since = None
 
     def feed(self, now: float, level: int) -> None:
-        if level >= LEVEL_SPEECH:
+        if level >= self.loud_level:
             self.heard(now)
 
     def heard(self, at: float) -> None:
@@ -112,6 +115,7 @@ class CallerFlow:
     silence_gap_ms: int
     hangup_by: str  # "caller" | "bot"
     hangup_after_ms: int
+    loud_level: int = LEVEL_SPEECH  # a level poll at least this loud is the far end speaking
     state: CallerState = CallerState.WAIT_BOT
     turn: int = 0  # next utterance to play
     failure: str | None = None
@@ -119,6 +123,9 @@ class CallerFlow:
     _deadline: float = 0.0
     _speak_end: float = 0.0
     _held_since: float | None = None  # the far end holds the call since (ms); None: it does not
+
+    def __post_init__(self) -> None:
+        self._listener.loud_level = self.loud_level
 
     def on_answer(self, now: float, listen_from: float | None = None) -> Action | None:
         """The call is answered at `now`; the far end's speech counts from `listen_from` (ms) on.
@@ -304,6 +311,7 @@ class BotFlow:
     greeting_delay_ms: float = 200.0
     scheduler: Scheduler | None = None  # None: a worker is always free (infinite capacity)
     brain: bool = False  # replies come from a brain (Ask → on_reply), not from the scenario's prompts
+    loud_level: int = LEVEL_SPEECH  # a level poll at least this loud is the caller speaking
     state: BotState = BotState.THINKING
     replies_done: int = 0
     think_ms: list[float] = field(default_factory=list)  # the think time drawn for each reply
@@ -314,6 +322,9 @@ class BotFlow:
     _next_prompt: int = 0
     _speak_end: float = 0.0
     _reply: tuple[Path, float] | None = None  # the brain's reply to play next: (recording, its length in ms)
+
+    def __post_init__(self) -> None:
+        self._listener.loud_level = self.loud_level
 
     @property
     def first_reply(self) -> int:

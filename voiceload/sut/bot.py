@@ -145,7 +145,7 @@ class BotWorker:
             self.scheduler = WorkerPool(settings.capacity).due
 
     def _prompts(self) -> list[Reference]:
-        return [Reference.of(wav.load_wav(p)) for p in self.prompt_paths]
+        return [Reference.of(wav.load_wav(p), self.scenario.speech) for p in self.prompt_paths]
 
     async def run(self) -> None:
         self.tape_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +248,7 @@ class BotWorker:
             rng=self.rng,
             scheduler=self.scheduler,
             brain=self.gateway is not None,
+            loud_level=sc.speech.loud_level,
         )
 
     def _dispatch(self, now: float) -> None:
@@ -340,7 +341,7 @@ class BotWorker:
         if not self.s.keep_tapes:
             path.unlink(missing_ok=True)
         truth = analyse_bot_tape(samples, tape_offset_ms=offset_ms, rx_delay_ms=self.s.rx_delay_ms,
-                                 prompts=played, first_reply=first_reply)
+                                 prompts=played, first_reply=first_reply, speech=self.scenario.speech)
         lines: list[dict[str, Any]] = []
         for t in truth:
             turn = reply_turns[t.index] if t.index < len(reply_turns) else t.index

@@ -77,7 +77,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threshold-dbfs", type=float, default=DEFAULT_SPEECH.threshold_dbfs)
     ap.add_argument("--edge-dbfs", type=float, default=DEFAULT_SPEECH.edge_dbfs)
-    ap.add_argument("--no-edge", action="store_true", help="edges stop at the threshold (the detector before 2026-12)")
+    ap.add_argument("--no-edge", action="store_true",
+                    help="edges stop at the threshold, as before 2026-12-04 (a tape's bed still raises the threshold)")
     ap.add_argument("--plot", help="write each prompt's envelope with truth and detected span to this PNG")
     args = ap.parse_args()
     speech = SpeechSettings(threshold_dbfs=args.threshold_dbfs, edge_dbfs=None if args.no_edge else args.edge_dbfs)

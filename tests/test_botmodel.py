@@ -83,9 +83,9 @@ def test_timing_from_the_demo_scenario() -> None:
     t = ScenarioTiming.from_scenario(load_scenario(DEMO), 350)
     assert t.greeting_ms == pytest.approx(2608.25)
     assert t.reply_ms == pytest.approx((1673.0, 3277.5))
-    assert t.utterance_ms == pytest.approx((1576.5, 978.0))  # speech end, not the file's end
+    assert t.utterance_ms == pytest.approx((1590.75, 985.25))  # speech end (fricatives included), not the file's end
     assert (t.silence_gap_ms, t.hangup_by, t.hangup_after_ms, t.endpoint_ms) == (500, "caller", 300, 350)
-    assert t.call_ms(400) == pytest.approx(60 + 200 + 2608.25 + 500 + 1576.5 + 400 + 1673 + 500 + 978 + 400
+    assert t.call_ms(400) == pytest.approx(60 + 200 + 2608.25 + 500 + 1590.75 + 400 + 1673 + 500 + 985.25 + 400
                                            + 3277.5 + 500)
 
 

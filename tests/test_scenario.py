@@ -175,7 +175,7 @@ def test_unknown_keys_suggest_the_closest_valid_one(folder: Path) -> None:
         "F:6: greeting.max_wiat_ms: unknown key 'max_wiat_ms' (did you mean 'max_wait_ms'?)",
         "F:9: turns[0].replay: unknown key 'replay' (did you mean 'reply'?)",
         "F:10: colour: unknown key 'colour' (valid keys: version, name, description, silence_gap_ms, "
-        "answer_timeout_ms, max_call_ms, greeting, turns, hangup, slo, load, sip, early_media, media)",
+        "answer_timeout_ms, max_call_ms, greeting, turns, hangup, slo, load, sip, early_media, media, speech)",
     ]
 
 

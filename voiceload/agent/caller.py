@@ -24,7 +24,7 @@ from voiceload.agent.base import PUMP_PERIOD_S, AgentBase, AgentSettings
 from voiceload.audio.analysis import Dialled, Played, analyse_caller_tape
 from voiceload.audio.wav import read_tape
 from voiceload.core.addresses import ANY, Addresses
-from voiceload.core.callflow import LEVEL_SPEECH, CallerFlow, CallerState, Dial, Hangup, Play
+from voiceload.core.callflow import CallerFlow, CallerState, Dial, Hangup, Play
 from voiceload.core.emodel import call_quality
 from voiceload.core.identity import (
     CallFields,
@@ -140,7 +140,7 @@ class Agent(AgentBase):
             public.setdefault(ANY, routed)
         # pjsua slots beyond the assigned calls: an ended call holds its slot until its BYE is answered
         wanted = settings.max_calls + max(1, settings.max_calls // 8) if settings.max_calls else 1024
-        self.media = MediaEngine(self.hosts[0], wanted, loud_level=LEVEL_SPEECH)
+        self.media = MediaEngine(self.hosts[0], wanted, loud_level=self.scenario.speech.loud_level)
         registrar = str(SipUri("", first.host, first.port, first.transport, first.secure))
         self.stack = SipStack(host=self.hosts[0], hosts=self.hosts, public=public, max_calls=wanted,
                               user=f"agent-{settings.agent_id}", media=self.media, profile=profile,
@@ -523,6 +523,7 @@ class Agent(AgentBase):
             holds=job.holds,
             reply_dtmf=[t.reply.dtmf if t.reply else None for t in sc.turns[:n]],
             dtmf_received=job.dtmf_received,
+            speech=sc.speech,
         )
         rec.greeting = result.greeting
         rec.clock_slip_ms = result.clock_slip_ms

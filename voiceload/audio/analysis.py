@@ -18,10 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voiceload.audio import g711
 from voiceload.audio.vad import (
+    DEFAULT_SPEECH,
     SAMPLE_RATE,
     Samples,
     Segment,
+    SpeechSettings,
     SpeechSpan,
     locate,
     match_score,
@@ -37,7 +40,6 @@ from voiceload.protocol import GreetingResult, TurnResult
 SEARCH_WINDOW_MS = 250
 MIN_LOCATE_SCORE = 0.8  # below this the played audio is not on the tape: the call did not carry it
 PROMPT_MATCH_THRESHOLD = 0.5  # the same prompt through G.711 scores > 0.95; any other shipped one < 0.38
-REPLY_HANGOVER_MS = 400  # pauses inside one bot reply are shorter than this
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,8 @@ class Reference:
     span: SpeechSpan
 
     @classmethod
-    def of(cls, samples: Samples) -> Reference:
-        return cls(samples, speech_span(samples))
+    def of(cls, samples: Samples, speech: SpeechSettings = DEFAULT_SPEECH) -> Reference:
+        return cls(samples, speech_span(samples, speech))
 
 
 @dataclass(frozen=True)
@@ -128,14 +130,26 @@ def locate_played(tape: Samples, played: list[Played]) -> list[Located | None]:
 
 
 def remove_played(tape: Samples, located: list[Located | None]) -> np.ndarray:
-    """The received audio alone: the tape minus our own players (the bridge summed them)."""
+    """The received audio alone: the tape minus our own players (the bridge summed them).
+
+    A pjmedia tape holds what a player produced; the RTP engine's holds what went out, i.e. the
+    PCMU round trip of it. Subtracting the wrong one leaves the µ-law error (about 38 dB under the
+    utterance, well above the edge level of speech_segments), so whichever leaves less is taken.
+    """
     rx = tape.astype(np.int32)
     for loc in located:
         if loc is None:
             continue
-        seg = loc.ref.samples[: max(0, len(rx) - loc.start)].astype(np.int32)
-        rx[loc.start : loc.start + len(seg)] -= seg
+        raw = loc.ref.samples[: max(0, len(rx) - loc.start)]
+        span = rx[loc.start : loc.start + len(raw)]
+        plain = span - raw.astype(np.int32)
+        coded = span - g711.round_trip(raw).astype(np.int32)
+        rx[loc.start : loc.start + len(raw)] = coded if _energy(coded) < _energy(plain) else plain
     return rx
+
+
+def _energy(x: np.ndarray) -> float:
+    return float(np.dot(x.astype(np.float64), x.astype(np.float64)))
 
 
 def _reply_after(segments: list[Segment], t: int, until: int) -> tuple[Segment | None, int | None]:
@@ -179,6 +193,7 @@ def analyse_caller_tape(
     holds: Sequence[tuple[int, int]] = (),
     reply_dtmf: Sequence[str | None] = (),
     dtmf_received: Sequence[tuple[str, int]] = (),
+    speech: SpeechSettings = DEFAULT_SPEECH,
 ) -> CallerTapeResult:
     """Per-turn timing on the caller's tape; offsets in ms from answer, received speech wire-referenced.
 
@@ -194,13 +209,15 @@ def analyse_caller_tape(
     reply is timed from its last digit's end like from the end of speech. `reply_dtmf[i]` are the
     digits the bot must send after its reply to turn i; `dtmf_received` (digit, tape index) are
     the digits it sent, which must arrive before the caller's next turn.
+
+    `speech` is the scenario's detector (the references must have been measured with the same).
     """
     spans, located = _spans(tape, utterances)
     rx = remove_played(tape, located)
     rx[: max(0, min(listen_from, len(rx)))] = 0
     for a, b in holds:
         rx[max(0, a) : max(0, b)] = 0
-    segments = speech_segments(rx, hangover_ms=REPLY_HANGOVER_MS)
+    segments = speech_segments(rx, speech)
     rx_delay = ms_to_samples(rx_delay_ms)
 
     def to_ms(index: int, *, received: bool) -> float:
@@ -287,6 +304,7 @@ def analyse_bot_tape(
     prompts: list[Played],
     first_reply: int,
     dialled: Mapping[int, int] | None = None,
+    speech: SpeechSettings = DEFAULT_SPEECH,
 ) -> list[TruthTurn]:
     """Ground truth per turn on the bot's tape: caller speech end (received) -> our reply onset (sent).
 
@@ -299,7 +317,7 @@ def analyse_bot_tape(
     dialled = dialled or {}
     located = locate_played(tape, prompts)
     rx = remove_played(tape, located)
-    segments = speech_segments(rx, hangover_ms=REPLY_HANGOVER_MS)
+    segments = speech_segments(rx, speech)
     rx_delay = ms_to_samples(rx_delay_ms)
     out: list[TruthTurn] = []
     prev_start = 0

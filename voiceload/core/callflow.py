@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-# Bridge level meter (0..100, logarithmic like G.711): digital silence reads 0, speech 10..35.
+# Level meters (pjmedia's bridge, the RTP engine): the µ-law code of a 20 ms frame's mean |sample|,
+# 0..127; digital silence reads 0, speech 10..35. 5 is a mean of 36 (-59.2 dBFS): the default of
+# the scenario's `speech.loud_dbfs` (audio/vad.py SpeechSettings.loud_level converts).
 LEVEL_SPEECH = 5
 # Real-time detection lags the wire by the jitter buffer and a poll; give the bot this much
 # slack over max_wait before giving up in real time (the tape analysis has the final word).
@@ -76,7 +78,8 @@ BotAction = Action | Ask | PlayFile
 class _Listener:
     """Tracks when the remote last spoke, from level polls."""
 
-    def __init__(self) -> None:
+    def __init__(self, loud_level: int = LEVEL_SPEECH) -> None:
+        self.loud_level = loud_level
         self.last_speech_ms: float | None = None
         self.speech_since: float | None = None  # first speech after `reset_at`
         self.reset_at = 0.0
@@ -86,7 +89,7 @@ class _Listener:
         self.speech_since = None
 
     def feed(self, now: float, level: int) -> None:
-        if level >= LEVEL_SPEECH:
+        if level >= self.loud_level:
             self.heard(now)
 
     def heard(self, at: float) -> None:
@@ -123,6 +126,7 @@ class CallerFlow:
     hangup_by: str  # "caller" | "bot"
     hangup_after_ms: int
     dtmf: list[bool] = field(default_factory=list)  # per turn: it dials digits (`Dial`) instead of speaking
+    loud_level: int = LEVEL_SPEECH  # a level poll at least this loud is the far end speaking
     state: CallerState = CallerState.WAIT_BOT
     turn: int = 0  # next utterance to play
     failure: str | None = None
@@ -130,6 +134,9 @@ class CallerFlow:
     _deadline: float = 0.0
     _speak_end: float = 0.0
     _held_since: float | None = None  # the far end holds the call since (ms); None: it does not
+
+    def __post_init__(self) -> None:
+        self._listener.loud_level = self.loud_level
 
     def on_answer(self, now: float, listen_from: float | None = None) -> Action | None:
         """The call is answered at `now`; the far end's speech counts from `listen_from` (ms) on.
@@ -333,6 +340,7 @@ class BotFlow:
     brain: bool = False  # replies come from a brain (Ask → on_reply), not from the scenario's prompts
     dtmf_digits: list[int] = field(default_factory=list)  # per turn: digits the caller dials (0: it speaks)
     prompt_dtmf_ms: list[float] = field(default_factory=list)  # per prompt: length of the digits sent after it
+    loud_level: int = LEVEL_SPEECH  # a level poll at least this loud is the caller speaking
     state: BotState = BotState.THINKING
     replies_done: int = 0
     think_ms: list[float] = field(default_factory=list)  # the think time drawn for each reply
@@ -361,6 +369,9 @@ class BotFlow:
         turn = self.replies_done
         expected = self.dtmf_digits[turn] if turn < len(self.dtmf_digits) else 0
         return expected > 0 and self._digits_heard >= expected
+
+    def __post_init__(self) -> None:
+        self._listener.loud_level = self.loud_level
 
     @property
     def first_reply(self) -> int:

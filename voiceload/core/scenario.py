@@ -14,6 +14,7 @@ from typing import Literal
 import yaml
 
 from voiceload.audio import wav as wavfile
+from voiceload.audio.vad import DEFAULT_SPEECH, SpeechSettings
 from voiceload.core import slo as slomod
 from voiceload.core.mediaprofile import MediaProfile, media_from_scenario
 from voiceload.core.shape import LoadShape, parse_shape
@@ -84,6 +85,8 @@ class Scenario:
     # `early_media:` what the far end plays before its 200 OK (183 with SDP): `ignore` (the default:
     # the greeting and every offset count from the answer) or `listen` (it may be the greeting)
     early_media: Literal["ignore", "listen"] = "ignore"
+    # `speech:` where speech starts and ends, on the tapes (both sides) and in real time (docs/accuracy.md)
+    speech: SpeechSettings = DEFAULT_SPEECH
 
     @property
     def dtmf_turns(self) -> tuple[int, ...]:
@@ -124,7 +127,7 @@ RANGES: dict[str, tuple[int, int]] = {
 
 TOP_KEYS = (
     "version", "name", "description", "silence_gap_ms", "answer_timeout_ms", "max_call_ms",
-    "greeting", "turns", "hangup", "slo", "load", "sip", "early_media", "media",
+    "greeting", "turns", "hangup", "slo", "load", "sip", "early_media", "media", "speech",
 )
 EARLY_MEDIA = ("ignore", "listen")
 PROMPT_KEYS = ("prompt", "max_wait_ms", "transcript", "dtmf")
@@ -132,6 +135,12 @@ TURN_KEYS = ("caller", "dtmf", "duration_ms", "gap_ms", "transcript", "reply", "
 HANGUP_KEYS = ("by", "after_ms")
 HANGUP_BY = ("caller", "bot")
 LOAD_KEYS = ("shape", "max_rate")
+SPEECH_KEYS = ("threshold_dbfs", "edge_dbfs", "min_speech_ms", "hangover_ms", "loud_dbfs")
+# (lowest, highest) accepted for each `speech:` level (dBFS) and duration (ms)
+SPEECH_RANGES: dict[str, tuple[float, float]] = {
+    "threshold_dbfs": (-70.0, -6.0), "edge_dbfs": (-80.0, -6.0), "loud_dbfs": (-80.0, -6.0),
+    "min_speech_ms": (0.0, 1000.0), "hangover_ms": (20.0, 5000.0),
+}
 
 _TAG = "tag:yaml.org,2002:"
 _KIND = {  # how a wrongly typed value is described to the user
@@ -249,6 +258,7 @@ class _Validator:
         if "media" in top:
             sip = replace(sip, media=self.media(top["media"]))
         early_media = self.early_media(top["early_media"]) if "early_media" in top else "ignore"
+        speech = self.speech(top["speech"]) if "speech" in top else DEFAULT_SPEECH
 
         if (
             self.problems or name is None or turns is None or silence_gap_ms is None
@@ -260,7 +270,7 @@ class _Validator:
             path=abspath, name=name, description=description, greeting=greeting, turns=turns,
             silence_gap_ms=silence_gap_ms, hangup_by=hangup_by, hangup_after_ms=hangup_after_ms,
             answer_timeout_ms=answer_timeout_ms, max_call_ms=max_call_ms, slos=slos,
-            load_shape=load_shape, max_rate=max_rate, sip=sip, early_media=early_media,
+            load_shape=load_shape, max_rate=max_rate, sip=sip, early_media=early_media, speech=speech,
         )
 
     # -- sections ---------------------------------------------------------------------------
@@ -491,6 +501,43 @@ class _Validator:
             self.add(node, "early_media", f"must be one of ignore, listen; got {value!r}"
                      + _suggest(value, EARLY_MEDIA))
         return None
+
+    def speech(self, node: yaml.Node) -> SpeechSettings:
+        """`speech:`: the speech detector's levels (dBFS) and durations (ms); `edge_dbfs: off` keeps
+        edges at the threshold. Unset keys keep their defaults (voiceload.audio.vad)."""
+        if _tag(node) == "null":
+            return DEFAULT_SPEECH
+        keys = self.mapping(node, "speech", SPEECH_KEYS)
+        if keys is None:
+            return DEFAULT_SPEECH
+        values: dict[str, float | None] = {}
+        ok = True
+        for key, value_node in keys.items():
+            fld = f"speech.{key}"
+            tag = _tag(value_node)
+            if key == "edge_dbfs" and (tag == "null" or (tag == "bool" and _construct(value_node) is False)):
+                values[key] = None
+                continue
+            lo, hi = SPEECH_RANGES[key]
+            value = _construct(value_node) if tag in ("int", "float") else None
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                unit = "dBFS, e.g. -40" if key.endswith("dbfs") else "ms"
+                self.add(value_node, fld, f"must be a number ({unit}), got {_kind(value_node)}")
+                ok = False
+            elif not lo <= value <= hi:
+                self.add(value_node, fld, f"must be between {lo:g} and {hi:g}, got {value:g}")
+                ok = False
+            else:
+                values[key] = float(value)
+        if not ok:
+            return DEFAULT_SPEECH
+        settings = replace(DEFAULT_SPEECH, **values)  # type: ignore[arg-type]
+        if settings.edge_dbfs is not None and settings.edge_dbfs > settings.threshold_dbfs:
+            self.add(keys.get("edge_dbfs", node), "speech.edge_dbfs",
+                     f"must not be above speech.threshold_dbfs ({settings.threshold_dbfs:g}): edges grow "
+                     f"outwards from what the threshold found, got {settings.edge_dbfs:g}")
+            return DEFAULT_SPEECH
+        return settings
 
     def sip(self, node: yaml.Node) -> SipProfile:
         """`sip:`: how calls present themselves (voiceload.core.sipprofile), checked now."""

@@ -27,11 +27,12 @@ class ScenarioAudio:
     @classmethod
     def load(cls, scenario: Scenario) -> ScenarioAudio:
         sa = cls(scenario)
-        sa.utterances = [Reference.of(wav.load_wav(t.caller)) if t.caller is not None else None
+        speech = scenario.speech
+        sa.utterances = [Reference.of(wav.load_wav(t.caller), speech) if t.caller is not None else None
                          for t in scenario.turns]
-        sa.replies = [Reference.of(wav.load_wav(t.reply.path)) if t.reply else None for t in scenario.turns]
+        sa.replies = [Reference.of(wav.load_wav(t.reply.path), speech) if t.reply else None for t in scenario.turns]
         if scenario.greeting is not None:
-            sa.greeting = Reference.of(wav.load_wav(scenario.greeting.path))
+            sa.greeting = Reference.of(wav.load_wav(scenario.greeting.path), speech)
         return sa
 
     @property
@@ -56,4 +57,5 @@ class ScenarioAudio:
             silence_gap_ms=sc.silence_gap_ms,
             hangup_by=sc.hangup_by,
             hangup_after_ms=sc.hangup_after_ms,
+            loud_level=sc.speech.loud_level,
         )

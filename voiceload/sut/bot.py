@@ -169,7 +169,7 @@ class BotWorker:
             self.scheduler = WorkerPool(settings.capacity).due
 
     def _prompts(self) -> list[Reference]:
-        return [Reference.of(wav.load_wav(p)) for p in self.prompt_paths]
+        return [Reference.of(wav.load_wav(p), self.scenario.speech) for p in self.prompt_paths]
 
     async def run(self) -> None:
         self.tape_dir.mkdir(parents=True, exist_ok=True)
@@ -287,6 +287,7 @@ class BotWorker:
             brain=self.gateway is not None,
             dtmf_digits=[len(t.dtmf.digits) if t.dtmf is not None else 0 for t in sc.turns],
             prompt_dtmf_ms=[sent_dtmf_ms(d, self.dtmf_method) if d else 0.0 for d in self.prompt_dtmf],
+            loud_level=sc.speech.loud_level,
         )
 
     def _dispatch(self, now: float) -> None:
@@ -391,7 +392,7 @@ class BotWorker:
         if not self.s.keep_tapes:
             path.unlink(missing_ok=True)
         truth = analyse_bot_tape(samples, tape_offset_ms=offset_ms, rx_delay_ms=self.s.rx_delay_ms,
-                                 prompts=played, first_reply=first_reply,
+                                 prompts=played, first_reply=first_reply, speech=self.scenario.speech,
                                  dialled={turn: end for turn, (end, _, _) in dialled.items()})
         lines: list[dict[str, Any]] = []
         for t in truth:

@@ -75,7 +75,8 @@ class ScenarioTiming:
                       think_jitter_ms: float = 0.0, hear_lag_ms: float = 0.0) -> ScenarioTiming:
         """Durations from the scenario's WAVs: prompts whole (the bot plays the file), utterances to speech end."""
         greeting = None if scenario.greeting is None else _wav_ms(scenario.greeting.path)
-        utterances = tuple(samples_to_ms(speech_span(wav.load_wav(t.caller)).end) if t.caller is not None
+        speech = scenario.speech
+        utterances = tuple(samples_to_ms(speech_span(wav.load_wav(t.caller), speech).end) if t.caller is not None
                            else float(t.dtmf.length_ms if t.dtmf else 0) for t in scenario.turns)
         replies = tuple(BEEP_MS if t.reply is None else _wav_ms(t.reply.path) for t in scenario.turns)
         return cls(greeting, utterances, replies, float(scenario.silence_gap_ms), scenario.hangup_by,

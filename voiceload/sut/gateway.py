@@ -113,6 +113,7 @@ class RasaGateway:
         self._asr_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")  # one decoder per process
         self._tts_pool = ThreadPoolExecutor(max_workers=TTS_THREADS, thread_name_prefix="tts")
         self._refs: dict[Path, Reference] = {}
+        self._speech = scenario.speech  # the brain's replies are timed with the scenario's detector
         self._session: Any = None  # aiohttp.ClientSession, made on the running loop
         self.utterances = 0
         self.errors = 0
@@ -176,7 +177,7 @@ class RasaGateway:
         t0 = time.perf_counter()
         ref = self._refs.get(speech.path)
         if ref is None:  # loaded once per reply text and process
-            ref = Reference.of(wav.load_wav(speech.path))
+            ref = Reference.of(wav.load_wav(speech.path), self._speech)
             self._refs[speech.path] = ref
         return speech.path, ref, round(speech.synth_ms + (time.perf_counter() - t0) * 1000, 1)
 

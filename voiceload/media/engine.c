@@ -993,7 +993,10 @@ int rtpe_dtmf(rtpe_engine *e, int i, const char *digits, int duration_ms, int ga
         c->dtmf_volume = volume < 0 ? 0 : volume > 63 ? 63 : volume;
         c->dtmf_tick0 = e->ticks;  /* the next tick to run, due at next_tick_ns */
         *start = (double)e->next_tick_ns / 1e9;
-        *end = *start + ((double)((int64_t)(n - 1) * (dur + gap) + dur) * FRAME_NS) / 1e9;
+        /* the last digit ends when its end packet goes out: a packet leaves at the start of the
+         * 20 ms it covers (as our audio does), so the end bit announces the end a packet early,
+         * and a receiver (pjmedia's, for one) takes the digit as ended when it arrives */
+        *end = *start + ((double)((int64_t)(n - 1) * (dur + gap) + dur - 1) * FRAME_NS) / 1e9;
     }
     pthread_mutex_unlock(&e->lock);
     return state;

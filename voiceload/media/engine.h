@@ -156,7 +156,8 @@ int rtpe_play(rtpe_engine *e, int i, const rtpe_clip *clip, void *owner, void **
 /* [locks] Send `digits` (0-9 * # A-D) as RFC 4733 events on channel `i` from the next tick on, each
  * `duration_ms` long (rounded up to 20 ms) then `gap_ms` of audio (at least 40 ms: the end packet
  * is sent three times); the audio playing pauses meanwhile. Sets *start and *end (monotonic s):
- * the first event's start and the last one's end. RTPE_ERR_BUSY: digits already queued, bad
+ * when the first event packet and the last digit's end packet go out (the end bit arrives with
+ * the packet that covers the digit's last 20 ms, so a receiver knows the digit ended then). RTPE_ERR_BUSY: digits already queued, bad
  * digits, or no telephone-event negotiated. */
 int rtpe_dtmf(rtpe_engine *e, int i, const char *digits, int duration_ms, int gap_ms, int volume,
               double *start, double *end);

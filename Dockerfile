@@ -5,12 +5,15 @@ ARG BASE=debian:bookworm-slim
 FROM ${BASE}
 
 # python3 + venv for the install; gcc + python3-dev to compile the agents' RTP engine
-# (voiceload/media/*.c); espeak-ng + sox for `voiceload recordings make`; libsndfile1 for soundfile.
+# (voiceload/media/*.c), with libopus, libsrtp2 and spandsp (G.722) to link it against (their -dev
+# packages bring the run-time libraries; libssl3 is what voiceload's own pjsua2 build adds to them);
+# espeak-ng + sox for `voiceload recordings make`; libsndfile1 for soundfile.
 # Unpinned on purpose: the versions are whatever the base's Debian release ships (security updates included).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         python3 python3-venv python3-dev gcc libc6-dev espeak-ng sox libsndfile1 \
+        libopus-dev libsrtp2-dev libspandsp-dev libssl3 \
     && rm -rf /var/lib/apt/lists/*
 
 # The project (scenarios/ and recordings/ included, so `--scenario scenarios/demo.yaml` works from /app).

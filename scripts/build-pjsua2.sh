@@ -8,6 +8,11 @@
 #
 #   scripts/build-pjsua2.sh            build if needed, install into .venv
 #   scripts/build-pjsua2.sh --check    exit 0 if the cached wheel for these inputs exists
+#   scripts/build-pjsua2.sh --wheel    build if needed, print the cached wheel's path, install nothing
+#
+# Media: PCMU, PCMA and G.722 are pjmedia's own; Opus comes from Debian's libopus, SRTP (SDES) from
+# Debian's libsrtp2 (--with-external-srtp), so both are the system's patched libraries.
+# VOICELOAD_VENV names another venv to build for and install into (default: .venv).
 #
 # Source: the upstream pjproject tarball when reachable, else Debian's `ring` source package,
 # which carries a complete pjproject 2.12.1 tree (deb-src is enabled for it if needed).
@@ -18,7 +23,8 @@ here=$(pwd)
 
 PJ_VERSION=2.12.1
 cache="${VOICELOAD_CACHE:-$HOME/.cache/voiceload}"
-py="$here/.venv/bin/python"
+venv="${VOICELOAD_VENV:-$here/.venv}"
+py="$venv/bin/python"
 shopt -s nullglob
 patches=(scripts/pjsua2/*.patch)
 inputs_hash=$(cat scripts/build-pjsua2.sh scripts/pjsua2/config_site.h scripts/pjsua2/make_wheel.py "${patches[@]}" \
@@ -32,9 +38,12 @@ if [ "${1:-}" = "--check" ]; then
     [ -f "$wheel" ]
     exit
 fi
+wheel_only=0
+[ "${1:-}" = "--wheel" ] && wheel_only=1
 
 installed=$("$py" -c 'import importlib.metadata as m; print(m.version("pjsua2-python"))' 2>/dev/null || true)
-if [ -f "$wheel" ] && [ "$installed" = "$local_version" ]; then
+if [ -f "$wheel" ] && { [ "$wheel_only" = 1 ] || [ "$installed" = "$local_version" ]; }; then
+    [ "$wheel_only" = 1 ] && echo "$wheel"
     exit 0
 fi
 
@@ -43,7 +52,7 @@ log() { echo "build-pjsua2: $*"; }
 if [ ! -f "$wheel" ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     need=()
-    for p in build-essential swig dpkg-dev xz-utils libssl-dev; do
+    for p in build-essential swig dpkg-dev xz-utils libssl-dev libopus-dev libsrtp2-dev pkg-config; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
     done
     if [ ${#need[@]} -gt 0 ]; then
@@ -93,15 +102,21 @@ if [ ! -f "$wheel" ]; then
         patch -d "$build" -p1 -s <"$p"
     done
 
-    log "configuring pjproject $PJ_VERSION (epoll, OpenSSL for TLS, no video, no sound device)"
+    log "configuring pjproject $PJ_VERSION (epoll, OpenSSL for TLS, Opus, libsrtp2, no video, no sound device)"
     cd "$build"
     chmod +x configure aconfigure 2>/dev/null || true
     CFLAGS="-O2 -fPIC -DNDEBUG" CXXFLAGS="-O2 -fPIC -DNDEBUG" ./configure --enable-epoll \
         --disable-video --disable-sound --disable-gsm-codec --disable-speex-codec --disable-speex-aec \
-        --disable-ilbc-codec --disable-g7221-codec --disable-opus --disable-libyuv \
+        --disable-ilbc-codec --disable-g7221-codec --with-external-srtp --disable-libyuv \
         --disable-libwebrtc --disable-sdl --disable-ffmpeg --disable-v4l2 --disable-openh264 \
         --disable-silk --disable-bcg729 >"$build/configure.log" 2>&1 \
         || { tail -20 "$build/configure.log" >&2; exit 1; }
+    # configure leaves out what it cannot find without failing: a missing -dev package must not
+    # give a wheel that silently lacks Opus or SRTP
+    grep -q "PJMEDIA_HAS_OPUS_CODEC 1" pjmedia/include/pjmedia-codec/config_auto.h \
+        || { log "configure found no Opus (is libopus-dev installed?)" >&2; exit 1; }
+    grep -q "^checking if external SRTP devkit is installed... yes: version 2" "$build/configure.log" \
+        || { log "configure found no libsrtp2 (is libsrtp2-dev installed?)" >&2; exit 1; }
     log "building pjproject (about 1.5 min on 2 cores)"
     { make dep && make -j"$(nproc)" lib; } >"$build/make.log" 2>&1 \
         || { tail -30 "$build/make.log" >&2; exit 1; }
@@ -123,6 +138,10 @@ if [ ! -f "$wheel" ]; then
     log "cached $wheel"
 fi
 
-log "installing $(basename "$wheel") into .venv"
+if [ "$wheel_only" = 1 ]; then
+    echo "$wheel"
+    exit 0
+fi
+log "installing $(basename "$wheel") into $venv"
 "$py" -m pip install -q --no-deps --force-reinstall "$wheel"
 "$py" -c "import pjsua2" || { log "the built module does not import" >&2; exit 1; }

@@ -9,13 +9,17 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 PY="${VOICELOAD_PYTHON:-python3}"
-# gcc + libc6-dev: the editable install compiles the agents' RTP engine (voiceload/media/*.c)
-apt_pkgs=(espeak-ng sox libsndfile1 gcc libc6-dev)
+# gcc + libc6-dev: the editable install compiles the agents' RTP engine (voiceload/media/*.c), which
+# links libopus (Opus), libsrtp2 (SRTP) and spandsp (G.722); voiceload's pjsua2 build links libopus0,
+# libsrtp2-1 and libssl3 at run time (the -dev packages pull the first two in)
+apt_pkgs=(espeak-ng sox libsndfile1 gcc libc6-dev libopus-dev libsrtp2-dev libspandsp-dev libssl3)
 # Debian's own python3 needs python3-venv for `python3 -m venv` (ensurepip), and python3-dev for Python.h
 "$PY" -c "import ensurepip" 2>/dev/null || apt_pkgs+=(python3-venv)
 "$PY" -c "import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h'))" \
     2>/dev/null || apt_pkgs+=(python3-dev)
-[ "$want_test" = 1 ] && apt_pkgs+=(mosquitto sip-tester tcpdump chromium kamailio kamailio-tls-modules openssl)
+# test peers: baresip (a SIP/SRTP/Opus/G.722 UA), rtpengine (a media relay), Asterisk's sound files
+[ "$want_test" = 1 ] && apt_pkgs+=(mosquitto sip-tester tcpdump chromium kamailio kamailio-tls-modules openssl
+    baresip rtpengine-daemon asterisk-core-sounds-en-wav)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -51,7 +55,7 @@ if [ ! -f "$stamp" ]; then
 fi
 # pjsua2: voiceload's dense build (1024 calls per process, scripts/build-pjsua2.sh, docs/density.md)
 # when it is built, the PyPI wheel (4 calls per process) otherwise. The test setup builds it (cached
-# outside the repo, about 3.5 min once), as does `make pjsua2`; a runtime setup installs it when the
+# outside the repo, about 4-5 min once), as does `make pjsua2`; a runtime setup installs it when the
 # cached wheel exists, and rebuilds it when an older dense build is installed. A failed build leaves
 # the PyPI wheel. VOICELOAD_PJSUA2=pypi puts the PyPI wheel back.
 dense_installed() { .venv/bin/python -c 'import importlib.metadata as m; assert "+voiceload" in m.version("pjsua2-python")' 2>/dev/null; }

@@ -442,6 +442,13 @@ def bot(
     rasa_sender: Annotated[str, typer.Option(
         help="What the gateway sends Rasa as the sender: session (the caller's X-Voiceload-Session header, else "
              "the Call-ID), from-user or call-id (--brain rasa; docs/gateways.md).")] = "session",
+    codecs: Annotated[str | None, typer.Option(
+        help="Codecs the bot accepts, preferred first, e.g. PCMA,PCMU (PCMU, PCMA, G722, opus) "
+             "[default: each of them this pjsua2 build has, in that order].")] = None,
+    srtp: Annotated[str | None, typer.Option(
+        help="off, optional (SRTP when the caller offers it, plain RTP otherwise) or required "
+             "(RTP/SAVP offers only: a caller without SRTP, or offering it as optional, is refused) "
+             "[default: optional, off if this pjsua2 build has no SRTP].")] = None,
     worker: Annotated[bool, typer.Option(hidden=True)] = False,
     queue: Annotated[str | None, typer.Option(hidden=True, help="HOST:PORT of the front's work queue.")] = None,
     verbose: Verbose = False,
@@ -454,6 +461,7 @@ def bot(
     _setup_logging(verbose)
     from voiceload.core.callflow import ThinkTime
     from voiceload.core.identity import SENDERS
+    from voiceload.core.mediaprofile import check_srtp, parse_codecs
     from voiceload.core.scenario import load_scenario
     from voiceload.rasa import parse_rasa_url
     from voiceload.sut import bot as bot_mod
@@ -496,6 +504,8 @@ def bot(
             scenario_phrases(sc)  # every turn needs a transcript: the recogniser's grammar is built from them
         settings = bot_mod.BotSettings(
             host=host, port=port, scenario_path=scenario, think=think, truth_path=truth,
+            codecs=None if codecs is None else parse_codecs(codecs),
+            srtp=None if srtp is None else check_srtp(srtp.lower()),
             max_calls=max_calls, calls_per_worker=calls_per_worker, endpoint_ms=endpoint_ms, seed=seed,
             keep_tapes=keep_tapes, capacity=capacity,
             queue=None if queue is None else host_port("--queue", queue),

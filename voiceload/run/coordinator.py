@@ -145,6 +145,9 @@ def validate(settings: RunSettings) -> tuple[Scenario, ScenarioAudio, tuple[Slo,
             identity=checked_identity(scenario.sip.identity.merged(**settings.identity)),
             media=dataclasses.replace(scenario.sip.media, **{k: v for k, v in settings.media.items() if v is not None}),
         ).checked(targets)
+        media_problem = pjsua2_build().media_problem(settings.sip.media)
+        if media_problem:
+            raise UserError(media_problem)
         if "tls" in settings.sip.transports(targets) and not pjsua2_build().tls:
             raise UserError(f"--target {settings.target}: TLS, but this pjsua2 build has no TLS "
                             "(run `make pjsua2` to build voiceload's own, with OpenSSL)")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
+from voiceload.core.mediaprofile import MediaProfile
 from voiceload.core.sipprofile import SipUri, TlsSettings, parse_sip_uri
 from voiceload.errors import UserError
 from voiceload.sip.message import SipMessage
@@ -312,6 +313,20 @@ class Pjsua2Build:
     max_calls: int
     tls: bool
     per_call_from: bool  # voiceload's build: a From among a call's headers is its From (30-per-call-from.patch)
+    codecs: tuple[str, ...] = ("PCMU", "PCMA")  # ours it has (core.mediaprofile.CODECS names)
+    srtp: bool = False  # SDES SRTP with AES_CM_128_HMAC_SHA1_80
+
+    def media_problem(self, media: MediaProfile, what: str = "--codecs") -> str | None:
+        """Why this build cannot make calls with `media`'s codecs or SRTP, in one line; None if it can."""
+        for name in media.codecs:
+            if name not in self.codecs:
+                return (f"{what}: codec {name}: this pjsua2 build does not have it (it has "
+                        f"{', '.join(self.codecs)}; run `make pjsua2` to build voiceload's own, "
+                        "which has PCMU, PCMA, G722 and opus)")
+        if media.srtp != "off" and not self.srtp:
+            return (f"--srtp {media.srtp}: this pjsua2 build has no SRTP "
+                    "(run `make pjsua2` to build voiceload's own, with libsrtp2)")
+        return None
 
 
 @functools.cache
@@ -320,7 +335,8 @@ def pjsua2_build() -> Pjsua2Build:
         [sys.executable, "-m", "voiceload.sip.ua"], capture_output=True, text=True, timeout=30, check=True
     )
     facts = json.loads(out.stdout.strip().splitlines()[-1])
-    return Pjsua2Build(int(facts["max_calls"]), bool(facts["tls"]), bool(facts["voiceload_build"]))
+    return Pjsua2Build(int(facts["max_calls"]), bool(facts["tls"]), bool(facts["voiceload_build"]),
+                       tuple(facts.get("codecs", ())), bool(facts.get("srtp", False)))
 
 
 def call_limit() -> int:

@@ -40,7 +40,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pjsua2 as pj
 
-from voiceload.core.mediaprofile import CODECS, codec
+from voiceload.core.mediaprofile import CODECS, MediaProfile, codec
 from voiceload.core.sipprofile import SipProfile, parse_sip_uri
 from voiceload.media.engine import CODEC_IDS, ChannelMedia, FarEnd, MediaEngine, RtpChannel, far_end
 from voiceload.protocol import RtpStats
@@ -63,6 +63,11 @@ CALL_AUTH_HEADER = "X-Voiceload-Auth"
 SESSION_MIN_SE_S = 90  # RFC 4028's floor, and pjsip's
 SESSION_EXPIRES_S = 1800  # what we ask for; a far end may lower it (not below Min-SE)
 SLOT_RETRY_S = 0.02  # how soon a caller refused with SlotsBusy should try again (a BYE round trip or so)
+SRTP_CRYPTO = "AES_CM_128_HMAC_SHA1_80"  # the one SDES suite offered and accepted: what every gateway has
+# --srtp -> pjsua's SRTP use. Secure signalling (SIP over TLS) is never required: gateways offer SDES
+# over plain UDP as often as over TLS, and pjsua's default (1) would refuse those calls.
+SRTP_USE = {"off": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+            "required": pj.PJMEDIA_SRTP_MANDATORY}
 
 
 class SipError(Exception):
@@ -442,6 +447,32 @@ class SipCall(pj.Call):
             jbuf_discard=int(jb.discard),
         )
 
+    def codec(self) -> str | None:
+        """The codec pjmedia's stream of this call negotiated (a `core.mediaprofile.CODECS` name, e.g.
+        "G722"); None without a stream, or for a codec not among ours."""
+        try:
+            info = self.getStreamInfo(0)
+        except pj.Error:
+            return None
+        # by name alone: the stream's clock is the codec's internal one (Opus decodes at our 8 kHz)
+        name = str(info.codecName).lower()
+        return next((c.name for c in CODECS.values() if c.pjsua_id.split("/")[0].lower() == name), None)
+
+    def srtp_suite(self) -> str | None:
+        """The SRTP crypto suite this call's media is protected with; None for plain RTP.
+
+        pjsua2 has no accessor for it: pjsua's call dump states it ("SRTP status: Active Crypto-suite: ...").
+        """
+        try:
+            dump = str(self.dump(True, ""))
+        except pj.Error:
+            return None
+        for line in dump.splitlines():
+            _, _, suite = line.partition("SRTP status: Active Crypto-suite:")
+            if suite.strip():
+                return suite.strip()
+        return None
+
     def level(self) -> int:
         """Level (0..100) of the audio the remote sends us, last bridge frame (cheap C call)."""
         if self.media is None:
@@ -642,19 +673,24 @@ class SipStack:
     and one account per transport, bound to it, with the account's pjsua media on the same address;
     `make_call(host=...)` picks one. `public` maps an address to what it advertises (NAT): Via,
     Contact and the SDP's `c=` carry that while the sockets stay bound locally.
+
+    `media_profile` (default: the SIP profile's) says which codecs the calls offer or accept, in
+    order, and their SRTP (`codec_priorities`, `srtp_config`); a codec this build lacks is a `SipError`.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, max_calls: int = 1024,
                  log_level: int | None = None, user: str = "voiceload", media: MediaEngine | None = None,
                  profile: SipProfile | None = None, transports: Iterable[str] = ("udp",),
                  domain: str | None = None, registrar: str | None = None,
-                 hosts: Sequence[str] = (), public: Mapping[str, str] | None = None) -> None:
+                 hosts: Sequence[str] = (), public: Mapping[str, str] | None = None,
+                 media_profile: MediaProfile | None = None) -> None:
         self.hosts = tuple(hosts) or (host,)
         self.host, self.port, self.max_calls_wanted = self.hosts[0], port, max_calls
         self.public = dict(public or {})
         self.log_level = log_level if log_level is not None else int(os.environ.get("VOICELOAD_PJSIP_LOG", "0"))
         self.user = user
         self.profile = profile or SipProfile()
+        self.media_profile = media_profile or self.profile.media  # codecs in order, SRTP
         self.transports = {"udp", *transports}
         self.domain = domain  # the From's host with credentials (the gateway's domain), else our address
         self.registrar = registrar  # REGISTER here (profile.register), e.g. sip:gw.example.com;transport=tcp
@@ -725,11 +761,10 @@ class SipStack:
         ep.audDevManager().setNullDev()
         ep.libStart()
         _favour_media_threads(_thread_ids() - threads_before)
-        # the profile's codecs in its order (default: G.711 u-law only, what every gateway speaks), no other
-        wanted = [CODECS[name.lower()].pjsua_id + "/" for name in self.profile.media.codecs]
-        for info in ep.codecEnum2():
-            rank = next((k for k, prefix in enumerate(wanted) if info.codecId.startswith(prefix)), None)
-            ep.codecSetPriority(info.codecId, 0 if rank is None else 255 - rank)
+        # the media profile's codecs, in its order; every other codec off (pjsua adds telephone-event itself)
+        ids = [str(c.codecId) for c in ep.codecEnum2()]
+        for codec_id, priority in codec_priorities(ids, self.media_profile.codecs).items():
+            ep.codecSetPriority(codec_id, priority)
         # one account per transport, bound to it: pjsip sends over TLS only through a TLS listener
         # it is told to use, and a bound account makes every transport behave the same way
         # (several source addresses: each address's transports get their own accounts, and each address
@@ -774,6 +809,9 @@ class SipStack:
         acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
         acfg.callConfig.timerMinSESec = SESSION_MIN_SE_S
         acfg.callConfig.timerSessExpiresSec = SESSION_EXPIRES_S
+        # pjmedia's SRTP for pjmedia's calls (the bot); with an engine, the engine's key goes in the offer
+        # (onCallSdpCreated) and pjsua's own, idle stream stays plain
+        srtp_config(acfg.mediaConfig, "off" if self.media is not None else self.media_profile.srtp)
         acfg.mediaConfig.transportConfig.boundAddress = host
         if host in self.public:
             acfg.mediaConfig.transportConfig.publicAddress = self.public[host]  # the SDP's c=
@@ -1014,6 +1052,46 @@ class SipStack:
         self.ep = None
 
 
+def build_codecs(codec_ids: Iterable[str]) -> tuple[str, ...]:
+    """The codecs of `core.mediaprofile.CODECS` among pjsua's codec ids, by their names, in CODECS' order."""
+    ids = list(codec_ids)
+    return tuple(c.name for c in CODECS.values() if any(i.startswith(c.pjsua_id) for i in ids))
+
+
+def codec_priorities(codec_ids: Iterable[str], wanted: Sequence[str]) -> dict[str, int]:
+    """pjsua's priority per codec id: the `wanted` codecs (names, preferred first) from 255 down, every
+    other codec 0 (pjsua neither offers nor accepts a codec at 0).
+
+    A wanted codec that none of `codec_ids` provides is a `SipError` naming it: an offer without it
+    would be a different test from the one asked for.
+    """
+    ids = list(codec_ids)
+    priorities = dict.fromkeys(ids, 0)
+    for rank, name in enumerate(wanted):
+        prefix = CODECS[name.lower()].pjsua_id
+        matching = [i for i in ids if i.startswith(prefix)]
+        if not matching:
+            have = ", ".join(build_codecs(ids)) or "none of ours"
+            raise SipError(f"codec {name}: this pjsua2 build does not have it (it has {have})")
+        for codec_id in matching:
+            priorities[codec_id] = 255 - rank
+    return priorities
+
+
+def srtp_config(media_config: Any, mode: str) -> None:
+    """Set an account's `AccountMediaConfig` for `--srtp` `mode`: off, optional (RTP/AVP with a=crypto;
+    a plain answer or offer is taken too) or required (RTP/SAVP; a far end without SRTP is refused),
+    with SDES keying and `SRTP_CRYPTO` as the only suite."""
+    media_config.srtpUse = SRTP_USE[mode]
+    media_config.srtpSecureSignaling = 0
+    if mode == "off":
+        return
+    crypto = pj.SrtpCrypto()
+    crypto.name, crypto.key, crypto.flags = SRTP_CRYPTO, "", 0
+    media_config.srtpOpt.cryptos.append(crypto)
+    media_config.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
+
+
 MEDIA_THREAD_NICE = -10
 
 
@@ -1051,7 +1129,8 @@ def _voiceload_build() -> bool:
 
 @_sip_errors
 def probe_build() -> dict[str, Any]:
-    """What the installed pjsua2 build can do: its per-process call limit and whether it has TLS.
+    """What the installed pjsua2 build can do: its per-process call limit, whether it has TLS and SRTP,
+    and which of our codecs it has.
 
     It creates and destroys an endpoint, so it runs in a child process (`python -m voiceload.sip.ua`).
     """
@@ -1070,8 +1149,14 @@ def probe_build() -> dict[str, Any]:
         tls = bool(ep.utilSslGetAvailableCiphers())
     except pj.Error:  # PJ_ENOTSUP: built without an SSL backend
         tls = False
+    codecs = build_codecs(str(c.codecId) for c in ep.codecEnum2())
+    try:  # built without SRTP, the list is empty
+        srtp = SRTP_CRYPTO in list(ep.srtpCryptoEnum())
+    except (pj.Error, AttributeError):
+        srtp = False
     ep.libDestroy()
-    return {"max_calls": limit, "tls": tls, "voiceload_build": _voiceload_build()}
+    return {"max_calls": limit, "tls": tls, "voiceload_build": _voiceload_build(), "codecs": list(codecs),
+            "srtp": srtp}
 
 
 if __name__ == "__main__":  # `python -m voiceload.sip.ua` prints the build's facts (used by sip.lite)

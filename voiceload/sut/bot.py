@@ -45,12 +45,14 @@ import numpy as np
 
 from voiceload.audio import wav
 from voiceload.audio.analysis import Played, Reference, analyse_bot_tape
-from voiceload.audio.calibration import BOT_RX_DELAY_MS
+from voiceload.audio.calibration import bot_rx_delay_ms
 from voiceload.audio.vad import samples_to_ms
 from voiceload.audio.wav import default_tape_dir, read_tape
 from voiceload.core.callflow import Ask, BotAction, BotFlow, Dial, Hangup, Play, PlayFile, Scheduler, ThinkTime
+from voiceload.core.mediaprofile import CODECS, MediaProfile, check_srtp
 from voiceload.core.scenario import DEFAULT_DTMF_DURATION_MS, DEFAULT_DTMF_GAP_MS, load_scenario
-from voiceload.sip.lite import RedirectFront, call_limit
+from voiceload.errors import UserError
+from voiceload.sip.lite import RedirectFront, call_limit, pjsua2_build
 from voiceload.sip.ua import (
     CLOCK_RATE,
     DTMF_INFO,
@@ -88,7 +90,10 @@ class BotSettings:
     max_calls: int = 32
     endpoint_ms: int = DEFAULT_ENDPOINT_MS
     seed: int | None = None
-    rx_delay_ms: float = BOT_RX_DELAY_MS
+    rx_delay_ms: float | None = None  # None: the measured one of each call's codec (audio/calibration.py)
+    # what the bot accepts, preferred first; None: every codec of ours this pjsua2 build has, PCMU first
+    codecs: tuple[str, ...] | None = None
+    srtp: str | None = None  # off, optional (SRTP when offered) or required; None: optional if the build has SRTP
     tape_dir: Path = field(default_factory=default_tape_dir)
     keep_tapes: bool = False
     capacity: int | None = None  # workers serving utterances; None: unbounded
@@ -114,6 +119,7 @@ class BotCall:
     sender: str = ""  # the brain's conversation id for this call
     brain: dict[int, BrainReply] = field(default_factory=dict)  # per turn: what the brain did
     reply_turns: list[int] = field(default_factory=list)  # per played reply, the turn it answers
+    codec: str | None = None  # what the call negotiated, read at the answer (its receive delay depends on it)
     ready: BrainReply | None = None  # a finished brain reply, handed to the flow on the next pump turn
     digits_fed: int = 0  # the call's received DTMF digits (SipCall.dtmf_heard) handed to the flow so far
     turn_digits: dict[int, list[HeardDigit]] = field(default_factory=dict)  # per turn: the digits it heard
@@ -148,7 +154,10 @@ class BotWorker:
                 self.prompt_paths.append(path)
             self.prompt_dtmf.append(turn.reply.dtmf if turn.reply is not None else None)
         self.dtmf_method = sc.sip.media.dtmf  # how the bot sends its own digits: the scenario's `media.dtmf`
-        self.stack = SipStack(host=settings.host, port=settings.port, max_calls=settings.max_calls, user="bot")
+        media = MediaProfile(codecs=settings.codecs or tuple(c.name for c in CODECS.values()),
+                             srtp=check_srtp(settings.srtp or "optional"))
+        self.stack = SipStack(host=settings.host, port=settings.port, max_calls=settings.max_calls, user="bot",
+                              media_profile=media)
         self.rng = random.Random(settings.seed)
         self.announce = announce
         self.stopping = False
@@ -238,6 +247,7 @@ class BotWorker:
             if not bc.answered:  # media and CONFIRMED arrive in either order: wait for both
                 if call.tape is not None and call.times.confirmed is not None:
                     bc.answered = True
+                    bc.codec = call.codec()
                     bc.flow.on_answer(now * 1000)
                 continue
             self._feed_digits(call, bc)
@@ -370,7 +380,7 @@ class BotWorker:
                               digits[-1].method) for turn, digits in bc.turn_digits.items() if digits}
             job = (tape.path, (tape.started - answered) * 1000, list(bc.played), bc.flow.first_reply,
                    list(bc.flow.think_ms), list(bc.flow.queued_ms), call.sip_call_id, list(bc.reply_turns),
-                   {turn: r.truth() for turn, r in bc.brain.items()}, dialled)
+                   {turn: r.truth() for turn, r in bc.brain.items()}, dialled, bc.codec)
             self._analysing += 1
             fut = asyncio.get_running_loop().run_in_executor(self._pool, self._truth, *job)
             fut.add_done_callback(self._write_truth)
@@ -381,7 +391,7 @@ class BotWorker:
     def _truth(self, path: Path, offset_ms: float, played: list[Played], first_reply: int,
                think_ms: list[float], queued_ms: list[float], call_id: str, reply_turns: list[int],
                brain: dict[int, dict[str, Any]],
-               dialled: dict[int, tuple[int, str, str]]) -> list[dict[str, Any]]:
+               dialled: dict[int, tuple[int, str, str]], codec: str | None) -> list[dict[str, Any]]:
         """Worker thread: this call's ground truth per turn, as truth-file lines.
 
         With a brain, each line also carries what the brain did for its turn; a turn the brain
@@ -391,7 +401,8 @@ class BotWorker:
         samples = read_tape(path)
         if not self.s.keep_tapes:
             path.unlink(missing_ok=True)
-        truth = analyse_bot_tape(samples, tape_offset_ms=offset_ms, rx_delay_ms=self.s.rx_delay_ms,
+        rx_delay_ms = self.s.rx_delay_ms if self.s.rx_delay_ms is not None else bot_rx_delay_ms(codec)
+        truth = analyse_bot_tape(samples, tape_offset_ms=offset_ms, rx_delay_ms=rx_delay_ms,
                                  prompts=played, first_reply=first_reply, speech=self.scenario.speech,
                                  dialled={turn: end for turn, (end, _, _) in dialled.items()})
         lines: list[dict[str, Any]] = []
@@ -401,7 +412,7 @@ class BotWorker:
                           "response_start_ms": t.response_start_ms, "latency_ms": t.latency_ms,
                           "think_ms": think_ms[turn] if turn < len(think_ms) else None,
                           "queued_ms": queued_ms[turn] if turn < len(queued_ms) else None,
-                          **brain.get(turn, {})})
+                          "codec": codec, **brain.get(turn, {})})
             if turn in dialled:
                 lines[-1].update(dtmf=dialled[turn][1], dtmf_method=dialled[turn][2])
         timed = {line["turn"] for line in lines}
@@ -491,6 +502,10 @@ def _worker_cmd(s: BotSettings, port: int, queue: str | None = None, max_calls: 
         cmd += ["--rasa-url", s.rasa_url]  # the token goes by environment (RASA_TOKEN_ENV): not in `ps`
     if s.rasa_sender != "session":
         cmd += ["--rasa-sender", s.rasa_sender]
+    if s.codecs is not None:
+        cmd += ["--codecs", ",".join(s.codecs)]
+    if s.srtp is not None:
+        cmd += ["--srtp", s.srtp]
     return cmd
 
 
@@ -616,6 +631,19 @@ def spawn(args: Sequence[str], *, cwd: Path | None = None,
     raise RuntimeError(f"voiceload bot {' '.join(args)} did not start")
 
 
+def resolve_media(settings: BotSettings) -> None:
+    """Fill the defaults of --codecs and --srtp from what this pjsua2 build has; a codec or SRTP asked
+    for that it lacks is a `UserError` (one line, before any worker starts)."""
+    build = pjsua2_build()
+    if settings.codecs is None:
+        settings.codecs = tuple(c.name for c in CODECS.values() if c.name in build.codecs)
+    if settings.srtp is None:
+        settings.srtp = "optional" if build.srtp else "off"
+    problem = build.media_problem(MediaProfile(codecs=settings.codecs, srtp=check_srtp(settings.srtp)))
+    if problem:
+        raise UserError(problem)
+
+
 def run(settings: BotSettings, *, worker: bool = False) -> None:
     """Entry point of `voiceload bot`."""
     if settings.brain == "rasa" and not worker:  # bad transcripts are the user's to fix, before any worker starts
@@ -625,6 +653,7 @@ def run(settings: BotSettings, *, worker: bool = False) -> None:
     if worker:
         asyncio.run(BotWorker(settings, announce=sys.stdout).run())
         return
+    resolve_media(settings)
     per_worker = min(call_limit(), settings.calls_per_worker or WORKER_CALLS_MAX)
     if per_worker > settings.max_calls:  # one spare slot: a new call may arrive while an old one tears down
         asyncio.run(BotWorker(settings, announce=sys.stdout).run())

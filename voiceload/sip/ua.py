@@ -270,7 +270,7 @@ class SipCall(pj.Call):
         if self.channel is not None:
             # the first SDP is our offer; a later one (an answer to a re-INVITE, say) keeps the call's key
             later = self.channel.started is not None
-            srtp = "off" if later and self.srtp_key is None else self.stack.profile.media.srtp
+            srtp = "off" if later and self.srtp_key is None else self.stack.media_profile.srtp
             offer = make_offer(prm.sdp.wholeSdp, self.channel.port, self.channel.rtcp_port, srtp,
                                key=self.srtp_key if later else None)
             self.srtp_key = offer.srtp_key
@@ -351,7 +351,7 @@ class SipCall(pj.Call):
             chosen = codec(name)
             remote = _lib().call_remote_sdp(call_id)
             if remote is not None:
-                answer = read_answer(remote, codec_rate=chosen.rtp_rate, srtp=self.stack.profile.media.srtp)
+                answer = read_answer(remote, codec_rate=chosen.rtp_rate, srtp=self.stack.media_profile.srtp)
             else:  # a build that cannot show it (not voiceload's): plain RTP, telephone-event as we offered it
                 answer = read_answer(self.offer_sdp, codec_rate=chosen.rtp_rate, srtp="off")
             rtcp = str(si.remoteRtcpAddress) or None

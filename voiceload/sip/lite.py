@@ -323,9 +323,11 @@ class Pjsua2Build:
                 return (f"{what}: codec {name}: this pjsua2 build does not have it (it has "
                         f"{', '.join(self.codecs)}; run `make pjsua2` to build voiceload's own, "
                         "which has PCMU, PCMA, G722 and opus)")
-        if media.srtp != "off" and not self.srtp:
-            return (f"--srtp {media.srtp}: this pjsua2 build has no SRTP "
-                    "(run `make pjsua2` to build voiceload's own, with libsrtp2)")
+        if media.srtp != "off" and not (self.srtp and self.per_call_from):
+            # the agents' engine learns the far end's key from its SDP, which only voiceload's own
+            # build prints (scripts/pjsua2/50-remote-sdp.patch)
+            return (f"--srtp {media.srtp}: this pjsua2 build has no SRTP or cannot show the engine the far "
+                    "end's key (run `make pjsua2` to build voiceload's own, with libsrtp2)")
         return None
 
 

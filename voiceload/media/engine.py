@@ -122,6 +122,17 @@ def encode_pcmu(samples: np.ndarray) -> bytes:
     return bytes(_rtpengine.encode_pcmu(np.ascontiguousarray(samples, dtype="<i2").tobytes()))
 
 
+def stream_decoder(codec: str) -> _rtpengine.Decoder:
+    """A decoder of one RTP stream of `codec` (engine's names), 8 kHz out, in the engine's own coders:
+    for reading a capture as the engine would have heard it (`tools/referee.py`)."""
+    return _rtpengine.Decoder(CODEC_IDS[codec])
+
+
+def codec_delay_samples(codec: str) -> int:
+    """Tape samples by which `codec`'s decoded audio lags its sender's timeline (codec.h: rtpe_codec_delay)."""
+    return _rtpengine.OPUS_DELAY if codec == "opus" else 0
+
+
 Clip = tuple[bytes, bytes, bytes, bytes]  # encode_clip's frames, offsets, sizes, tape samples
 
 

@@ -258,6 +258,56 @@ static PyObject *encode_pcmu(PyObject *mod, PyObject *arg) {
     return out;
 }
 
+/* Decoder(codec): one stream's decoder, for tools that read captures (the referee) */
+typedef struct {
+    PyObject_HEAD
+    int codec;
+    rtpe_decoder *dec;
+} Decoder;
+
+static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"codec", NULL};
+    int codec, ok = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i", kwlist, &codec)) return -1;
+    if (codec < 0 || codec >= RTPE_NCODECS) { PyErr_Format(PyExc_ValueError, "unknown codec %d", codec); return -1; }
+    rtpe_decoder_free(self->dec);
+    self->codec = codec;
+    self->dec = rtpe_decoder_new(codec, &ok);
+    if (!ok) { PyErr_Format(PyExc_OSError, "codec %d: the decoder did not start", codec); return -1; }
+    return 0;
+}
+
+static void Decoder_dealloc(Decoder *self) {
+    rtpe_decoder_free(self->dec);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* decode(payload) -> int16 samples at 8 kHz (bytes), in stream order; b"" if undecodable */
+static PyObject *Decoder_decode(Decoder *self, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
+    int16_t out[2048];
+    int n = rtpe_decode(self->codec, self->dec, (const uint8_t *)b.buf, (int)b.len, out, 2048);
+    PyBuffer_Release(&b);
+    return PyBytes_FromStringAndSize((const char *)out, n > 0 ? (Py_ssize_t)n * 2 : 0);
+}
+
+static PyMethodDef Decoder_methods[] = {
+    {"decode", (PyCFunction)Decoder_decode, METH_O, "decode(payload) -> int16 samples at 8 kHz, as bytes"},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject DecoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "voiceload.media._rtpengine.Decoder",
+    .tp_basicsize = sizeof(Decoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One RTP stream's decoder (the engine's codecs), 8 kHz out: for reading captures",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Decoder_init,
+    .tp_dealloc = (destructor)Decoder_dealloc,
+    .tp_methods = Decoder_methods,
+};
+
 /* encode_clip(codec, int16 samples at 8 kHz) -> (frames, offsets, sizes, decoded): 20 ms frames */
 static PyObject *encode_clip(PyObject *mod, PyObject *args) {
     int codec;
@@ -299,11 +349,13 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "voiceload.media._
 PyMODINIT_FUNC PyInit__rtpengine(void) {
     rtpe_tables_init();
     if (rtpe_srtp_init() != RTPE_OK) { PyErr_SetString(PyExc_ImportError, "libsrtp2 did not initialise"); return NULL; }
-    if (PyType_Ready(&EngineType) < 0) return NULL;
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&DecoderType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&EngineType);
     if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) { Py_DECREF(&EngineType); Py_DECREF(m); return NULL; }
+    Py_INCREF(&DecoderType);
+    if (PyModule_AddObject(m, "Decoder", (PyObject *)&DecoderType) < 0) { Py_DECREF(&DecoderType); Py_DECREF(m); return NULL; }
     PyModule_AddIntConstant(m, "FRAME_SAMPLES", RTPE_FRAME_SAMPLES);
     PyModule_AddIntConstant(m, "READ_LAG_MS", RTPE_READ_LAG_MS);
     PyModule_AddIntConstant(m, "CLOCK_RATE", RTPE_CLOCK_RATE);
@@ -312,5 +364,6 @@ PyMODINIT_FUNC PyInit__rtpengine(void) {
     PyModule_AddIntConstant(m, "G722", RTPE_G722);
     PyModule_AddIntConstant(m, "OPUS", RTPE_OPUS);
     PyModule_AddIntConstant(m, "SRTP_KEY_LEN", RTPE_SRTP_KEY_LEN);
+    PyModule_AddIntConstant(m, "OPUS_DELAY", rtpe_codec_delay(RTPE_OPUS));
     return m;
 }

@@ -58,6 +58,15 @@ class Baresip:
         return [f"{m[0]}/{m[1]}/{m[2]}" for m in re.findall(r"audio: Set audio encoder: (\S+) (\d+)Hz (\d+)ch",
                                                              self.text())]
 
+    def answers(self) -> list[str]:
+        """The SDP of each 200 OK it sent (from its SIP trace): RTP/AVP or RTP/SAVP, a=crypto, the payload types."""
+        out = []
+        for block in self.text().split("SIP/2.0 200 ")[1:]:
+            head = block.split("\x1b[;m", 1)[0]  # its trace ends each message with a colour reset
+            if "\nv=0" in head:
+                out.append(head[head.index("\nv=0") + 1:].strip())
+        return out
+
     def calls_ended(self) -> int:
         return len(re.findall(r": Call with \S+ terminated", self.text()))
 
@@ -66,8 +75,11 @@ class Baresip:
 
 
 def start_baresip(work: Path, *, codecs: Sequence[str], prompt: Path, hold_ms: int = 30000,
-                  max_calls: int = 4, timeout_s: float = 10.0) -> Baresip:
+                  max_calls: int = 4, srtp: str | None = None, timeout_s: float = 10.0) -> Baresip:
     """baresip answering on a free UDP port with `codecs` only (in its order of preference).
+
+    `srtp`: its srtp module's media encryption, SDES: "srtp-mand" (RTP/SAVP offers only: a plain
+    RTP offer gets 488), "srtp" (SRTP when the offer has crypto, else plain RTP), None (plain RTP).
 
     Skips the test when baresip, its modules or sox are missing; fails it when baresip does not
     bind its SIP port within `timeout_s`.
@@ -77,7 +89,7 @@ def start_baresip(work: Path, *, codecs: Sequence[str], prompt: Path, hold_ms: i
     if not Path(SOX).exists():
         pytest.skip("sox is not installed")
     wanted = [NAMES[c.lower()] for c in codecs]
-    for mod in {"pcmu": "g711", "pcma": "g711", "g722": "g722", "opus": "opus"}.values():
+    for mod in ("g711", "g722", "opus", "srtp"):
         if not (MODULES / f"{mod}.so").exists():
             pytest.skip(f"baresip's {mod} module is missing ({MODULES})")
     work.mkdir(parents=True, exist_ok=True)
@@ -91,7 +103,9 @@ def start_baresip(work: Path, *, codecs: Sequence[str], prompt: Path, hold_ms: i
                        "RTP_LAST": rtp_first + RTP_RANGE - 1}.items():
         cfg = cfg.replace(f"@@{key}@@", str(value))
     (work / "config").write_text(cfg)
-    (work / "accounts").write_text(f"<sip:bot@127.0.0.1>;regint=0;answermode=auto;audio_codecs={','.join(wanted)}\n")
+    mediaenc = f";mediaenc={srtp}" if srtp else ""
+    (work / "accounts").write_text(
+        f"<sip:bot@127.0.0.1>;regint=0;answermode=auto;audio_codecs={','.join(wanted)}{mediaenc}\n")
     (work / "contacts").write_text("")
     log = work / "baresip.log"
     # -n 127.0.0.1: its SDP names loopback, not the host's first interface; -s: the SIP trace;
@@ -116,8 +130,8 @@ def start_baresip(work: Path, *, codecs: Sequence[str], prompt: Path, hold_ms: i
 
 @contextlib.contextmanager
 def baresip_uas(work: Path, *, codecs: Sequence[str], prompt: Path, hold_ms: int = 30000,
-                max_calls: int = 4) -> Iterator[Baresip]:
-    far = start_baresip(work, codecs=codecs, prompt=prompt, hold_ms=hold_ms, max_calls=max_calls)
+                max_calls: int = 4, srtp: str | None = None) -> Iterator[Baresip]:
+    far = start_baresip(work, codecs=codecs, prompt=prompt, hold_ms=hold_ms, max_calls=max_calls, srtp=srtp)
     try:
         yield far
     finally:

@@ -11,10 +11,12 @@ Two ways to put it in a call's media path:
           rtpe.ng.delete(call_id="c1", from_tag="a")
 
   Any ng key works as a keyword (underscores become dashes): `transport_protocol="RTP/SAVP"` turns
-  the callee side into SRTP with SDES, `flags=[...]`, `replace=["origin"]`, …
+  the callee side into SRTP with SDES (add `SDES=sdes_only()` to offer AES_CM_128_HMAC_SHA1_80
+  alone: by default it offers twelve suites, AEAD_AES_256_GCM first), `flags=[...]`, `replace=[...]`.
 
 * Through Kamailio (tests/kamailio/rtpengine.cfg): `kamailio_with_rtpengine(tmp, rtpe, uas_target,
-  offer_flags="codec-mask=PCMU codec-transcode=PCMA")` is a record-routing proxy that relays every
+  offer_flags="codec-mask=PCMU codec-transcode=PCMA")` (or "RTP/SAVP " + sdes_only_flags() for an
+  SRTP callee, "RTP/AVP" for a plain one behind an SRTP caller) is a record-routing proxy that relays every
   call to the UAS and calls rtpengine_manage() with those flags on the INVITE and plain on its
   answer, and deletes the session on BYE. Its `uri()` is the caller's target.
 
@@ -47,6 +49,21 @@ RTPENGINE = shutil.which("rtpengine") or ("/usr/bin/rtpengine" if Path("/usr/bin
 PORTS = 200  # RTP ports per instance: 4 per call leg pair (RTP + RTCP on each side)
 
 Bencodable = int | str | bytes | list[Any] | dict[str, Any]
+# the SDES suites rtpengine 10.5 offers, in its order; it has no "only-SUITE" (later versions do)
+SDES_SUITES = ("AEAD_AES_256_GCM", "AEAD_AES_128_GCM", "AES_256_CM_HMAC_SHA1_80", "AES_256_CM_HMAC_SHA1_32",
+               "AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32", "AES_CM_128_HMAC_SHA1_80",
+               "AES_CM_128_HMAC_SHA1_32", "F8_128_HMAC_SHA1_80", "F8_128_HMAC_SHA1_32", "NULL_HMAC_SHA1_80",
+               "NULL_HMAC_SHA1_32")
+
+
+def sdes_only(suite: str = "AES_CM_128_HMAC_SHA1_80") -> list[str]:
+    """ng's SDES list that leaves `suite` the only crypto line of an RTP/SAVP offer: SDES=sdes_only()."""
+    return [f"no-{s}" for s in SDES_SUITES if s != suite]
+
+
+def sdes_only_flags(suite: str = "AES_CM_128_HMAC_SHA1_80") -> str:
+    """The same as Kamailio rtpengine_manage() flags: "SDES-no-... SDES-no-..."."""
+    return " ".join(f"SDES-{x}" for x in sdes_only(suite))
 
 
 def bencode(value: Bencodable) -> bytes:

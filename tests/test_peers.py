@@ -20,7 +20,7 @@ import pytest
 from tests import g722, pjcaller
 from tests.baresip import baresip_uas
 from tests.refbot import REPO, loopback_capture
-from tests.rtpengine import bdecode, bencode, kamailio_with_rtpengine, rtpengine
+from tests.rtpengine import bdecode, bencode, kamailio_with_rtpengine, rtpengine, sdes_only, sdes_only_flags
 from tests.sipp_codecs import CODECS, Prompt, codec_uas
 from tests.test_sipp_interop import SOX
 from voiceload.audio.vad import match_score, speech_span
@@ -162,10 +162,11 @@ def test_rtpengine_ng_transcodes_and_turns_rtp_into_srtp(tmp_path: Path) -> None
     with rtpengine(tmp_path) as rtpe:
         offer = rtpe.ng.offer(CALLER_SDP.format(port=40000), call_id="ng-1", from_tag="a",
                               replace=["origin", "session-connection"], transport_protocol="RTP/SAVP",
-                              codec={"mask": ["PCMU"], "transcode": ["PCMA"]})
+                              SDES=sdes_only(), codec={"mask": ["PCMU"], "transcode": ["PCMA"]})
         sdp = offer["sdp"]
         assert "m=audio" in sdp and " RTP/SAVP 8" in sdp, sdp
-        assert "a=crypto:" in sdp and "AES_CM_128_HMAC_SHA1_80" in sdp, sdp
+        assert [ln.split()[1] for ln in sdp.splitlines() if ln.startswith("a=crypto:")] == \
+            ["AES_CM_128_HMAC_SHA1_80"], sdp
         assert "a=rtpmap:0 " not in sdp, sdp
         port = int(sdp.split("m=audio ")[1].split()[0])
         assert rtpe.port_range[0] <= port <= rtpe.port_range[1]
@@ -209,3 +210,33 @@ def test_kamailio_and_rtpengine_transcode_a_pcmu_caller_to_a_pcma_far_end(tmp_pa
     score = match_score(audio[max(start, 0):], load_wav(ORDER))
     print("caller's speech at SIPp, transcoded PCMU -> PCMA: match", round(score, 3))
     assert score >= 0.9
+
+
+SRTP_AUTH_TAG = 10  # AES_CM_128_HMAC_SHA1_80: an 80-bit tag after the encrypted payload
+
+
+@pytest.mark.real
+def test_kamailio_and_rtpengine_bridge_a_plain_rtp_caller_to_an_srtp_only_far_end(tmp_path: Path) -> None:
+    """baresip with mandatory SDES SRTP refuses plain RTP; through rtpengine (RTP/SAVP, one suite, PCMA)
+    the same plain PCMU caller gets through and hears its prompt, and the far leg is SRTP on the wire."""
+    with loopback_capture(tmp_path / "lo.pcap") as cap, \
+            baresip_uas(tmp_path / "baresip", codecs=["PCMA"], prompt=WELCOME, srtp="srtp-mand") as far:
+        plain = pjcaller.call(far.target, codecs=["PCMA"], seconds=1)
+        with rtpengine(tmp_path / "rtpe") as rtpe:
+            gw = kamailio_with_rtpengine(tmp_path, rtpe, far.target,
+                                         offer_flags=f"RTP/SAVP {sdes_only_flags()} codec-mask=PCMU codec-transcode=PCMA")
+            res = pjcaller.call(gw.uri("udp"), codecs=["PCMU"], record=tmp_path / "heard.wav", play=ORDER, seconds=4)
+    assert plain.code == 488, plain
+    assert res.code == 200 and res.codec == "PCMU/8000", res
+    assert res.rx_packets >= 150 and res.heard is not None, res
+    assert heard_score(res.heard, WELCOME) >= HEARD_MIN
+    (answer,) = far.answers()
+    assert "RTP/SAVP 8" in answer and "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" in answer, answer
+    assert far.answered_codecs() == ["PCMA/8000/1"]
+    if cap.why_not:
+        print(f"{cap.why_not}: the wire is not checked")
+        return
+    rtp_port = int(answer.split("m=audio ")[1].split()[0])
+    from_far = [d for d in referee.read_pcap(cap.pcap.read_bytes()) if d.src[1] == rtp_port]
+    assert from_far and {len(d.payload) for d in from_far} == {12 + 160 + SRTP_AUTH_TAG}
+    assert {d.payload[1] & 0x7F for d in from_far} == {8}

@@ -2,8 +2,9 @@
 
 - SIPp speaking one codec (tests/sipp_codecs.py): PCMA or G.722 only, a prompt at a known time.
 - baresip (tests/baresip.py): auto-answers with G.722, PCMA or Opus only, plays a WAV.
-- rtpengine (tests/rtpengine.py): its ng protocol by hand (codec transcoding, RTP to SRTP), and
-  Kamailio + rtpengine transcoding a PCMU caller to the PCMA-only SIPp, audio both ways.
+- rtpengine (tests/rtpengine.py): its ng protocol by hand (codec transcoding, RTP to SRTP),
+  Kamailio + rtpengine transcoding a PCMU caller to the PCMA-only SIPp, audio both ways, bridging
+  a plain RTP caller to an SRTP-only baresip, and today's `voiceload run` timed through it all.
 
 The agents speak only PCMU until the engine's codecs land, so the callers here are pjsua2's own
 media stack; the point is that each peer works and says what it did.
@@ -19,11 +20,11 @@ import pytest
 
 from tests import g722, pjcaller
 from tests.baresip import baresip_uas
-from tests.refbot import REPO, loopback_capture
+from tests.refbot import REPO, checked_summary, loopback_capture, voiceload
 from tests.rtpengine import bdecode, bencode, kamailio_with_rtpengine, rtpengine, sdes_only, sdes_only_flags
 from tests.sipp_codecs import CODECS, Prompt, codec_uas
-from tests.test_sipp_interop import SOX
-from voiceload.audio.vad import match_score, speech_span
+from tests.test_sipp_interop import SOX, TOLERANCE_MS
+from voiceload.audio.vad import match_score, samples_to_ms, speech_span
 from voiceload.audio.wav import load_wav
 from voiceload.tools import referee
 
@@ -223,8 +224,8 @@ def test_kamailio_and_rtpengine_bridge_a_plain_rtp_caller_to_an_srtp_only_far_en
             baresip_uas(tmp_path / "baresip", codecs=["PCMA"], prompt=WELCOME, srtp="srtp-mand") as far:
         plain = pjcaller.call(far.target, codecs=["PCMA"], seconds=1)
         with rtpengine(tmp_path / "rtpe") as rtpe:
-            gw = kamailio_with_rtpengine(tmp_path, rtpe, far.target,
-                                         offer_flags=f"RTP/SAVP {sdes_only_flags()} codec-mask=PCMU codec-transcode=PCMA")
+            flags = f"RTP/SAVP {sdes_only_flags()} codec-mask=PCMU codec-transcode=PCMA"
+            gw = kamailio_with_rtpengine(tmp_path, rtpe, far.target, offer_flags=flags)
             res = pjcaller.call(gw.uri("udp"), codecs=["PCMU"], record=tmp_path / "heard.wav", play=ORDER, seconds=4)
     assert plain.code == 488, plain
     assert res.code == 200 and res.codec == "PCMU/8000", res
@@ -240,3 +241,54 @@ def test_kamailio_and_rtpengine_bridge_a_plain_rtp_caller_to_an_srtp_only_far_en
     from_far = [d for d in referee.read_pcap(cap.pcap.read_bytes()) if d.src[1] == rtp_port]
     assert from_far and {len(d.payload) for d in from_far} == {12 + 160 + SRTP_AUTH_TAG}
     assert {d.payload[1] & 0x7F for d in from_far} == {8}
+
+
+@pytest.mark.real
+def test_todays_agent_through_a_transcoder_is_timed_against_the_wire(tmp_path: Path) -> None:
+    """`voiceload run` (PCMU) -> Kamailio + rtpengine -> PCMA-only SIPp: the shape of the lead's codec
+    tests. The bot onsets voiceload measures are compared with when SIPp put each prompt on the wire
+    (CodecUas.wire_starts), which leaves the relay's and the measurement's error."""
+    welcome_at, name_at = 500, 6500  # ms after the ACK: the reply comes after the caller's utterance
+    prompts = [Prompt("welcome", WELCOME, at_ms=welcome_at), Prompt("name", NAME, at_ms=name_at)]
+    scen = tmp_path / "transcoded.yaml"
+    scen.write_text(f"""\
+version: 1
+name: transcoded
+silence_gap_ms: 500
+answer_timeout_ms: 10000
+max_call_ms: 30000
+greeting:
+  prompt: {WELCOME}
+  max_wait_ms: 3000
+turns:
+  - caller: {ORDER}
+    reply:
+      prompt: {NAME}
+      max_wait_ms: 4000
+hangup:
+  by: caller
+  after_ms: 300
+""")
+    out = tmp_path / "run"
+    with loopback_capture(tmp_path / "lo.pcap") as cap, rtpengine(tmp_path / "rtpe") as rtpe, \
+            codec_uas(tmp_path / "sipp", "PCMA", prompts) as uas:
+        gw = kamailio_with_rtpengine(tmp_path, rtpe, uas.target, offer_flags="codec-mask=PCMU codec-transcode=PCMA")
+        res = voiceload("run", str(scen), "--target", gw.uri("udp"), "-c", "1", "-n", "1", "--no-probe",
+                        "--out", str(out), timeout=120, out=out)
+        assert uas.wait() == 0, uas.errors()
+    assert (out / "summary.json").exists(), res.stderr[-3000:]
+    checked_summary(res)
+    (call,) = res.calls()
+    assert call["outcome"] == "completed", call["reason"]
+    if cap.why_not:
+        pytest.skip(f"{cap.why_not}: no wire truth")
+    answered = call["started_at"] + call["setup_ms"] / 1000
+    wire = uas.wire_starts(cap.pcap)
+    measured = {"welcome": call["greeting"]["bot_onset_ms"], "name": call["turns"][0]["bot_onset_ms"]}
+    for name, wav in (("welcome", WELCOME), ("name", NAME)):
+        truth = (wire[(1, name)] - answered) * 1000 + samples_to_ms(speech_span(load_wav(wav)).onset)
+        print(name, "voiceload", measured[name], "wire at SIPp", round(truth, 1), "diff",
+              round(measured[name] - truth, 1))
+        # seen: replies 0.0..-0.3 ms; the greeting 0.0 or -20 ms (SIPp's RTP timestamps jump by up to a
+        # frame against its send times when rtp_stream switches files, 500 ms into the call)
+        assert abs(measured[name] - truth) <= TOLERANCE_MS

@@ -218,7 +218,8 @@ def assert_latencies_match_the_wire(capture: Capture, summary: dict[str, Any], c
             off.append(round(e, 1))
             low = -call["rtp"]["rx_delay_ms_max"] - slack
             assert low <= e <= late_ms + slack, (call["call_id"], turn["index"], e, low, late_ms)
-    print(f"voiceload - wire (ms){f' [{codec}]' if codec else ''}: {sorted(off)}; media clock at most {late_ms} ms late")
+    label = f" [{codec}]" if codec else ""
+    print(f"voiceload - wire (ms){label}: {sorted(off)}; media clock at most {late_ms} ms late")
     if codec is not None:
         within = sum(abs(e) <= AGREEMENT_MS for e in off)
         assert off and within >= AGREEMENT_SHARE * len(off), sorted(off)

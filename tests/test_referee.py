@@ -416,6 +416,14 @@ def test_srtp_without_libcrypto_is_reported_not_decoded(monkeypatch: pytest.Monk
     assert call.caller_speech == call.bot_speech == [] and referee.wire_turns(call) == []
 
 
+def test_dtls_srtp_has_no_key_in_the_sdp_and_is_reported_not_decoded() -> None:
+    dtls = Media(PCMU_ONLY.formats, profile="UDP/TLS/RTP/SAVP")
+    recs, _, _, _ = one_call("dtls", t_invite=5.0, caller_media=("127.0.0.1", 40000), bot_media=("127.0.0.1", 41000),
+                             offer=dtls, answer_sdp=dtls)
+    call = referee.analyse_pcap(pcap(recs))["dtls"]
+    assert call.srtp and call.undecoded == "SRTP: not decoded (no SDES key in the SDP)" and call.bot_speech == []
+
+
 def test_a_codec_it_cannot_decode_is_named() -> None:
     recs, _, _, _ = one_call("g729", t_invite=5.0, caller_media=("127.0.0.1", 40000), bot_media=("127.0.0.1", 41000),
                              answer_sdp=Media(((18, "G729/8000"),)))

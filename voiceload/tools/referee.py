@@ -342,6 +342,8 @@ def _media_of(offer: AudioFormats | None, answer: AudioFormats | None) -> _Media
     pts = {first[0]} | {pt for sdp in (offer, answer) if sdp for pt, name, _ in sdp.formats
                         if CODECS.get(name.lower()) == codec}
     if offer is None or answer is None or offer.crypto is None or answer.crypto is None:
+        if answer is not None and "SAVP" in answer.profile:  # DTLS-SRTP, or SDES with a key missing
+            return _Media(codec, frozenset(pts), True, undecoded="SRTP: not decoded (no SDES key in the SDP)")
         return _Media(codec, frozenset(pts), False)
     keys = [srtp.key_of_inline(c[1]) if c[0] == srtp.SUITE else None for c in (offer.crypto, answer.crypto)]
     if keys[0] is None or keys[1] is None or not srtp.available():

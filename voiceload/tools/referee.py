@@ -247,7 +247,7 @@ def build_timeline(packets: list[RtpPacket], codec: str = "PCMU") -> Timeline:
             times.append(times[-1] + per / SAMPLE_RATE)
             chunks.append(np.zeros(fill, dtype=np.int16))
             n += fill
-        x = np.frombuffer(decoder.decode(p.payload), dtype="<i2").astype(np.int16)
+        x = np.frombuffer(decoder.decode(p.payload), dtype=np.int16)  # native order, as the C wrote them
         prev_ext = ext
         if not len(x):
             continue  # undecodable: the next packet's time still places what follows

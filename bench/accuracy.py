@@ -9,6 +9,7 @@ docs/accuracy.md.
     .venv/bin/python bench/accuracy.py --think-ms 400 -c 8 -n 40
     .venv/bin/python bench/accuracy.py --think-ms 900:300 -c 8 -n 40
     .venv/bin/python bench/accuracy.py -c 100 -n 200 --max-rate 10 --no-capture   # truth at scale
+    .venv/bin/python bench/accuracy.py -c 8 -n 40 --codecs opus --srtp required   # one codec, SRTP
 
 It also prints the CPU the generator (run, broker, agents) and the bot (front, workers) used,
 averaged over the run, start-up included (their rusage once they exited), as % of one core.
@@ -65,11 +66,17 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, help="keep the run dir, truth and capture here")
     ap.add_argument("--max-rate", type=float, help="new calls per second at most (voiceload run --max-rate)")
     ap.add_argument("--no-capture", action="store_true", help="no tcpdump (it costs CPU at high concurrency)")
+    ap.add_argument("--codecs", help="the run's and the bot's codec list (voiceload run --codecs), e.g. opus")
+    ap.add_argument("--srtp", choices=("off", "optional", "required"),
+                    help="the run's --srtp (the bot takes SRTP whenever offered: bot --srtp optional)")
     args = ap.parse_args()
+    codecs = ["--codecs", args.codecs] if args.codecs else []
+    srtp = ["--srtp", args.srtp] if args.srtp else []
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="vl-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
-    bot = start_bot(work, scenario=args.scenario, think_ms=args.think_ms, max_calls=args.concurrency)
+    bot = start_bot(work, scenario=args.scenario, think_ms=args.think_ms, max_calls=args.concurrency,
+                    extra=[*codecs, "--srtp", "optional"] if codecs or srtp else [])
     pcap = work / "capture.pcap"
     dump = None
     if shutil.which("tcpdump") and not args.no_capture:
@@ -84,7 +91,7 @@ def main() -> int:
     rate = ["--max-rate", str(args.max_rate)] if args.max_rate else []
     try:
         cmd = voiceload_cmd("run", str(args.scenario), "--target", bot.target, "-c", str(args.concurrency),
-                            "-n", str(args.calls), "--out", str(out), *rate)
+                            "-n", str(args.calls), "--out", str(out), *rate, *codecs, *srtp)
         rc = subprocess.call(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
     finally:
         wall = time.time() - started
@@ -96,7 +103,8 @@ def main() -> int:
             dump.terminate()
             dump.wait(10)
     print(f"run exit code {rc} after {time.time() - started:.0f} s; think {args.think_ms} ms, "
-          f"concurrency {args.concurrency}, {args.calls} calls")
+          f"concurrency {args.concurrency}, {args.calls} calls, codecs {args.codecs or 'default'}, "
+          f"srtp {args.srtp or 'default'}")
     print(f"CPU averaged over the run (% of one core): generator {100 * (cpu1 - cpu0) / wall:.0f}, "
           f"bot {100 * (cpu2 - cpu1) / wall:.0f}")
     calls = list(read_jsonl(out / "calls.jsonl"))

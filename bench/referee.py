@@ -3,6 +3,10 @@
 
     tcpdump -i lo -s 0 -w cap.pcap udp        # while the run is going
     bench/referee.py cap.pcap --calls runs/x/calls.jsonl --truth bot_truth.jsonl
+    bench/referee.py cap.pcap --calls runs/x/calls.jsonl --codecs opus   # only the capture's Opus calls
+
+Each call's codec comes from its SDP answer (PCMU, PCMA, G.722 and Opus are decoded; SRTP is
+decrypted with the SDP's SDES keys); with calls of several codecs, the agreement is given per codec.
 
 The wire is the referee: it does not depend on either side's tapes, jitter buffers or clocks.
 """
@@ -21,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._harness.runs import read_jsonl
 from bench._harness.table import fmt
-from voiceload.tools.referee import WireTurn, analyse_pcap, compare, summary, wire_turns
+from voiceload.tools.referee import CODECS, CallWire, WireTurn, analyse_pcap, compare, summary, wire_turns
 
 Key = tuple[str, int]
 
@@ -87,22 +91,69 @@ def _mean_p50(v: list[float]) -> str:
     return f"{np.mean(v):+7.1f}/{np.median(v):+.1f}"
 
 
+def media_label(call: CallWire) -> str:
+    """'opus', 'PCMU+SRTP', ...: how the per-codec table groups a call."""
+    return f"{call.codec or '?'}{'+SRTP' if call.srtp else ''}"
+
+
+def parse_codecs(value: str) -> set[str]:
+    """--codecs as voiceload run takes it (PCMU,PCMA,G722,opus; any case) -> the referee's names."""
+    names = {CODECS.get(v.strip().lower()) for v in value.split(",") if v.strip()}
+    if None in names or not names:
+        raise argparse.ArgumentTypeError(f"one or more of {', '.join(CODECS.values())}")
+    return {n for n in names if n}
+
+
+def per_codec(
+    calls: dict[str, CallWire], per_call: dict[str, list[WireTurn]], sides: dict[str, dict[Key, float]]
+) -> dict[str, dict[str, Any]]:
+    """For each codec (+SRTP) on the wire: its calls, the undecoded ones, its turns, each side's agreement."""
+    out: dict[str, dict[str, Any]] = {}
+    for label in sorted({media_label(c) for c in calls.values()}):
+        ids = [cid for cid, c in calls.items() if media_label(c) == label]
+        group = {cid: per_call[cid] for cid in ids}
+        row: dict[str, Any] = {
+            "calls": len(ids), "undecoded": sum(calls[cid].undecoded is not None for cid in ids),
+            "wire_turns": sum(len(t) for t in group.values()),
+        }
+        for name, measured in sides.items():
+            row[name] = summary(compare(group, measured))
+        out[label] = row
+    return out
+
+
+def _codec_cell(s: dict[str, float | int | None]) -> str:
+    if not s["count"]:
+        return "n=0"
+    return f"n={s['count']} p95|e| {float(s['p95_abs_ms'] or 0):.1f} ≤20ms {100 * float(s['within_20ms'] or 0):.0f}%"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("capture", type=Path, help="classic pcap (tcpdump -w), IPv4/UDP SIP + PCMU RTP")
+    ap.add_argument("capture", type=Path, help="classic pcap (tcpdump -w), IPv4/UDP SIP + RTP/SRTP")
     ap.add_argument("--calls", type=Path, help="RUN_DIR/calls.jsonl written by voiceload")
     ap.add_argument("--truth", type=Path, help="the reference bot's per-turn truth (JSON lines)")
     ap.add_argument("--json", type=Path, help="write summaries and wire turns here")
     ap.add_argument("--turns", action="store_true", help="also print every wire turn")
+    ap.add_argument("--codecs", type=parse_codecs, help="only the calls that spoke these (e.g. opus or PCMA,G722)")
     args = ap.parse_args(argv)
 
     calls = analyse_pcap(args.capture.read_bytes())
+    if args.codecs:
+        calls = {cid: c for cid, c in calls.items() if c.codec in args.codecs}
     per_call = {cid: wire_turns(c) for cid, c in calls.items()}
     wire = {(cid, t.index): t for cid, ts in per_call.items() for t in ts}
     answered = sum(c.answer_time is not None for c in calls.values())
     lat = [t.latency_ms for t in wire.values()]
     p50 = f", latency p50 {np.median(lat):.0f} ms" if lat else ""
     print(f"{args.capture}: {len(calls)} calls, {answered} answered, {len(wire)} wire turns{p50}")
+
+    reasons: dict[str, int] = {}
+    for c in calls.values():
+        if c.undecoded:
+            reasons[c.undecoded] = reasons.get(c.undecoded, 0) + 1
+    for why, n in sorted(reasons.items()):
+        print(f"  {n} calls: {why}")
 
     if args.turns:
         for (cid, i), t in sorted(wire.items()):
@@ -131,6 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in summaries.items():
             print(_row(name.replace("-", " − "), s))
     report["latency_error"] = summaries
+    measured_sides = {k: v for k, v in (("voiceload-wire", latencies(agent)), ("truth-wire", latencies(truth))) if v}
+    codecs = per_codec(calls, per_call, measured_sides)
+    if len(codecs) > 1 or reasons:
+        print("\nper codec on the wire (|e| = measured − wire)")
+        print(f"  {'':<12}{'calls':>6}{'undecoded':>10}{'turns':>6}  "
+              + "".join(f"{name.replace('-', ' − '):>28}" for name in measured_sides))
+        for label, row in codecs.items():
+            cols = "".join(f"{_codec_cell(row[n]):>28}" for n in measured_sides)
+            print(f"  {label:<12}{row['calls']:>6}{row['undecoded']:>10}{row['wire_turns']:>6}  {cols}")
+    report["per_codec"] = codecs
 
     sides: dict[str, dict[str, list[float]]] = {}
     if agent:
@@ -152,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         report["wire"] = {
-            cid: {"answer_time": c.answer_time, "turns": [vars(t) for t in per_call[cid]]}
+            cid: {"answer_time": c.answer_time, "codec": c.codec, "srtp": c.srtp, "undecoded": c.undecoded,
+                  "turns": [vars(t) for t in per_call[cid]]}
             for cid, c in calls.items()
         }
         args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -137,6 +137,13 @@ class SipMessage:
         return int(digits) if digits else None
 
     @property
+    def audio_formats(self) -> AudioFormats | None:
+        """The payload formats and SDES key of its SDP's first audio stream, None if it has none."""
+        if b"m=audio" not in self.body:
+            return None
+        return parse_sdp_formats(self.body.decode("utf-8", "replace"))
+
+    @property
     def media(self) -> tuple[str, int] | None:
         """(address, port) of the first audio stream its SDP body offers or answers, None if none."""
         if b"m=audio" not in self.body:
@@ -207,3 +214,58 @@ def parse_sdp_audio(body: str) -> tuple[str, int] | None:
     if port is None or port == 0 or addr is None or addr == "0.0.0.0":
         return None
     return addr, port
+
+
+# RFC 3551's static audio payload types that voiceload speaks (an SDP may omit their rtpmap)
+STATIC_PT = {0: ("PCMU", 8000), 8: ("PCMA", 8000), 9: ("G722", 8000), 13: ("CN", 8000)}
+
+
+@dataclass(frozen=True)
+class AudioFormats:
+    """An SDP's first audio stream: its payload types in preference order, named, and its SDES key.
+
+    In an answer the first payload type is the codec the call speaks (RFC 3264 §6).
+    """
+
+    profile: str  # "RTP/AVP", "RTP/SAVP", ...
+    formats: tuple[tuple[int, str, int], ...]  # (payload type, encoding name as written, clock rate)
+    crypto: tuple[str, str] | None  # the first a=crypto's (suite, key params after "inline:")
+
+    @property
+    def first(self) -> tuple[int, str, int] | None:
+        return self.formats[0] if self.formats else None
+
+    def name_of(self, pt: int) -> str | None:
+        return next((name for p, name, _ in self.formats if p == pt), None)
+
+
+def parse_sdp_formats(body: str) -> AudioFormats | None:
+    """The first audio stream's formats (m= order, rtpmap names; static ones named by RFC 3551) and key."""
+    pts: list[int] = []
+    profile = ""
+    rtpmap: dict[int, tuple[str, int]] = {}
+    crypto: tuple[str, str] | None = None
+    in_audio = seen = False
+    for raw in body.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            if seen:
+                break
+            parts = line[2:].split()
+            in_audio = seen = len(parts) >= 3 and parts[0] == "audio"
+            if in_audio:
+                profile = parts[2]
+                pts = [int(p) for p in parts[3:] if p.isdigit()]
+        elif in_audio and line.startswith("a=rtpmap:"):
+            pt, _, enc = line[9:].partition(" ")
+            name, _, rate = enc.strip().partition("/")
+            if pt.isdigit() and name:
+                rtpmap[int(pt)] = (name, int(rate.split("/")[0]) if rate.split("/")[0].isdigit() else 8000)
+        elif in_audio and line.startswith("a=crypto:") and crypto is None:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].startswith("inline:"):
+                crypto = (parts[1], parts[2][7:])
+    if not seen:
+        return None
+    named = [(pt, rtpmap.get(pt) or STATIC_PT.get(pt) or ("", 0)) for pt in pts]
+    return AudioFormats(profile, tuple((pt, name, rate) for pt, (name, rate) in named), crypto)

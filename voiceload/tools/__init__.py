@@ -1,1 +1,4 @@
-"""Tools beside a run: the packet-capture referee. Imports `voiceload.audio` and `voiceload.sip.message`."""
+"""Tools beside a run: the packet-capture referee.
+
+Imports `voiceload.audio`, `voiceload.sip.message` and the engine's decoders (`voiceload.media.engine`).
+"""

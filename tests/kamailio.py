@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sysconfig
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,13 +122,21 @@ def start_kamailio(tmp: Path, bot_target: str, *, algorithm: str = "MD5", max_ex
         "[client:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
     )
     bot = re.sub(r"^sips?:([^@]*@)?", "", bot_target).split(";")[0]
+    return launch(directory, "proxy.cfg", 3, lambda udp, tcp, tls: {
+        "UDP_PORT": udp, "TCP_PORT": tcp, "TLS_PORT": tls, "MODULES": f"{MODULES}/", "TLS_CFG": tls_cfg,
+        "USER": USER, "PASSWORD": PASSWORD, "BOT": bot, "USER2": USER2, "PASSWORD2": PASSWORD2,
+        "ALGORITHM": algorithm, "MAX_EXPIRES": max_expires}, timeout_s=timeout_s, cert=cert)
+
+
+def launch(directory: Path, template: str, n_ports: int, values: Callable[..., dict[str, object]], *,
+           timeout_s: float, cert: Path = Path(os.devnull)) -> Kamailio:
+    """Kamailio on tests/kamailio/`template` with each @@NAME@@ filled from `values(*ports)`, ports
+    being `n_ports` free ones (UDP, then TCP and TLS); returns once it answers OPTIONS on UDP."""
+    assert KAMAILIO is not None, "the callers skip without kamailio"
     for attempt in range(3):  # a port taken between choosing it and Kamailio's bind: choose again
-        udp, tcp, tls = _free_port(), _free_port(), _free_port()
-        cfg = (HERE / "kamailio" / "proxy.cfg").read_text()
-        for name, value in {"UDP_PORT": udp, "TCP_PORT": tcp, "TLS_PORT": tls, "MODULES": f"{MODULES}/",
-                            "TLS_CFG": tls_cfg, "USER": USER, "PASSWORD": PASSWORD, "BOT": bot,
-                            "USER2": USER2, "PASSWORD2": PASSWORD2,
-                            "ALGORITHM": algorithm, "MAX_EXPIRES": max_expires}.items():
+        ports = [_free_port() for _ in range(n_ports)]
+        cfg = (HERE / "kamailio" / template).read_text()
+        for name, value in values(*ports).items():
             cfg = cfg.replace(f"@@{name}@@", str(value))
         path = directory / "kamailio.cfg"
         path.write_text(cfg)
@@ -139,6 +147,7 @@ def start_kamailio(tmp: Path, bot_target: str, *, algorithm: str = "MD5", max_ex
                  "-P", str(directory / "kamailio.pid")],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
+        udp, tcp, tls = [*ports, 0, 0][:3]
         gw = Kamailio(proc, log, udp, tcp, tls, cert)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and proc.poll() is None:

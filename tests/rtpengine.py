@@ -28,7 +28,6 @@ socket and the RTP port range chosen free for each instance, logs on stderr to a
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
 import socket
@@ -41,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from tests.kamailio import KAMAILIO, MODULES, Kamailio, _answers_options, _free_port
+from tests.kamailio import KAMAILIO, MODULES, Kamailio, _free_port, launch
 from tests.refbot import stop_process
 
 HERE = Path(__file__).resolve().parent
@@ -254,29 +253,8 @@ def kamailio_with_rtpengine(work: Path, rtpe: Rtpengine, uas_target: str, *, off
     directory = work / "kamailio-rtpengine"
     directory.mkdir(parents=True, exist_ok=True)
     uas = uas_target.removeprefix("sip:").split("@")[-1].split(";")[0]
-    for attempt in range(3):
-        udp = _free_port()
-        cfg = (HERE / "kamailio" / "rtpengine.cfg").read_text()
-        for name, value in {"UDP_PORT": udp, "MODULES": f"{MODULES}/", "UAS": uas, "RTPENGINE": rtpe.ng_uri,
-                            "OFFER_FLAGS": offer_flags, "ANSWER_FLAGS": answer_flags}.items():
-            cfg = cfg.replace(f"@@{name}@@", str(value))
-        path = directory / "kamailio.cfg"
-        path.write_text(cfg)
-        log = directory / f"kamailio-{attempt}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [KAMAILIO, "-f", str(path), "-DD", "-E", "-m", "64", "-M", "8", "-Y", str(directory),
-                 "-P", str(directory / "kamailio.pid")],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        gw = Kamailio(proc, log, udp, 0, 0, Path(os.devnull))
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _answers_options(udp):
-                rtpe.kamailios.append(gw)
-                return gw
-            time.sleep(0.2)
-        gw.stop()
-        if "Address already in use" not in log.read_text(errors="replace"):
-            break
-    raise RuntimeError(f"kamailio did not start; its log:\n{log.read_text(errors='replace')[-3000:]}")
+    gw = launch(directory, "rtpengine.cfg", 1, lambda udp: {
+        "UDP_PORT": udp, "MODULES": f"{MODULES}/", "UAS": uas, "RTPENGINE": rtpe.ng_uri,
+        "OFFER_FLAGS": offer_flags, "ANSWER_FLAGS": answer_flags}, timeout_s=timeout_s)
+    rtpe.kamailios.append(gw)
+    return gw

@@ -35,7 +35,7 @@ import pytest
 
 from tests import g722
 from tests.refbot import stop_process
-from tests.test_sipp_interop import SIPP, SOX, free_udp_port, wait_for_sipp
+from tests.test_sipp_interop import SIPP, SOX, free_udp_port, sipp_errors, wait_for_sipp
 from voiceload.audio.vad import samples_to_ms, speech_span
 from voiceload.audio.wav import load_wav
 from voiceload.tools import referee
@@ -155,12 +155,7 @@ class CodecUas:
         stop_process(self.proc)
 
     def errors(self) -> str:
-        parts = []
-        for name in ("sipp.err", "sipp_errors.log"):
-            path = self.workdir / name
-            if path.exists():
-                parts.append(path.read_text(errors="replace")[-3000:])
-        return "\n".join(parts)
+        return sipp_errors(self.workdir)
 
 
 def _playback_block(codec: Codec, prompts: Sequence[Prompt], files: dict[str, Path]) -> str:

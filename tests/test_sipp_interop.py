@@ -147,6 +147,16 @@ def onset_ms_in(wav: Path) -> float:
     return samples_to_ms(speech_span(load_wav(wav)).onset)
 
 
+def sipp_errors(workdir: Path) -> str:
+    """The tail of what a SIPp run in `workdir` wrote to stderr and its error log."""
+    parts = []
+    for name in ("sipp.err", "sipp_errors.log"):
+        path = workdir / name
+        if path.exists():
+            parts.append(path.read_text(errors="replace")[-3000:])
+    return "\n".join(parts)
+
+
 @dataclass
 class Sipp:
     proc: subprocess.Popen[bytes]
@@ -157,12 +167,7 @@ class Sipp:
         stop_process(self.proc)
 
     def errors(self) -> str:
-        parts = []
-        for name in ("sipp.err", "sipp_errors.log"):
-            path = self.workdir / name
-            if path.exists():
-                parts.append(path.read_text(errors="replace")[-3000:])
-        return "\n".join(parts)
+        return sipp_errors(self.workdir)
 
 
 @pytest.fixture

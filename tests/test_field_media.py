@@ -103,6 +103,14 @@ class FarEnd:
     sipp: CodecUas | None = None
     baresip: Baresip | None = None
 
+    @property
+    def bpf(self) -> str:
+        """The capture filter for its media (what the wire checks read)."""
+        if self.sipp is not None:
+            return f"udp port {self.sipp.media_port}"
+        assert self.baresip is not None
+        return "udp portrange {}-{}".format(*self.baresip.rtp_ports)
+
 
 @dataclass
 class FieldRun:
@@ -157,10 +165,11 @@ def field_run(tmp: Path, args: Sequence[str], far: dict[str, FarEnd], cap: Captu
 
 def run_with(tmp: Path, args: Sequence[str], setup: Callable[[contextlib.ExitStack, Path], dict[str, FarEnd]]
              ) -> FieldRun:
-    """Start the capture and the far ends `setup` builds, run, stop them all (each bounded)."""
+    """Start the far ends `setup` builds and a capture of their media, run, stop them all (each bounded)."""
     with contextlib.ExitStack() as stack:
-        cap = stack.enter_context(loopback_capture(tmp / "lo.pcap"))
         far = setup(stack, tmp)
+        bpf = " or ".join(f"({f.bpf})" for f in far.values())
+        cap = stack.enter_context(loopback_capture(tmp / "lo.pcap", bpf=bpf))
         run = field_run(tmp, args, far, cap)
         for f in far.values():
             if f.sipp is not None:  # every SIPp has had its one call: it exits by itself

@@ -418,6 +418,12 @@ class SipCall(pj.Call):
         # follow 3xx: the reference bot spreads calls over worker processes this way
         return int(pj.PJSIP_REDIRECT_ACCEPT)
 
+    def onStreamPreCreate(self, prm: pj.OnStreamPreCreateParam) -> None:
+        # with an engine, pjsua's own stream must send nothing: it would send an RTCP SDES at its
+        # start and an SDES + BYE at its end from its own port (seen: plain RTCP into an SRTP call)
+        if self.channel is not None:
+            prm.streamInfo.rtcpSdesByeDisabled = True
+
     def onStreamDestroyed(self, prm: pj.OnStreamDestroyedParam) -> None:
         # the last moment the stream's RTP counters exist (with an engine, pjsua's stream carried none)
         if self.channel is None:

@@ -29,6 +29,7 @@ the dense pjsua2 build (`voiceload doctor`: per-process call limit 1024).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -136,6 +137,17 @@ class FarEnd:
 
     uases: list[sipp.Sipp]
     streamers: list[int] = field(default_factory=list)
+    streamer_logs: list[Path] = field(default_factory=list)  # each ends with the streamer's own summary
+
+
+def streamer_summaries(logs: list[Path]) -> list[dict[str, Any]]:
+    """The last `streamer: {...}` line of each log: channels started, how late its clock ran."""
+    out = []
+    for log in logs:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("streamer: {")] \
+            if log.exists() else []
+        out.append(ast.literal_eval(lines[-1].removeprefix("streamer: ")) if lines else {})
+    return out
 
 
 FarEndStarter = Callable[[Level, Path, float, random.Random], AbstractContextManager[FarEnd]]
@@ -169,7 +181,8 @@ def codec_far_end(row: CodecRow) -> FarEndStarter:
                 level.uas, work.parent, work, lifetime_s, rng, scenarios=xmls,
                 extra=[["-inf", str(s.ports)] for s in streamers])))
             level.commands += [u.command for u in uases]
-            yield FarEnd(uases, [s.proc.pid for s in streamers])
+            logs = [work / f"streamer{i}.log" for i in range(len(streamers))]  # streamer.running's log names
+            yield FarEnd(uases, [s.proc.pid for s in streamers], logs)
 
     return start
 
@@ -189,9 +202,9 @@ def media_of(calls: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_voiceload(level: Level, reference: Samples, work: Path, args: argparse.Namespace, rng: random.Random,
                   far_end: FarEndStarter = sipp_far_end, extra_args: Sequence[str] = (),
-                  idle: bool = True) -> dict[str, Any]:
+                  measure_idle: bool = True) -> dict[str, Any]:
     """voiceload's agents against a fresh far end: window measurement, then run dir and tapes (against
-    `reference`, the greeting as the agents hear it), and with `idle` an idle agent's RSS."""
+    `reference`, the greeting as the agents hear it), and with `measure_idle` an idle agent's RSS."""
     n, rate = level.n, level.rate
     budget = START_BUDGET_S + n / rate + level.call_s + DRAIN_BUDGET_S
     scenario = work.parent / "scenario.yaml"
@@ -226,7 +239,7 @@ def run_voiceload(level: Level, reference: Samples, work: Path, args: argparse.N
             stop_run(proc)
         seconds = round(time.monotonic() - began, 1)
         idle = idle_agent_rss(scenario, targets, max(agent_max_calls), work, level.commands) \
-            if agent_max_calls and idle else None
+            if agent_max_calls and measure_idle else None
     summary = read_summary(out, missing_ok=True)
     calls = read_calls(out)
     result: dict[str, Any] = {
@@ -244,6 +257,7 @@ def run_voiceload(level: Level, reference: Samples, work: Path, args: argparse.N
         "agent_max_calls": sorted(agent_max_calls),
         "idle_agent_rss_mb": idle,
         "media": media_of(calls),
+        "streamers": streamer_summaries(far.streamer_logs),
         "tapes": analyse_tapes(out / "tapes", reference, args.tapes),
     }
     if rc is None:
@@ -366,7 +380,7 @@ def codec_rows(level: Level) -> list[dict[str, Any]]:
     """The codec table's numbers: one row per codec row of a level, each against the same SIPp UAC."""
     n = level.n
     uac = per100(level.sipp.get("window"), ("uac",), n)
-    pcmu = level.codec_rows.get("PCMU", {}).get("window")
+    pcmu = (level.codec_rows.get("PCMU") or level.codec_rows.get("PCMU@sipp") or {}).get("window")
     base = per100(pcmu, ("agents",), n)
     out = []
     for name, vl in level.codec_rows.items():
@@ -388,6 +402,7 @@ def codec_rows(level: Level) -> list[dict[str, Any]]:
             "p50_ms": vl.get("turn_p50_ms"), "p95_ms": vl.get("turn_p95_ms"),
             "dropout_pct": tapes.get("dropout_pct_mean"),
             "streamer_cpu": vw["cpu_pct"].get("streamer") if vw else None,
+            "streamer_late_ms": max((s.get("late_max_ms", 0) for s in vl.get("streamers") or []), default=None),
             "host_cpu": vw["host_cpu_pct"] if vw else None,
             "valid": vl.get("valid"),
         })
@@ -409,7 +424,7 @@ CODEC_COLUMNS: list[Column] = [
     ("SRTP auth fail", lambda r: fmt(r["rx_auth_failed"], "d")),
     ("turn p50/p95 ms", lambda r: pair(r["p50_ms"], r["p95_ms"], ".0f", "/")),
     ("dropouts %", lambda r: fmt(r["dropout_pct"], ".3f")),
-    ("streamer CPU %", lambda r: fmt(r["streamer_cpu"])),
+    ("streamer CPU %|late ms", lambda r: pair(r["streamer_cpu"], r["streamer_late_ms"], ".1f", "|")),
     ("host CPU %", lambda r: fmt(r["host_cpu"], ".0f")),
     ("valid", lambda r: str(r["valid"])),
 ]
@@ -499,7 +514,7 @@ def run_level(n: int, args: argparse.Namespace, root: Path, rng: random.Random) 
             print(f"  codec row {crow.name}", flush=True)
             level.codec_rows[crow.name] = run_voiceload(
                 level, decoded(crow, track.greeting), work / f"voiceload-{crow.name}", args, rng,
-                codec_far_end(crow), crow.agent_args(), idle=False)
+                sipp_far_end if crow.sipp_media else codec_far_end(crow), crow.agent_args(), measure_idle=False)
             print_run(level.codec_rows[crow.name], f"voiceload {crow.name}")
     elif not args.skip_voiceload:
         level.voiceload = run_voiceload(level, track.greeting, work / "voiceload", args, rng)

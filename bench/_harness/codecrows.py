@@ -1,6 +1,8 @@
 """The codec rows of bench/density.py: what the agents offer, what the SIPp UAS answers, what streams back.
 
-A row is a codec, optionally with SRTP (`PCMU`, `PCMA`, `G722`, `opus`, `PCMU+srtp`). Its agents
+A row is a codec, optionally with SRTP (`PCMU`, `PCMA`, `G722`, `opus`, `PCMU+srtp`), or
+`PCMU@sipp`: the density run's own far end (uas.xml as it is, SIPp streaming bot.ulaw; no
+telephone-event, no RTCP), the control that the streamer's far end costs the agents the same. Its agents
 offer only that codec (`--codecs X`, and `--srtp required` for an SRTP row, so a call that fell
 back to plain RTP fails instead of being counted). The UAS (bench/density/uas.xml, with its SDP
 and media action rewritten here) answers with that one codec and telephone-event, RTCP muxed, and
@@ -34,10 +36,11 @@ class CodecRow:
 
     codec: str
     srtp: bool = False
+    sipp_media: bool = False  # PCMU@sipp: SIPp's UAS streams the track itself (uas.xml unchanged)
 
     @property
     def name(self) -> str:
-        return f"{self.codec}+srtp" if self.srtp else self.codec
+        return f"{self.codec}@sipp" if self.sipp_media else f"{self.codec}+srtp" if self.srtp else self.codec
 
     @property
     def pt(self) -> int:
@@ -56,18 +59,23 @@ class CodecRow:
 
 
 def parse_rows(spec: str) -> list[CodecRow]:
-    """`PCMU,PCMA,G722,opus,PCMU+srtp` -> rows; ValueError names what is not a row."""
+    """`PCMU,PCMA,G722,opus,PCMU+srtp,PCMU@sipp` -> rows; ValueError names what is not a row."""
     rows = []
     for item in (s.strip() for s in spec.split(",")):
         if not item:
             continue
+        if item.lower() == "pcmu@sipp":
+            rows.append(CodecRow("PCMU", sipp_media=True))
+            continue
         codec, _, extra = item.partition("+")
         name = next((c for c in WIRE if c.lower() == codec.lower()), None)
         if name is None or extra.lower() not in ("", "srtp"):
-            raise ValueError(f"{item!r}: a codec of {', '.join(WIRE)}, optionally +srtp")
+            raise ValueError(f"{item!r}: a codec of {', '.join(WIRE)}, optionally +srtp, or PCMU@sipp")
         rows.append(CodecRow(name, extra.lower() == "srtp"))
     if not rows:
         raise ValueError("no codec rows")
+    if len({r.name for r in rows}) < len(rows):
+        raise ValueError("a row appears twice")
     return rows
 
 

@@ -24,6 +24,11 @@ the dense pjsua2 build (`voiceload doctor`: per-process call limit 1024).
     .venv/bin/python bench/density.py                                    # levels 100, 300, 1000
     .venv/bin/python bench/density.py --levels 8,20 --greeting-s 8 --window 4   # quick check
     .venv/bin/python bench/density.py --levels 100,300 --json /tmp/density.json
+    .venv/bin/python bench/density.py --levels 200 --codecs PCMU,PCMA,G722,opus,PCMU+srtp   # codec cost
+
+With --codecs, each level runs one voiceload phase per codec row instead of (1): the agents offer
+only that codec (and SRTP for `+srtp`), the UAS answers it, and a voiceload engine streams the bot
+track back in it (bench/_harness/codecrows.py, streamer.py); (2) runs once, PCMU, for all rows.
 """
 
 from __future__ import annotations

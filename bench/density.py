@@ -24,11 +24,17 @@ the dense pjsua2 build (`voiceload doctor`: per-process call limit 1024).
     .venv/bin/python bench/density.py                                    # levels 100, 300, 1000
     .venv/bin/python bench/density.py --levels 8,20 --greeting-s 8 --window 4   # quick check
     .venv/bin/python bench/density.py --levels 100,300 --json /tmp/density.json
+    .venv/bin/python bench/density.py --levels 200 --codecs PCMU,PCMA,G722,opus,PCMU+srtp   # codec cost
+
+With --codecs, each level runs one voiceload phase per codec row instead of (1): the agents offer
+only that codec (and SRTP for `+srtp`), the UAS answers it, and a voiceload engine streams the bot
+track back in it (bench/_harness/codecrows.py, streamer.py); (2) runs once, PCMU, for all rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -39,27 +45,36 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._harness import sipp  # noqa: E402
-from bench._harness.bottrack import BotTrack, build_track, write_workdir  # noqa: E402
+from bench._harness import sipp, streamer  # noqa: E402
+from bench._harness.bottrack import build_track, write_workdir  # noqa: E402
+from bench._harness.codecrows import CodecRow, decoded, new_srtp_key, parse_rows, uas_xml  # noqa: E402
 from bench._harness.procmeter import POLL_S, SETTLE_S, cmdline, measure, rss_kb, voiceload_roles  # noqa: E402
 from bench._harness.runs import read_calls, read_summary, stop_run, voiceload_cmd  # noqa: E402
 from bench._harness.table import Column, fmt, pair, print_table  # noqa: E402
 from bench._harness.tapes import START_FRAMES, analyse_tapes  # noqa: E402
 from tests.refbot import stop_process  # noqa: E402
+from voiceload.audio.wav import write_wav  # noqa: E402
+
+Samples = npt.NDArray[np.int16]
 
 CALLS_PER_UAS = 400  # one SIPp UAS saturates near 450 calls
 START_BUDGET_S = 90.0  # voiceload: target probe, broker, agents up
 DRAIN_BUDGET_S = 120.0  # after the last call: hang-ups, tape measurement, run dir written
 IDLE_WAIT_S = 30.0  # an idle agent's RSS settles within this
+BOT_WAV = "bot.wav"  # the bot track the codec rows' streamers send (bot.ulaw's samples)
+STREAMER_SPARE = 50  # channels beyond a UAS's share of calls: OPTIONS probes take a line of the injection file too
 
 
 # -- the two phases ---------------------------------------------------------------------------
@@ -77,6 +92,7 @@ class Level:
     commands: list[str] = field(default_factory=list)
     voiceload: dict[str, Any] = field(default_factory=dict)
     sipp: dict[str, Any] = field(default_factory=dict)
+    codec_rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # --codecs: row name -> as `voiceload`
 
 
 def uas_count(n: int, per_uas: int) -> int:
@@ -120,19 +136,90 @@ def idle_agent_rss(scenario: Path, target: str, max_calls: int, work: Path, comm
         broker.stop()
 
 
-def run_voiceload(level: Level, track: BotTrack, work: Path, args: argparse.Namespace,
-                  rng: random.Random) -> None:
-    """voiceload's agents against fresh UASes: window measurement, then run dir and tapes."""
+@dataclass
+class FarEnd:
+    """The UASes the agents call, and the processes streaming their audio when SIPp does not (codec rows)."""
+
+    uases: list[sipp.Sipp]
+    streamers: list[int] = field(default_factory=list)
+    streamer_logs: list[Path] = field(default_factory=list)  # each ends with the streamer's own summary
+
+
+def streamer_summaries(logs: list[Path]) -> list[dict[str, Any]]:
+    """The last `streamer: {...}` line of each log: channels started, how late its clock ran."""
+    out = []
+    for log in logs:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("streamer: {")] \
+            if log.exists() else []
+        out.append(ast.literal_eval(lines[-1].removeprefix("streamer: ")) if lines else {})
+    return out
+
+
+FarEndStarter = Callable[[Level, Path, float, random.Random], AbstractContextManager[FarEnd]]
+
+
+@contextmanager
+def sipp_far_end(level: Level, work: Path, lifetime_s: float, rng: random.Random) -> Iterator[FarEnd]:
+    """SIPp UASes that stream bot.ulaw themselves (the PCMU density of docs/density.md)."""
+    with sipp.running(sipp.start_uases(level.uas, work.parent, work, lifetime_s, rng)) as uases:
+        level.commands += [u.command for u in uases]
+        yield FarEnd(uases)
+
+
+def codec_far_end(row: CodecRow) -> FarEndStarter:
+    """UASes answering `row`'s codec (and SRTP), one engine streamer per UAS sending the bot track in it."""
+
+    @contextmanager
+    def start(level: Level, work: Path, lifetime_s: float, rng: random.Random) -> Iterator[FarEnd]:
+        key = new_srtp_key()
+        work.mkdir(parents=True, exist_ok=True)
+        with ExitStack() as stack:
+            streamers = [stack.enter_context(streamer.running(
+                row.streamed(key), work.parent / BOT_WAV, share + STREAMER_SPARE, work, lifetime_s, f"streamer{i}"))
+                for i, share in enumerate(sipp.split(level.n, level.uas))]
+            level.commands += [s.command for s in streamers]
+            xmls = []
+            for i, s in enumerate(streamers):
+                xmls.append(work / f"uas{i}-{row.name}.xml")
+                xmls[-1].write_text(uas_xml(row, key, s.events))
+            uases = stack.enter_context(sipp.running(sipp.start_uases(
+                level.uas, work.parent, work, lifetime_s, rng, scenarios=xmls,
+                extra=[["-inf", str(s.ports)] for s in streamers])))
+            level.commands += [u.command for u in uases]
+            logs = [work / f"streamer{i}.log" for i in range(len(streamers))]  # streamer.running's log names
+            yield FarEnd(uases, [s.proc.pid for s in streamers], logs)
+
+    return start
+
+
+def media_of(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the calls' media was (the records' rtp): negotiated codecs, SRTP, packets, SRTP drops."""
+    codecs: dict[str, int] = {}
+    for c in calls:
+        name = (c.get("rtp") or {}).get("codec") or "-"
+        codecs[name] = codecs.get(name, 0) + 1
+    rtp = [c.get("rtp") or {} for c in calls]
+    return {"codecs": codecs, "srtp_calls": sum(1 for r in rtp if r.get("srtp")),
+            "rx_packets": sum(r.get("rx_packets") or 0 for r in rtp),
+            "rx_auth_failed": sum(r.get("rx_auth_failed") or 0 for r in rtp),
+            "rx_foreign": sum(r.get("rx_foreign") or 0 for r in rtp)}
+
+
+def run_voiceload(level: Level, reference: Samples, work: Path, args: argparse.Namespace, rng: random.Random,
+                  far_end: FarEndStarter = sipp_far_end, extra_args: Sequence[str] = (),
+                  measure_idle: bool = True) -> dict[str, Any]:
+    """voiceload's agents against a fresh far end: window measurement, then run dir and tapes (against
+    `reference`, the greeting as the agents hear it), and with `measure_idle` an idle agent's RSS."""
     n, rate = level.n, level.rate
     budget = START_BUDGET_S + n / rate + level.call_s + DRAIN_BUDGET_S
     scenario = work.parent / "scenario.yaml"
     out = work / "run"
     agent_max_calls: set[int] = set()
-    with sipp.running(sipp.start_uases(level.uas, work.parent, work, budget + 60, rng)) as uases:
-        level.commands += [u.command for u in uases]
+    with far_end(level, work, budget + 60, rng) as far:
+        uases = far.uases
         targets = ",".join(f"sip:bot@127.0.0.1:{u.port}" for u in uases)
         cmd = voiceload_cmd("run", str(scenario), "--target", targets, "-c", str(n), "-n", str(n),
-                            "--max-rate", f"{rate:g}", "--out", str(out), "--keep-tapes")
+                            "--max-rate", f"{rate:g}", "--out", str(out), "--keep-tapes", *extra_args)
         level.commands.append(f"(cd {REPO} && {shlex.join(cmd)})")
         print(f"  $ {level.commands[-1]}", flush=True)
         began = time.monotonic()
@@ -145,7 +232,7 @@ def run_voiceload(level: Level, track: BotTrack, work: Path, args: argparse.Name
                     argv = cmdline(pid)
                     if "--max-calls" in argv[:-1]:
                         agent_max_calls.add(int(argv[argv.index("--max-calls") + 1]))
-                return {**found, "uas": [u.pid for u in uases]}
+                return {**found, "uas": [u.pid for u in uases], "streamer": far.streamers}
 
             window = measure(roles, lambda: sipp.calls_up(uases), lambda: proc.poll() is not None, n, rate,
                              args.window, began + budget, on_poll=roles)
@@ -157,7 +244,7 @@ def run_voiceload(level: Level, track: BotTrack, work: Path, args: argparse.Name
             stop_run(proc)
         seconds = round(time.monotonic() - began, 1)
         idle = idle_agent_rss(scenario, targets, max(agent_max_calls), work, level.commands) \
-            if agent_max_calls else None
+            if agent_max_calls and measure_idle else None
     summary = read_summary(out, missing_ok=True)
     calls = read_calls(out)
     result: dict[str, Any] = {
@@ -174,11 +261,13 @@ def run_voiceload(level: Level, track: BotTrack, work: Path, args: argparse.Name
         "reasons": _top_reasons(calls),
         "agent_max_calls": sorted(agent_max_calls),
         "idle_agent_rss_mb": idle,
-        "tapes": analyse_tapes(out / "tapes", track.greeting, args.tapes),
+        "media": media_of(calls),
+        "streamers": streamer_summaries(far.streamer_logs),
+        "tapes": analyse_tapes(out / "tapes", reference, args.tapes),
     }
     if rc is None:
         result["note"] = f"run did not end within {budget:.0f} s and was stopped"
-    level.voiceload = result
+    return result
 
 
 def _median(xs: list[float]) -> float | None:
@@ -292,6 +381,67 @@ LEGEND = ("CPU/100: % of one core over the window per 100 concurrent calls (vl t
           "RTP unread/s: datagrams from the UASes the kernel dropped because the caller never read them")
 
 
+def codec_rows(level: Level) -> list[dict[str, Any]]:
+    """The codec table's numbers: one row per codec row of a level, each against the same SIPp UAC."""
+    n = level.n
+    uac = per100(level.sipp.get("window"), ("uac",), n)
+    pcmu = (level.codec_rows.get("PCMU") or level.codec_rows.get("PCMU@sipp") or {}).get("window")
+    base = per100(pcmu, ("agents",), n)
+    out = []
+    for name, vl in level.codec_rows.items():
+        vw = vl.get("window")
+        agents = per100(vw, ("agents",), n)
+        media = vl.get("media") or {}
+        tapes = vl.get("tapes") or {}
+        out.append({
+            "n": n, "row": name, "agents": vw["procs"].get("agents") if vw else None,
+            "vl_agents_cpu_per100": agents, "sipp_cpu_per100": uac,
+            "ratio_agents": agents / uac if agents is not None and uac else None,
+            "over_pcmu_per100": agents - base if agents is not None and base is not None else None,
+            "ratio_pcmu": agents / base if agents is not None and base else None,
+            "vl_rss_mb_per_call": vw["rss_mb"]["agents"] / n if vw else None,
+            "vl_completed": vl.get("completed"), "vl_placed": vl.get("placed"),
+            "sipp_completed": level.sipp.get("completed"), "sipp_placed": level.sipp.get("placed"),
+            "codecs": ",".join(f"{k}x{v}" for k, v in (media.get("codecs") or {}).items()) or "-",
+            "srtp_calls": media.get("srtp_calls"), "rx_auth_failed": media.get("rx_auth_failed"),
+            "p50_ms": vl.get("turn_p50_ms"), "p95_ms": vl.get("turn_p95_ms"),
+            "dropout_pct": tapes.get("dropout_pct_mean"),
+            "streamer_cpu": vw["cpu_pct"].get("streamer") if vw else None,
+            "streamer_late_ms": max((s.get("late_max_ms", 0) for s in vl.get("streamers") or []), default=None),
+            "host_cpu": vw["host_cpu_pct"] if vw else None,
+            "valid": vl.get("valid"),
+        })
+    return out
+
+
+CODEC_COLUMNS: list[Column] = [
+    ("N", lambda r: str(r["n"])),
+    ("row", lambda r: r["row"]),
+    ("agents", lambda r: fmt(r["agents"], "d")),
+    ("CPU/100 agents", lambda r: fmt(r["vl_agents_cpu_per100"], ".2f")),
+    ("SIPp UAC (PCMU)", lambda r: fmt(r["sipp_cpu_per100"], ".2f")),
+    ("ratio to SIPp", lambda r: fmt(r["ratio_agents"], ".2f")),
+    ("over PCMU /100", lambda r: fmt(r["over_pcmu_per100"], "+.2f")),
+    ("x PCMU", lambda r: fmt(r["ratio_pcmu"], ".2f")),
+    ("RSS MB/call", lambda r: fmt(r["vl_rss_mb_per_call"], ".3f")),
+    ("completed vl|SIPp", lambda r: f"{r['vl_completed']}/{r['vl_placed']} | {r['sipp_completed']}/{r['sipp_placed']}"),
+    ("negotiated", lambda r: r["codecs"] + (f" srtp x{r['srtp_calls']}" if r["srtp_calls"] else "")),
+    ("SRTP auth fail", lambda r: fmt(r["rx_auth_failed"], "d")),
+    ("turn p50/p95 ms", lambda r: pair(r["p50_ms"], r["p95_ms"], ".0f", "/")),
+    ("dropouts %", lambda r: fmt(r["dropout_pct"], ".3f")),
+    ("streamer CPU %|late ms", lambda r: pair(r["streamer_cpu"], r["streamer_late_ms"], ".1f", "|")),
+    ("host CPU %", lambda r: fmt(r["host_cpu"], ".0f")),
+    ("valid", lambda r: str(r["valid"])),
+]
+
+CODEC_LEGEND = ("codec rows: the agents offer only the row's codec (--codecs X; +srtp: --srtp required); the SIPp "
+                "UAS answers it and a voiceload engine streamer (bench/_harness/streamer.py) sends the bot track in "
+                "it, SRTP included, so the agents' send, receive, decode and SRTP are all measured. The SIPp UAC "
+                "reference is PCMU against SIPp's own UAS in every row (one measurement per level). CPU/100: % of "
+                "one core over the window per 100 concurrent calls, agents only; over PCMU: the same minus the "
+                "PCMU row's")
+
+
 def print_window(w: dict[str, Any]) -> None:
     print("    window {:.1f} s, calls up {}: CPU % of a core {}; RSS MB {}; processes {}; host {:.0f} %".format(
         w["seconds"], "->".join(map(str, w["calls_up"])), {k: round(v, 1) for k, v in w["cpu_pct"].items()},
@@ -302,8 +452,19 @@ def print_window(w: dict[str, Any]) -> None:
 
 
 def print_details(level: Level) -> None:
-    vl, sp = level.voiceload, level.sipp
-    print(f"  voiceload: exit {vl.get('exit_code')}, valid {vl.get('valid')}, {vl.get('completed')}/{vl.get('placed')} "
+    if level.voiceload:
+        print_run(level.voiceload, "voiceload")
+    sp = level.sipp
+    print(f"  sipp: {sp.get('completed')}/{sp.get('placed')} completed ({sp.get('failed')} failed), "
+          f"calls of {round(level.call_s * 1000)} ms after the answer (-d), {sp.get('seconds')} s")
+    w = sp.get("window")
+    if w:
+        print_window(w)
+
+
+def print_run(vl: dict[str, Any], label: str) -> None:
+    """One voiceload run of a level: outcome, generator health, window, tapes, media."""
+    print(f"  {label}: exit {vl.get('exit_code')}, valid {vl.get('valid')}, {vl.get('completed')}/{vl.get('placed')} "
           f"completed, median call {vl.get('call_ms_median')} ms, {vl.get('seconds')} s; outcomes {vl.get('outcomes')}")
     for reason in vl.get("invalid_reasons", [])[:3]:
         print(f"    invalid: {reason}")
@@ -329,11 +490,8 @@ def print_details(level: Level) -> None:
           f"max {t.get('dropout_pct_max')} %, {t.get('tapes_with_dropouts')} tapes with any; "
           f"{t.get('tapes_missing_stream_start')} lack speech in the first {START_FRAMES * 20} ms; "
           f"{t.get('tapes_retimed')} re-timed mid-greeting")
-    print(f"  sipp: {sp.get('completed')}/{sp.get('placed')} completed ({sp.get('failed')} failed), "
-          f"calls of {round(level.call_s * 1000)} ms after the answer (-d), {sp.get('seconds')} s")
-    w = sp.get("window")
-    if w:
-        print_window(w)
+    if vl.get("media"):
+        print(f"    media: {vl['media']}")
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -355,8 +513,16 @@ def run_level(n: int, args: argparse.Namespace, root: Path, rng: random.Random) 
                   uas_count(n, args.calls_per_uas))
     print(f"\nlevel {n}: {rate:g} calls/s, {level.uas} UAS, greeting {level.greeting_s} s, "
           f"call {level.call_s} s, work dir {work}", flush=True)
-    if not args.skip_voiceload:
-        run_voiceload(level, track, work / "voiceload", args, rng)
+    if args.codecs:
+        write_wav(work / BOT_WAV, track.samples())
+        for crow in args.codecs:
+            print(f"  codec row {crow.name}", flush=True)
+            level.codec_rows[crow.name] = run_voiceload(
+                level, decoded(crow, track.greeting), work / f"voiceload-{crow.name}", args, rng,
+                sipp_far_end if crow.sipp_media else codec_far_end(crow), crow.agent_args(), measure_idle=False)
+            print_run(level.codec_rows[crow.name], f"voiceload {crow.name}")
+    elif not args.skip_voiceload:
+        level.voiceload = run_voiceload(level, track.greeting, work / "voiceload", args, rng)
     if not args.skip_sipp:
         run_sipp(level, work / "sipp", args, rng)
     print_details(level)
@@ -377,7 +543,13 @@ def main() -> int:
     ap.add_argument("--skip-sipp", action="store_true", help="voiceload only")
     ap.add_argument("--skip-voiceload", action="store_true", help="SIPp only")
     ap.add_argument("--seed", type=int, default=None, help="port choice")
+    ap.add_argument("--codecs", default=None,
+                    help="codec rows instead of the PCMU density run, e.g. PCMU,PCMA,G722,opus,PCMU+srtp")
     args = ap.parse_args()
+    try:
+        args.codecs = parse_rows(args.codecs) if args.codecs else None
+    except ValueError as e:
+        ap.error(f"--codecs: {e}")
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     if not levels or min(levels) < 1:
         ap.error("--levels: positive integers, e.g. 100,300")
@@ -391,16 +563,21 @@ def main() -> int:
         for n in levels:
             done.append(run_level(n, args, root, rng))
     finally:
-        rows = [row(lv) for lv in done]
+        rows = [row(lv) for lv in done if lv.voiceload or not lv.codec_rows]
         if rows:
             print(f"\n{LEGEND}")
             print_table(COLUMNS, rows)
+        crows = [r for lv in done for r in codec_rows(lv)]
+        if crows:
+            print(f"\n{CODEC_LEGEND}")
+            print_table(CODEC_COLUMNS, crows)
             print("\ncommands:")
             for lv in done:
                 for c in lv.commands:
                     print(f"  [{lv.n}] {c}")
         if args.json and done:
-            args.json.write_text(json.dumps({"levels": [asdict(lv) for lv in done], "rows": rows}, indent=2))
+            args.json.write_text(json.dumps({"levels": [asdict(lv) for lv in done], "rows": rows,
+                                             "codec_rows": crows}, indent=2))
             print(f"results written to {args.json}")
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

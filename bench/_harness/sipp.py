@@ -150,8 +150,13 @@ def split(n: int, k: int) -> list[int]:
     return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
-def start_uases(k: int, audio: Path, work: Path, lifetime_s: float, rng: random.Random) -> list[Sipp]:
-    """k SIPp UAS bots (streaming audio/bot.ulaw), each on its own SIP and media port, answering OPTIONS."""
+def start_uases(k: int, audio: Path, work: Path, lifetime_s: float, rng: random.Random,
+                scenarios: Sequence[Path] | None = None, extra: Sequence[Sequence[str]] | None = None) -> list[Sipp]:
+    """k SIPp UAS bots (streaming audio/bot.ulaw), each on its own SIP and media port, answering OPTIONS.
+
+    `scenarios` and `extra` (one per UAS) replace uas.xml and add options: the codec rows' UASes
+    answer another codec and take their media ports from an injection file (bench/_harness/codecrows.py).
+    """
     uases: list[Sipp] = []
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -159,9 +164,10 @@ def start_uases(k: int, audio: Path, work: Path, lifetime_s: float, rng: random.
         for i, mp in enumerate(bases):
             port = free_udp_port(bases)
             stat = work / f"uas{i}-stat.csv"
-            cmd = [SIPP, "-sf", str(SCENARIOS / "uas.xml"), "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(port),
+            scenario = scenarios[i] if scenarios else SCENARIOS / "uas.xml"
+            cmd = [SIPP, "-sf", str(scenario), "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(port),
                    "-mp", str(mp), "-bg", "-timeout", f"{math.ceil(lifetime_s)}s",
-                   "-trace_stat", "-stf", str(stat), "-fd", "1"]
+                   "-trace_stat", "-stf", str(stat), "-fd", "1", *(extra[i] if extra else ())]
             uases.append(start_sipp(f"uas{i}", cmd, audio, port, stat))
         for u in uases:
             if not sip_options_ok(u.port):

@@ -59,9 +59,13 @@ def test_concurrent_calls_complete_and_match_the_wire(bot: RefBot, tmp_path: Pat
         for turn in call["turns"]:
             assert turn["ok"] and turn["prompt_score"] >= PROMPT_MATCH_THRESHOLD  # a PLC frame can cost some
             assert turn["utterance_start_ms"] < turn["utterance_end_ms"] < turn["bot_onset_ms"] < turn["bot_end_ms"]
-    # loopback: no loss, no RTCP round trip, jitter under a millisecond -> the E-model's clean G.711 call
-    assert all(c["quality"]["mos"] == 4.41 and c["quality"]["codec"] == "PCMU" for c in calls), calls[0]["quality"]
-    assert summary["media"]["rated"] == len(calls) and summary["media"]["mos"]["min"] == 4.41
+    # loopback: no loss, jitter under a millisecond, a round trip of a few ms -> the E-model's clean G.711 call
+    # (a call that lost packets on a busy box scores lower: seen once, 10 of 652 lost, MOS 4.28)
+    for call in calls:
+        quality, lost = call["quality"], call["rtp"]["rx_lost"]
+        assert quality["codec"] == "PCMU" and (quality["mos"] == 4.41 if lost == 0 else 3.5 < quality["mos"] < 4.41), \
+            (quality, call["rtp"])
+    assert summary["media"]["rated"] == len(calls) and summary["media"]["mos"]["max"] == 4.41
     assert "Call quality (E-model" in res.stdout
     bot.stop()  # flushes the truth file
     truth = bot.truth_lines()

@@ -54,7 +54,7 @@ def test_codec_loopback_tapes_the_recording_where_it_was_sent(tmp_path: Path, co
         time.sleep(0.3 + len(x) / 8000)
         start, end = a.send_dtmf("12#", 100, 60)
         time.sleep(0.8)
-        skipped = engine.health().skipped_ticks  # a clock held back past its catch-up left gaps on the wire
+        health = engine.health()  # a clock held back sends late (the receiver's anchor moves) or skips frames
         sa, sb = a.close(), b.close()
     finally:
         engine.shutdown()
@@ -62,8 +62,10 @@ def test_codec_loopback_tapes_the_recording_where_it_was_sent(tmp_path: Path, co
     offset, corr = _where(tape, x, round((first - tb) * 8000))
     # on loopback the packet's transit is well under a millisecond: the recording sits where it was sent
     assert abs(offset) <= 16, offset
-    # 1.0 for G.711 on an idle box (Opus 0.97); a clock that skipped ticks put gaps into what it sent
-    assert corr > (0.9 if skipped == 0 else 0.5), (corr, skipped)
+    # 1.0 for G.711 on an idle box (Opus 0.97); a late clock's bursts move the far end's anchor mid-clip
+    # (seen on a busy box: 0.89), and skipped ticks put gaps into what was sent
+    steady = health.skipped_ticks == 0 and health.late_max_ms < 10
+    assert corr > (0.9 if steady else 0.5), (corr, health)
     assert sb.codec == codec and sb.rx_lost == 0 and sb.rx_other_pt == 0 and not sb.rx_auth_failed
     assert bool(sb.srtp) == srtp
     assert [d.digit for d in b.dtmf_received] == ["1", "2", "#"]

@@ -385,6 +385,16 @@ static void rtcp_packet(rtpe_chan *c, uint8_t *p, int len, int64_t arrival_real)
     }
 }
 
+/* A report from the far end, on the RTCP socket or muxed on RTP: SRTCP-unprotected first on an
+ * SRTP call (one that fails is dropped and counted). */
+static void rtcp_in(rtpe_chan *c, uint8_t *p, int len, int64_t arrival_real) {
+    if (c->srtp_rx != NULL && srtp_unprotect_rtcp(c->srtp_rx, p, &len) != srtp_err_status_ok) {
+        c->rx_auth_failed++;
+        return;
+    }
+    rtcp_packet(c, p, len, arrival_real);
+}
+
 /* ---------------------------------------------------------------- receive */
 
 /* A telephone-event packet (RFC 4733 2.3): a new event starts at a new timestamp. */
@@ -409,11 +419,7 @@ static void rx_packet(rtpe_chan *c, uint8_t *p, int len, int64_t arrival_mono, i
                       int loud_level) {
     if (len < RTP_HDR || (p[0] >> 6) != 2) return;
     if (p[1] >= 192 && p[1] <= 223) {  /* RTCP (RFC 5761): muxed, or a far end's reports sent to our port */
-        if (c->srtp_rx != NULL && srtp_unprotect_rtcp(c->srtp_rx, p, &len) != srtp_err_status_ok) {
-            c->rx_auth_failed++;
-            return;
-        }
-        rtcp_packet(c, p, len, arrival_real);
+        rtcp_in(c, p, len, arrival_real);
         return;
     }
     if (c->srtp_rx != NULL && srtp_unprotect(c->srtp_rx, p, &len) != srtp_err_status_ok) {
@@ -546,9 +552,7 @@ static void drain(rtpe_chan *c, int fd, int rtcp, int64_t mono_minus_real, int l
             }
             int len = (int)msgs[i].msg_len;
             if (rtcp) {
-                if (len >= 8 && (bufs[i][0] >> 6) == 2 &&
-                    (c->srtp_rx == NULL || srtp_unprotect_rtcp(c->srtp_rx, bufs[i], &len) == srtp_err_status_ok))
-                    rtcp_packet(c, bufs[i], len, real);
+                if (len >= 8 && (bufs[i][0] >> 6) == 2) rtcp_in(c, bufs[i], len, real);
                 else if (c->srtp_rx != NULL) c->rx_auth_failed++;
                 continue;
             }

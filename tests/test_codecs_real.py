@@ -37,6 +37,8 @@ def test_each_codec_completes_within_the_bots_truth(tmp_path: Path, codec: str, 
         assert call["rtp"]["codec"] == codec, call["rtp"]
         assert bool(call["rtp"].get("srtp")) == (srtp == "required")
         assert not call["rtp"].get("rx_auth_failed"), call["rtp"]
+        # the bot's pjmedia reports (SRTCP on an SRTP call) reach the engine's RTCP socket and are read
+        assert (call["rtp"].get("rtcp_rx") or 0) >= 1 and call["rtp"].get("rtcp_tx"), call["rtp"]
         assert call["quality"]["codec"] == codec
     errors = latency_errors([c for c in calls if c["outcome"] == "completed"], bot.truth_lines())
     assert len(errors) >= 2 * len(calls) * 0.9, errors
